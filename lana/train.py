@@ -1,0 +1,191 @@
+"""The training loop shared by the teacher and the student's fine-tuning, and evaluation.
+
+One recipe (SGD or AdamW, warm-up then cosine, label smoothing, light augmentation, AMP and
+channels_last on CUDA) so that teacher, students and baselines are trained alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lana.data import ImageDataset, augment, make_loader, to_model_input
+
+__all__ = ["Recipe", "FitResult", "fit", "evaluate", "predict_logits", "resolve_device", "model_norm"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train. Defaults are the teacher's recipe for 32 px Fashion-MNIST on a CPU."""
+
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 0.1  # SGD with batch 128; AdamW wants ~1e-3
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    warmup_frac: float = 0.03
+    label_smoothing: float = 0.1
+    augment: bool = True
+    max_steps: int | None = None
+    workers: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps: int
+    seconds: float
+    history: tuple[dict, ...]  # one entry per epoch: epoch, loss, top1 (if evaluated), seconds
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None → cuda when available else cpu; a clear error for cuda without a GPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def model_norm(model: nn.Module) -> dict:
+    """The input normalisation a timm model expects (its pretrained_cfg), ImageNet's by default."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    out = {}
+    if cfg.get("mean"):
+        out["mean"] = tuple(cfg["mean"])
+    if cfg.get("std"):
+        out["std"] = tuple(cfg["std"])
+    return out
+
+
+def _make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    # no weight decay on norms and biases (1-D parameters), as timm does
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; choose sgd or adamw")
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, dataset: ImageDataset, batch_size: int = 256, device="cpu", in_chans: int = 3, limit: int | None = None) -> torch.Tensor:
+    """Logits of ``model`` on the first ``limit`` images of ``dataset`` (all by default), on the CPU."""
+    device = torch.device(device)
+    model.eval().to(device)
+    norm = model_norm(model)
+    outs = []
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    for start in range(0, count, batch_size):
+        images = dataset.images[start : min(count, start + batch_size)]
+        x = to_model_input(images, device, in_chans, **norm)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 256, device="cpu", limit: int | None = None) -> float:
+    """Top-1 accuracy in percent."""
+    logits = predict_logits(model, dataset, batch_size, device, limit=limit)
+    labels = dataset.labels[: logits.shape[0]]
+    return float((logits.argmax(1) == labels).float().mean() * 100.0)
+
+
+def fit(
+    model: nn.Module,
+    train_set: ImageDataset,
+    recipe: Recipe,
+    device="cpu",
+    eval_set: ImageDataset | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    desc: str = "train",
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place by ``recipe``.
+
+    Args:
+        loss_fn: ``loss_fn(logits, labels, x)``; cross-entropy with label smoothing by default
+            (the KD loss of fine-tuning passes ``x`` to its teacher).
+        eval_set: evaluated (top-1) after every epoch when given.
+        on_epoch: called with each epoch's history entry.
+    """
+    device = resolve_device(device)
+    torch.manual_seed(recipe.seed)
+    model.to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(train_set, recipe.batch_size, shuffle=True, workers=recipe.workers, seed=recipe.seed, drop_last=True)
+    steps_per_epoch = len(loader)
+    total = max(1, math.ceil(recipe.epochs * steps_per_epoch))
+    if recipe.max_steps is not None:
+        total = min(total, recipe.max_steps)
+    optimizer = _make_optimizer(model, recipe)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, max(1, int(recipe.warmup_frac * total))))
+    if loss_fn is None:
+        def loss_fn(logits, labels, _x):
+            return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+    norm = model_norm(model)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    log.info("%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d, on %s", desc, total, total / steps_per_epoch, steps_per_epoch, recipe.optimizer, recipe.lr, recipe.batch_size, device)
+    history, step, start = [], 0, time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    epoch = 0
+    while step < total:
+        model.train()
+        running, seen = 0.0, 0
+        for images, labels in loader:
+            x = to_model_input(images, device, channels_last=channels_last, **norm)
+            if recipe.augment:
+                x = augment(x, generator=generator)
+            labels = labels.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = loss_fn(model(x), labels, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            running, seen = running + float(loss.detach()), seen + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}")
+            if step >= total:
+                break
+        epoch += 1
+        entry = {"epoch": epoch, "loss": running / max(1, seen), "seconds": time.perf_counter() - start}
+        if eval_set is not None:
+            entry["top1"] = evaluate(model, eval_set, device=device)
+            log.info("%s epoch %d: loss %.4f, test top-1 %.2f%% (%.0f s)", desc, epoch, entry["loss"], entry["top1"], entry["seconds"])
+        history.append(entry)
+        if on_epoch is not None:
+            on_epoch(entry)
+    bar.close()
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return FitResult(step, time.perf_counter() - start, tuple(history))
+
+
+def recipe_dict(recipe: Recipe) -> dict:
+    return asdict(recipe)
