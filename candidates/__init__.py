@@ -1,0 +1,39 @@
+"""The operation space of LANA: candidate operations named by spec strings.
+
+Imported as ``lana.candidates`` (the folder sits at the top of the repository; pyproject maps it).
+
+    >>> from lana.candidates import decode_spec, build_candidate, list_candidates, space_for
+    >>> decode_spec("ir_k5_e3_se")
+    ('ir', {'kernel_size': 5, 'expansion': 3, 'se': True, 'act': 'relu'})
+    >>> list_candidates("dw_k3*")
+    ['dw_k3', 'dw_k3_hswish', 'dw_k3_se', 'dw_k3_se_hswish', 'dw_k3_se_silu', 'dw_k3_silu']
+
+Modules: ``spec`` (decode / encode / registry grid), ``blocks`` (the nn.Modules), ``builder``
+(spec + layer -> module), ``count`` (parameters and MACs), ``space`` (presets, ``space_for``),
+``summary`` (the per-layer table behind ``lana candidates``).
+"""
+
+from .builder import BlockPlan, build_candidate, plan_candidate
+from .count import Candidate, count_params_macs, estimate_cost
+from .space import DEFAULT_MAX_MACS_RATIO, PRESETS, list_candidates, list_spaces, space_for
+from .spec import KINDS, decode_spec, encode_spec
+from .summary import SpaceRow, SpaceSummary
+
+__all__ = [
+    "DEFAULT_MAX_MACS_RATIO",
+    "KINDS",
+    "PRESETS",
+    "BlockPlan",
+    "Candidate",
+    "SpaceRow",
+    "SpaceSummary",
+    "build_candidate",
+    "count_params_macs",
+    "decode_spec",
+    "encode_spec",
+    "estimate_cost",
+    "list_candidates",
+    "list_spaces",
+    "plan_candidate",
+    "space_for",
+]

@@ -1,0 +1,260 @@
+"""Build a candidate operation for a layer from its spec string.
+
+Building goes in two steps, like timm's ``_decode_block_str`` followed by ``EfficientNetBuilder``:
+``plan_candidate`` turns a spec and a layer's shapes into a ``BlockPlan`` (plain numbers: which
+convs, how many channels, which shortcut), and ``build_candidate`` turns a plan into modules.
+The cost model (``lana.candidates.count.estimate_cost``) reads the same plan, so the parameter
+and MAC counts the ILP sees cannot drift from the modules that get trained.
+
+A layer is anything with ``in_shape`` and ``out_shape`` (``(C, H, W)``, no batch) and an integer
+``stride``, such as ``lana.layers.Layer``; this package never imports ``lana.layers`` so that the
+two can import each other's names without a cycle.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from .blocks import CandidateBlock, ConvBnAct, Crop, SqueezeExcite, init_weights, make_divisible
+from .spec import decode_spec
+
+if TYPE_CHECKING:
+    from lana.layers import Layer
+
+__all__ = ["BlockPlan", "ConvOp", "SEOp", "build_candidate", "plan_candidate"]
+
+# Squeeze-excite follows the block's spatial (kxk) conv and reduces to a quarter of the block's
+# input channels, as EfficientNet's se_ratio=0.25 does for MBConv, so SE stays cheap however
+# large the expansion; in ResNet-style blocks, whose inner width can be below the input's, a
+# quarter of the inner width if that is smaller (SE-ResNet reduces even more, by 16).
+_SE_RATIO = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvOp:
+    """One conv -> BN -> act unit of a candidate's body (``act=None``: linear)."""
+
+    name: str
+    in_chs: int
+    out_chs: int
+    kernel_size: int
+    stride: int = 1
+    groups: int = 1
+    act: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SEOp:
+    """A squeeze-excite unit on ``chs`` channels reduced to ``rd_chs``."""
+
+    name: str
+    chs: int
+    rd_chs: int
+    act: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """What ``build_candidate`` will build for one spec at one layer.
+
+    Attributes:
+        spec: The spec, as given.
+        body: The body's units in order.
+        in_chs, out_chs, stride: The layer's channels and stride.
+        residual: Whether the shortcut is added to the body's output.
+        projection: Whether the shortcut is a 1x1 conv (stride ``stride``) + BN rather than the
+            identity; only when the layer changes shape.
+        crop_to: ``(H, W)`` to crop to when the layer's output is smaller than
+            ``ceil(input / stride)``, else None.
+    """
+
+    spec: str
+    body: tuple[ConvOp | SEOp, ...]
+    in_chs: int
+    out_chs: int
+    stride: int
+    residual: bool
+    projection: bool
+    crop_to: tuple[int, int] | None
+
+
+def _se(chs: int, in_chs: int, act: str) -> SEOp:
+    return SEOp("se", chs, max(1, round(min(chs, in_chs) * _SE_RATIO)), act)
+
+
+def _ir_body(in_chs, out_chs, stride, kernel_size, expansion, se, act):
+    # MobileNetV2 / EfficientNet MBConv: 1x1 expand -> kxk depthwise (stride) -> [SE] -> 1x1 linear.
+    # The expansion conv is kept at e=1 too, as timm's InvertedResidual does, so that ir_k3_e1
+    # differs from dw_k3.
+    mid = make_divisible(in_chs * expansion)
+    body = [
+        ConvOp("conv_pw", in_chs, mid, 1, act=act),
+        ConvOp("conv_dw", mid, mid, kernel_size, stride, groups=mid, act=act),
+    ]
+    if se:
+        body.append(_se(mid, in_chs, act))
+    return body + [ConvOp("conv_pwl", mid, out_chs, 1)]
+
+
+def _fir_body(in_chs, out_chs, stride, kernel_size, expansion, se, act):
+    # EfficientNetV2 FusedMBConv: the expand and depthwise convs fused into one full kxk conv.
+    mid = make_divisible(in_chs * expansion)
+    body = [ConvOp("conv_exp", in_chs, mid, kernel_size, stride, act=act)]
+    if se:
+        body.append(_se(mid, in_chs, act))
+    return body + [ConvOp("conv_pwl", mid, out_chs, 1)]
+
+
+def _dw_body(in_chs, out_chs, stride, kernel_size, se, act):
+    # MobileNetV1 depthwise-separable conv; the pointwise conv is linear, as in timm's
+    # DepthwiseSeparableConv, because its output feeds a residual add or the next block's conv.
+    body = [ConvOp("conv_dw", in_chs, in_chs, kernel_size, stride, groups=in_chs, act=act)]
+    if se:
+        body.append(_se(in_chs, in_chs, act))
+    return body + [ConvOp("conv_pw", in_chs, out_chs, 1)]
+
+
+def _conv_body(in_chs, out_chs, stride, kernel_size, se, act):
+    body = [ConvOp("conv", in_chs, out_chs, kernel_size, stride, act=act)]
+    return body + ([_se(out_chs, in_chs, act)] if se else [])
+
+
+def _basic_body(in_chs, out_chs, stride, width, se, act):
+    inner = make_divisible(out_chs * width)
+    body = [ConvOp("conv1", in_chs, inner, 3, stride, act=act)]
+    if se:
+        body.append(_se(inner, in_chs, act))
+    return body + [ConvOp("conv2", inner, out_chs, 3)]
+
+
+def _bottleneck_body(in_chs, out_chs, stride, width, se, act):
+    # inner = out * w: w=0.25 is ResNet-50's own bottleneck (256 out, 64 inner)
+    inner = make_divisible(out_chs * width)
+    body = [
+        ConvOp("conv1", in_chs, inner, 1, act=act),
+        ConvOp("conv2", inner, inner, 3, stride, act=act),
+    ]
+    if se:
+        body.append(_se(inner, in_chs, act))
+    return body + [ConvOp("conv3", inner, out_chs, 1)]
+
+
+_BODIES = {
+    "ir": _ir_body,
+    "fir": _fir_body,
+    "dw": _dw_body,
+    "conv": _conv_body,
+    "basic": _basic_body,
+    "bottleneck": _bottleneck_body,
+}
+# ResNet families always add a shortcut (projected when the shape changes); MBConv-like ones add
+# it only when the shape is kept, as MobileNetV2 and EfficientNet do; a plain conv never does.
+_ALWAYS_RESIDUAL = ("basic", "bottleneck")
+_NEVER_RESIDUAL = ("conv",)
+
+
+def _check_id_fits(layer: Layer) -> None:
+    if tuple(layer.in_shape) != tuple(layer.out_shape):
+        raise ValueError(
+            f"'id' cannot replace layer {getattr(layer, 'name', '?')}: "
+            f"its input {tuple(layer.in_shape)} and output {tuple(layer.out_shape)} differ, "
+            "and the identity keeps the shape"
+        )
+
+
+def plan_candidate(spec: str, layer: Layer) -> BlockPlan:
+    """Decide, without building anything, the structure of candidate ``spec`` at ``layer``.
+
+    Args:
+        spec: A spec of any kind except ``teacher`` and ``id`` (which have no plan).
+        layer: The layer to fit: ``in_shape``, ``out_shape`` and ``stride`` are read.
+
+    Returns:
+        The ``BlockPlan``.
+
+    Raises:
+        ValueError: For an invalid spec, or for ``teacher`` / ``id``.
+    """
+    kind, args = decode_spec(spec)
+    if kind not in _BODIES:
+        raise ValueError(f"{spec!r} is not built from a plan; only {', '.join(_BODIES)} are")
+    in_chs, in_h, in_w = (int(v) for v in layer.in_shape)
+    out_chs, out_h, out_w = (int(v) for v in layer.out_shape)
+    stride = max(1, int(layer.stride))
+    body = _BODIES[kind](in_chs, out_chs, stride, **args)
+    same_shape = (in_chs, in_h, in_w) == (out_chs, out_h, out_w)
+    residual = kind in _ALWAYS_RESIDUAL or (kind not in _NEVER_RESIDUAL and same_shape)
+    # Every conv pads k // 2, so a stride-s block yields ceil(H / s) rows. A layer that
+    # downsamples by a non-integer factor (find_layers then picks the stride that overshoots
+    # least) gets a crop to its exact output size.
+    produced = (math.ceil(in_h / stride), math.ceil(in_w / stride))
+    if produced[0] < out_h or produced[1] < out_w:
+        raise ValueError(
+            f"cannot build {spec!r} for layer {getattr(layer, 'name', '?')}: stride {stride} "
+            f"turns {in_h}x{in_w} into {produced[0]}x{produced[1]}, smaller than its output "
+            f"{out_h}x{out_w}"
+        )
+    crop_to = None if produced == (out_h, out_w) else (out_h, out_w)
+    return BlockPlan(
+        spec=spec,
+        body=tuple(body),
+        in_chs=in_chs,
+        out_chs=out_chs,
+        stride=stride,
+        residual=residual,
+        projection=residual and not same_shape,
+        crop_to=crop_to,
+    )
+
+
+def _module(op: ConvOp | SEOp) -> nn.Module:
+    if isinstance(op, SEOp):
+        return SqueezeExcite(op.chs, op.rd_chs, op.act)
+    return ConvBnAct(op.in_chs, op.out_chs, op.kernel_size, op.stride, op.groups, op.act)
+
+
+def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = None) -> nn.Module:
+    """Build candidate ``spec`` for ``layer``: a module ``(B, *in_shape) -> (B, *out_shape)``.
+
+    Fresh candidates are initialised by ``blocks.init_weights`` (residual ones start as the
+    identity plus a projection where the shape changes); the result depends only on the spec,
+    the layer's shapes and the torch RNG state.
+
+    Args:
+        spec: A candidate spec (see ``lana.candidates.spec``).
+        layer: The layer it replaces (``in_shape``, ``out_shape``, ``stride``).
+        teacher_block: The layer's original module; required for ``teacher``, which returns a
+            deep copy of it (weights included), ignored otherwise.
+
+    Returns:
+        The candidate module: a fresh one is in training mode, a ``teacher`` copy keeps the
+        mode of ``teacher_block``.
+
+    Raises:
+        ValueError: For an invalid spec, ``teacher`` without ``teacher_block``, or ``id`` where
+            the layer changes shape.
+    """
+    kind, _ = decode_spec(spec)
+    if kind == "teacher":
+        if teacher_block is None:
+            raise ValueError("spec 'teacher' copies the layer's block: pass teacher_block=")
+        return copy.deepcopy(teacher_block)
+    if kind == "id":
+        _check_id_fits(layer)
+        return nn.Identity()
+    plan = plan_candidate(spec, layer)
+    body = nn.Sequential(OrderedDict((op.name, _module(op)) for op in plan.body))
+    if plan.projection:
+        shortcut = ConvBnAct(plan.in_chs, plan.out_chs, 1, plan.stride, act=None)
+    else:
+        shortcut = nn.Identity()
+    crop = Crop(*plan.crop_to) if plan.crop_to else nn.Identity()
+    block = CandidateBlock(body, shortcut, plan.residual, crop)
+    init_weights(block)
+    return block

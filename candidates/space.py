@@ -1,0 +1,137 @@
+"""The operation space: the registry of specs, the presets, and the specs that fit one layer.
+
+``list_candidates`` is the registry (like ``timm.list_models``); ``space_for`` picks, for one
+layer, the specs of a preset (``tiny``, ``default``, ``full``) or of a comma-separated pattern list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from typing import TYPE_CHECKING
+
+from .count import estimate_cost
+from .spec import decode_spec, encode_spec, registered_specs
+
+if TYPE_CHECKING:
+    from lana.layers import Layer
+
+__all__ = ["DEFAULT_MAX_MACS_RATIO", "PRESETS", "list_candidates", "list_spaces", "space_for"]
+
+# Patterns per preset, over the registered specs. ``teacher`` and ``id`` are added by space_for.
+PRESETS: dict[str, tuple[str, ...]] = {
+    # one cheap candidate per family: enough to exercise every code path in seconds
+    "tiny": ("ir_k3_e1", "dw_k3", "conv_k3", "basic_w0.25"),
+    # about 40: every kernel x expansion of the inverted residual with ReLU (15), the SE/SiLU
+    # variants EfficientNet teachers use (4), hard-swish as in MobileNetV3 (2), fused IR without
+    # the costliest k5_e4 (5), depthwise-separable (4), plain convs (2), ResNet blocks (5)
+    "default": (
+        "ir_k?_e?",
+        "ir_k[35]_e[36]_se_silu",
+        "ir_k3_e[36]_hswish",
+        "fir_k3_e?",
+        "fir_k5_e[12]",
+        "dw_k?",
+        "dw_k3_se",
+        "dw_k5_silu",
+        "conv_k?",
+        "basic_w0.25",
+        "basic_w0.5",
+        "basic_w1",
+        "bottleneck_w0.25",
+        "bottleneck_w0.5",
+    ),
+    # every registered combination of kernel, expansion/width, SE and activation (180 + 2)
+    "full": ("*",),
+}
+
+# A candidate with more than twice the teacher block's MACs at a layer is dropped: the ILP picks
+# candidates to go faster than the teacher, so one that costs far more can only win on accuracy,
+# where the teacher itself is already the reference. Such candidates also dominate the time and
+# memory of distillation (an ir_k7_e6 in ResNet-50's last stage has 10x its bottleneck's weights).
+DEFAULT_MAX_MACS_RATIO = 2.0
+
+
+def list_candidates(pattern: str = "*") -> list[str]:
+    """All registered candidate specs matching ``pattern`` (fnmatch), sorted.
+
+    Args:
+        pattern: A shell-style pattern, e.g. ``"ir_*"``, ``"*_se*"``, ``"basic_w?.5"``.
+
+    Returns:
+        The matching specs in canonical spelling, sorted.
+    """
+    return sorted(fnmatch.filter(registered_specs(), pattern))
+
+
+def list_spaces() -> list[str]:
+    """Names of the preset spaces."""
+    return list(PRESETS)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(space: str) -> tuple[str, ...]:
+    """Specs (registry order) named by a preset or a comma-separated list of patterns."""
+    patterns = PRESETS.get(space) or tuple(p.strip() for p in space.split(",") if p.strip())
+    if not patterns:
+        raise ValueError(f"empty space {space!r}; presets are {', '.join(PRESETS)}")
+    registry = registered_specs()
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            # an exact spec: decode it so a typo gets the decoder's message and any option
+            # order (ir_e3_k5) maps to the canonical spelling
+            try:
+                chosen.add(encode_spec(*decode_spec(pattern)))
+            except ValueError as error:
+                raise ValueError(
+                    f"{error}; a space is a preset ({', '.join(PRESETS)}) or comma-separated "
+                    "specs and patterns"
+                ) from None
+            continue
+        matched = fnmatch.filter(registry, pattern)
+        if not matched:
+            raise ValueError(
+                f"pattern {pattern!r} in space {space!r} matches no candidate; presets are "
+                f"{', '.join(PRESETS)}, or patterns over list_candidates() such as 'ir_k3_*,dw_*'"
+            )
+        chosen.update(matched)
+    return tuple(spec for spec in registry if spec in chosen)
+
+
+def space_for(
+    layer: Layer,
+    space: str = "default",
+    max_macs_ratio: float | None = DEFAULT_MAX_MACS_RATIO,
+) -> list[str]:
+    """The candidate specs of ``space`` that fit ``layer``.
+
+    The result always starts with ``teacher``, then ``id`` where the layer keeps its shape,
+    then the space's other specs in registry order (by family).
+
+    Args:
+        layer: The layer (``in_shape``, ``out_shape``, ``stride``, ``macs``).
+        space: A preset (``tiny``, ``default``, ``full``) or comma-separated fnmatch patterns
+            and specs, e.g. ``"ir_k3_*,dw_*,id"``.
+        max_macs_ratio: Drop candidates whose MACs at this layer exceed this multiple of the
+            teacher block's (see ``DEFAULT_MAX_MACS_RATIO`` for why); None keeps all.
+            ``teacher`` and ``id`` are never dropped.
+
+    Returns:
+        The specs.
+
+    Raises:
+        ValueError: On an unknown preset, a pattern that matches nothing or an invalid spec.
+    """
+    fits_id = tuple(layer.in_shape) == tuple(layer.out_shape)
+    specs = ["teacher"] + (["id"] if fits_id else [])
+    budget = None
+    if max_macs_ratio is not None and layer.macs > 0:
+        budget = max_macs_ratio * layer.macs
+    for spec in _resolve(space):
+        if spec in ("teacher", "id"):
+            continue
+        if budget is not None and estimate_cost(spec, layer).macs > budget:
+            continue
+        specs.append(spec)
+    return specs

@@ -1,0 +1,214 @@
+"""Candidate spec strings: the one decoder (and its inverse) for the operation space.
+
+A spec names one candidate operation the way timm's block strings name EfficientNet blocks
+(``ir_r2_k3_s2_e6_c24_se0.25``, decoded by ``timm.models._efficientnet_builder._decode_block_str``):
+a kind token, then ``_``-separated options. An option is either a key letter followed by a number
+(``k5`` = kernel 5) or a bare flag (``se``, an activation name). Examples::
+
+    teacher              the layer's original block, weights included
+    id                   drop the layer (only where its input and output shapes match)
+    ir_k5_e3_se          inverted residual (MobileNetV2/EfficientNet MBConv), kernel 5,
+                         expansion 3, squeeze-excite, ReLU
+    ir_k3_e6_se_hswish   the same family with hard-swish
+    fir_k3_e4            fused inverted residual (EfficientNetV2 FusedMBConv)
+    dw_k5                depthwise-separable conv (MobileNetV1)
+    conv_k3              plain conv -> BN -> act
+    basic_w0.5           ResNet basic block, inner width 0.5 x the layer's out channels
+    bottleneck_w0.25     ResNet bottleneck, inner width 0.25 x the layer's out channels
+
+Specs are what the plan JSON and the library file store, so decoding must be strict: a value
+outside the registered grid is an error rather than a silently different module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_ACTIVATION",
+    "KINDS",
+    "KindInfo",
+    "decode_spec",
+    "encode_spec",
+    "registered_specs",
+]
+
+ACTIVATIONS = ("relu", "silu", "hswish")
+# ReLU is the default because it is the cheapest activation on every backend we time; a spec
+# names another activation only when it differs (``ir_k3_e6`` is ReLU, ``ir_k3_e6_silu`` is not).
+DEFAULT_ACTIVATION = "relu"
+
+# key letter -> (argument name, description used in error messages)
+_KEY_NAMES = {
+    "k": ("kernel_size", "kernel"),
+    "e": ("expansion", "expansion"),
+    "w": ("width", "width"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class KindInfo:
+    """What a kind of candidate accepts.
+
+    Attributes:
+        description: One line for listings and error messages.
+        keys: Key letter -> allowed values, in canonical order (all keys are required).
+        se: Whether the ``se`` flag (squeeze-excite) is accepted.
+        act: Whether an activation flag is accepted.
+    """
+
+    description: str
+    keys: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    se: bool = False
+    act: bool = False
+
+
+KINDS: dict[str, KindInfo] = {
+    "teacher": KindInfo("the layer's original block"),
+    "id": KindInfo("identity: drop the layer"),
+    "ir": KindInfo(
+        "inverted residual (MBConv)", {"k": (3, 5, 7), "e": (1, 2, 3, 4, 6)}, se=True, act=True
+    ),
+    "fir": KindInfo(
+        "fused inverted residual (FusedMBConv)", {"k": (3, 5), "e": (1, 2, 4)}, se=True, act=True
+    ),
+    "dw": KindInfo("depthwise-separable conv", {"k": (3, 5)}, se=True, act=True),
+    "conv": KindInfo("plain conv-BN-act", {"k": (1, 3)}, se=True, act=True),
+    "basic": KindInfo("ResNet basic block", {"w": (0.25, 0.5, 1)}, se=True, act=True),
+    "bottleneck": KindInfo("ResNet bottleneck", {"w": (0.25, 0.5)}, se=True, act=True),
+}
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _flags_help(info: KindInfo) -> str:
+    flags = (["se"] if info.se else []) + (list(ACTIVATIONS) if info.act else [])
+    return ", ".join(flags) if flags else "none"
+
+
+def _keys_help(info: KindInfo) -> str:
+    if not info.keys:
+        return "none"
+    return ", ".join(f"{key} ({_KEY_NAMES[key][1]})" for key in info.keys)
+
+
+def _parse_value(spec: str, key: str, text: str, allowed: tuple[float, ...]) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value not in allowed:
+        allowed_text = ", ".join(_format_number(v) for v in allowed)
+        raise ValueError(
+            f"bad value {text!r} for {key} ({_KEY_NAMES[key][1]}) in {spec!r}; "
+            f"allowed: {allowed_text}"
+        )
+    return int(value) if key in ("k", "e") else value
+
+
+def decode_spec(spec: str) -> tuple[str, dict]:
+    """Decode a candidate spec string into its kind and arguments.
+
+    The single decoder of the project: the builder, the space presets and the cost model all
+    go through it. Options may come in any order; defaults are filled in, so two spellings of
+    the same candidate decode to the same arguments (see ``encode_spec`` for the canonical one).
+
+    Args:
+        spec: A spec such as ``"ir_k5_e3_se"``, ``"dw_k3_silu"``, ``"basic_w0.5"``, ``"id"``.
+
+    Returns:
+        ``(kind, args)``. ``args`` holds ``kernel_size`` / ``expansion`` / ``width`` for the
+        kinds that take them, ``se`` (bool) where squeeze-excite is allowed and ``act`` (one of
+        ``ACTIVATIONS``) where an activation is; ``teacher`` and ``id`` have empty args.
+
+    Raises:
+        ValueError: On an unknown kind, key or flag, a value outside the registered grid, a
+            repeated option or a missing key; the message lists what is allowed.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"a candidate spec must be a non-empty string, got {spec!r}")
+    kind, *options = spec.split("_")
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r} in {spec!r}; kinds are {', '.join(KINDS)}")
+    info = KINDS[kind]
+    if options and not (info.keys or info.se or info.act):
+        raise ValueError(f"{kind!r} takes no options, got {spec!r}")
+    given: dict = {}  # slot (key letter, "se" or "act") -> value
+    for option in options:
+        slot, value = _decode_option(spec, info, option)
+        if slot in given:
+            what = {"se": "se", "act": "an activation"}.get(slot, f"key {slot!r}")
+            raise ValueError(f"{what} given twice in {spec!r}")
+        given[slot] = value
+    missing = [key for key in info.keys if key not in given]
+    if missing:
+        raise ValueError(
+            f"{spec!r} lacks {', '.join(f'{k} ({_KEY_NAMES[k][1]})' for k in missing)}; "
+            f"e.g. {registered_specs(kind)[0]!r}"
+        )
+    args = {_KEY_NAMES[key][0]: given[key] for key in info.keys}
+    if info.se:
+        args["se"] = given.get("se", False)
+    if info.act:
+        args["act"] = given.get("act", DEFAULT_ACTIVATION)
+    return kind, args
+
+
+def _decode_option(spec: str, info: KindInfo, option: str) -> tuple[str, object]:
+    """One ``_``-separated option: ``("se", True)``, ``("act", "silu")`` or ``("k", 5)``."""
+    if not option:
+        raise ValueError(f"empty option (doubled or trailing '_') in {spec!r}")
+    if option == "se" and info.se:
+        return "se", True
+    if option in ACTIVATIONS and info.act:
+        return "act", option
+    key, value = option[:1], option[1:]
+    if key not in info.keys:
+        # a whole word (``gelu``, ``se`` on a kind without it) reads better as a flag
+        what, bad = ("flag", option) if option.isalpha() and len(option) > 1 else ("key", key)
+        raise ValueError(
+            f"unknown {what} {bad!r} in {spec!r}; keys are {_keys_help(info)}; "
+            f"flags are {_flags_help(info)}"
+        )
+    if not value:
+        allowed = ", ".join(_format_number(v) for v in info.keys[key])
+        raise ValueError(f"key {key!r} in {spec!r} has no value; allowed: {allowed}")
+    return key, _parse_value(spec, key, value, info.keys[key])
+
+
+def encode_spec(kind: str, args: dict) -> str:
+    """The canonical spec string of ``(kind, args)``: keys in registry order, ``se`` next,
+    the activation last and only when it is not the default. Inverse of ``decode_spec``."""
+    info = KINDS[kind]
+    parts = [kind]
+    parts += [f"{key}{_format_number(args[_KEY_NAMES[key][0]])}" for key in info.keys]
+    if info.se and args.get("se"):
+        parts.append("se")
+    if info.act and args.get("act", DEFAULT_ACTIVATION) != DEFAULT_ACTIVATION:
+        parts.append(args["act"])
+    return "_".join(parts)
+
+
+def registered_specs(kind: str | None = None) -> list[str]:
+    """Every spec of the registered grid (of one kind, or of all), in canonical spelling.
+
+    Each kind contributes the product of its key values, with and without ``se`` where allowed,
+    times every activation where allowed: e.g. ``ir`` gives 3 kernels x 5 expansions x 2 x 3 = 90,
+    and all kinds together 182.
+    """
+    specs = []
+    for name, info in KINDS.items():
+        if kind is not None and name != kind:
+            continue
+        value_grid = itertools.product(*info.keys.values())
+        for values, se, act in itertools.product(
+            value_grid, (False, True) if info.se else (False,), ACTIVATIONS if info.act else (None,)
+        ):
+            args = {_KEY_NAMES[key][0]: value for key, value in zip(info.keys, values, strict=True)}
+            args.update({"se": se, "act": act} if act else {"se": se})
+            specs.append(encode_spec(name, args))
+    return specs
