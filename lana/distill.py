@@ -1,0 +1,329 @@
+"""Stage 2 of LANA: layer-wise feature distillation of every candidate of every layer at once.
+
+Per batch the teacher runs once (eval, no grad) with hooks capturing each layer's input and
+output; every candidate of every layer learns ``candidate(x_in) ≈ y_out`` by MSE normalised by
+the variance of the teacher's output (so losses compare across layers: 1.0 is as bad as
+predicting the mean). All candidates of a chunk share one backward and one fused AdamW step:
+their parameters are disjoint, so this equals separate optimizers, at a fraction of the Python
+overhead. When all candidates do not fit in memory they are trained in chunks of layers, and the
+teacher runs once per batch per chunk, stopping after the chunk's last layer.
+
+Work is checkpointed atomically into a work directory, so a killed build resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from lana.data import ImageDataset, augment, to_model_input
+from lana.layers import Layer, get_layer
+from lana.train import model_norm, warmup_cosine
+
+__all__ = ["DistillConfig", "ChunkResult", "capture_io", "plan_chunks", "distill", "untrained_specs", "candidate_seed"]
+
+log = logging.getLogger(__name__)
+
+UNTRAINED = ("teacher", "id")
+
+
+def untrained_specs(spec: str) -> bool:
+    """``teacher`` and ``id`` need no training."""
+    return spec in UNTRAINED
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How candidates are distilled."""
+
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 3e-3  # AdamW; a higher rate than fine-tuning because each block is small
+    weight_decay: float = 0.0
+    warmup_frac: float = 0.02
+    max_steps: int | None = None
+    chunk_params: int = 40_000_000  # trainable candidate parameters per chunk (~0.6 GB with AdamW)
+    checkpoint_every_s: float = 60.0
+    augment: bool = True
+    eval_images: int = 2000  # held-out images for each candidate's distillation loss
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    layers: tuple[int, ...]
+    steps: int
+    seconds: float
+    losses: dict  # "layer_index/spec" -> held-out normalised MSE
+
+
+def candidate_seed(seed: int, layer_name: str, spec: str) -> int:
+    """A seed per candidate, independent of chunking and rank (so builds are reproducible)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{layer_name}/{spec}".encode())) % (2**31)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end the teacher's forward after the last layer a chunk needs."""
+
+
+@torch.no_grad()
+def capture_io(teacher: nn.Module, names: Sequence[str], x: torch.Tensor, stop_early: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Run the teacher once and return ``{layer name: (input, output)}`` for ``names``.
+
+    With ``stop_early`` the forward stops after the last of ``names`` has run.
+    """
+    found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    wanted = set(names)
+
+    def hook(name):
+        def fn(_module, args, output):
+            found[name] = (args[0].detach(), output.detach())
+            if stop_early and len(found) == len(wanted):
+                raise _Stop
+
+        return fn
+
+    handles = [get_layer(teacher, n).register_forward_hook(hook(n)) for n in names]
+    try:
+        teacher(x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = wanted - set(found)
+    if missing:
+        raise RuntimeError(f"layers {sorted(missing)} did not run in the teacher's forward")
+    return found
+
+
+def plan_chunks(param_counts: Sequence[int], chunk_params: int) -> list[list[int]]:
+    """Group consecutive layers so that each group's trainable parameters stay under a bound."""
+    chunks, current, total = [], [], 0
+    for index, count in enumerate(param_counts):
+        if current and total + count > chunk_params:
+            chunks.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += count
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(data, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _batch_indices(n: int, batch_size: int, epoch: int, seed: int) -> torch.Tensor:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 9973 + epoch))
+    usable = (n // batch_size) * batch_size
+    return order[:usable].view(-1, batch_size)
+
+
+class _Chunk:
+    """The trainable candidates of a group of layers, with one optimizer."""
+
+    def __init__(self, layer_ids, layers, specs, build: Callable[[int, str], nn.Module], config: DistillConfig, device):
+        self.layer_ids = list(layer_ids)
+        self.modules: dict[str, nn.Module] = {}
+        for li in self.layer_ids:
+            for spec in specs[li]:
+                if untrained_specs(spec):
+                    continue
+                torch.manual_seed(candidate_seed(config.seed, layers[li].name, spec))
+                self.modules[f"{li}/{spec}"] = build(li, spec).to(device).train()
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True) if params else None
+
+    def state(self) -> dict:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+        }
+
+    def load(self, state: dict) -> None:
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        if self.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _normalised_mse(pred: torch.Tensor, target: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    return torch.mean((pred.float() - target.float()) ** 2) / variance
+
+
+@torch.no_grad()
+def _held_out_losses(chunk: _Chunk, teacher, layers, eval_set: ImageDataset, device, batch_size: int, norm: dict) -> dict:
+    """Normalised MSE of each candidate over the held-out images (eval mode)."""
+    names = [layers[li].name for li in chunk.layer_ids]
+    sq_err = {k: 0.0 for k in chunk.modules}
+    sums = {li: [0.0, 0.0, 0] for li in chunk.layer_ids}  # sum y, sum y^2, count per layer
+    for m in chunk.modules.values():
+        m.eval()
+    for start in range(0, len(eval_set), batch_size):
+        x = to_model_input(eval_set.images[start : start + batch_size], device, **norm)
+        io = capture_io(teacher, names, x)
+        for li in chunk.layer_ids:
+            x_in, y = io[layers[li].name]
+            s = sums[li]
+            s[0] += float(y.double().sum())
+            s[1] += float((y.double() ** 2).sum())
+            s[2] += y.numel()
+        for key, module in chunk.modules.items():
+            li = int(key.split("/")[0])
+            x_in, y = io[layers[li].name]
+            sq_err[key] += float(((module(x_in).float() - y.float()) ** 2).double().sum())
+    for m in chunk.modules.values():
+        m.train()
+    out = {}
+    for key, err in sq_err.items():
+        s = sums[int(key.split("/")[0])]
+        variance = max(s[1] / s[2] - (s[0] / s[2]) ** 2, 1e-12)
+        out[key] = err / s[2] / variance
+    return out
+
+
+def distill(
+    teacher: nn.Module,
+    layers: Sequence[Layer],
+    specs: Sequence[Sequence[str]],
+    build: Callable[[int, str], nn.Module],
+    train_set: ImageDataset,
+    eval_set: ImageDataset,
+    work_dir: str | os.PathLike,
+    config: DistillConfig = DistillConfig(),
+    device: str | torch.device = "cpu",
+    chunk_ids: Sequence[int] | None = None,
+) -> list[ChunkResult]:
+    """Distil every trainable candidate; resumable through ``work_dir``.
+
+    Args:
+        build: ``build(layer_index, spec) -> nn.Module``, a freshly initialised candidate.
+        work_dir: checkpoints go to ``chunk_K.ckpt.pt`` (running) and finished chunks to
+            ``chunk_K.weights.pt`` + ``chunk_K.json``; finished chunks are skipped on resume.
+        chunk_ids: only these chunks (distributed builds split the chunks across ranks).
+
+    Returns:
+        One :class:`ChunkResult` per chunk (loaded from disk for chunks done earlier).
+    """
+    device = torch.device(device)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    teacher = teacher.to(device).eval()
+    norm = model_norm(teacher)
+    channels_last = device.type == "cuda"
+    trainable = [sum(layer_param_estimate(li, layers, specs, build)) for li in range(len(layers))]
+    chunks = plan_chunks(trainable, config.chunk_params)
+    batches_per_epoch = len(train_set) // config.batch_size
+    if batches_per_epoch == 0:
+        raise ValueError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size}")
+    total = max(1, math.ceil(config.epochs * batches_per_epoch))
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    eval_subset = eval_set.subset(min(config.eval_images, len(eval_set)))
+    results = []
+    for k, chunk_layers in enumerate(chunks):
+        if chunk_ids is not None and k not in chunk_ids:
+            continue
+        done_file = work / f"chunk_{k}.json"
+        if done_file.exists():
+            results.append(ChunkResult(**{**json.loads(done_file.read_text()), "layers": tuple(chunk_layers)}))
+            continue
+        results.append(_distill_chunk(k, len(chunks), chunk_layers, teacher, layers, specs, build, train_set, eval_subset,
+                                      work, config, device, norm, channels_last, total, batches_per_epoch))
+    return results
+
+
+def layer_param_estimate(li, layers, specs, build) -> list[int]:
+    """Trainable parameters of each candidate of layer ``li`` (analytic, without building)."""
+    from lana.candidates import estimate_cost
+
+    return [0 if untrained_specs(s) else int(estimate_cost(s, layers[li]).params) for s in specs[li]]
+
+
+def _distill_chunk(k, n_chunks, chunk_layers, teacher, layers, specs, build, train_set, eval_set, work, config, device, norm, channels_last, total, batches_per_epoch) -> ChunkResult:
+    names = [layers[li].name for li in chunk_layers]
+    chunk = _Chunk(chunk_layers, layers, specs, build, config, device)
+    ckpt = work / f"chunk_{k}.ckpt.pt"
+    step, elapsed = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        chunk.load(state["chunk"])
+        step, elapsed = int(state["step"]), float(state["seconds"])
+        log.info("chunk %d/%d: resuming at step %d of %d", k + 1, n_chunks, step, total)
+    warmup = max(1, int(config.warmup_frac * total))
+    generator = torch.Generator().manual_seed(config.seed + 7919 * k)
+    desc = f"distil {k + 1}/{n_chunks} ({names[0]}..{names[-1]}, {len(chunk.modules)} cands)"
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    start, last_save = time.perf_counter() - elapsed, time.perf_counter()
+    running = None
+    while step < total and chunk.optimizer is not None:
+        epoch, offset = divmod(step, batches_per_epoch)
+        index = _batch_indices(len(train_set), config.batch_size, epoch, config.seed)[offset]
+        x = to_model_input(train_set.images[index], device, channels_last=channels_last, **norm)
+        if config.augment:
+            torch.manual_seed(config.seed * 31 + step)  # resumable: augmentation depends on the step only
+            x = augment(x)
+        for group in chunk.optimizer.param_groups:
+            group["lr"] = config.lr * warmup_cosine(step, total, warmup)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            io = capture_io(teacher, names, x)
+            losses = []
+            variances = {n: io[n][1].float().var().clamp_min(1e-8) for n in names}
+            for key, module in chunk.modules.items():
+                name = layers[int(key.split("/")[0])].name
+                x_in, y = io[name]
+                losses.append(_normalised_mse(module(x_in), y, variances[name]))
+        loss = torch.stack(losses).sum()
+        chunk.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        chunk.optimizer.step()
+        step += 1
+        mean = float(loss.detach()) / len(losses)
+        running = mean if running is None else 0.95 * running + 0.05 * mean
+        bar.update(1)
+        bar.set_postfix(mean_loss=f"{running:.3f}")
+        if time.perf_counter() - last_save > config.checkpoint_every_s and step < total:
+            _atomic_torch_save({"chunk": chunk.state(), "step": step, "seconds": time.perf_counter() - start}, ckpt)
+            last_save = time.perf_counter()
+    bar.close()
+    seconds = time.perf_counter() - start
+    losses = _held_out_losses(chunk, teacher, layers, eval_set, device, config.batch_size, norm)
+    weights = {key: {p: t.detach().cpu().contiguous() for p, t in m.state_dict().items()} for key, m in chunk.modules.items()}
+    _atomic_torch_save(weights, work / f"chunk_{k}.weights.pt")
+    result = ChunkResult(tuple(chunk_layers), step, seconds, losses)
+    _atomic_json({k2: v for k2, v in asdict(result).items() if k2 != "layers"}, work / f"chunk_{k}.json")
+    ckpt.unlink(missing_ok=True)
+    for li in chunk_layers:
+        layer_losses = {s: losses[f"{li}/{s}"] for s in specs[li] if f"{li}/{s}" in losses}
+        if layer_losses:
+            best = min(layer_losses, key=layer_losses.get)
+            worst = max(layer_losses, key=layer_losses.get)
+            log.info("%-16s best %s %.4f, worst %s %.4f", layers[li].name, best, layer_losses[best], worst, layer_losses[worst])
+    return result
+
+
+def load_chunk_weights(work_dir: str | os.PathLike, k: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Finished chunk ``k``'s weights: ``"layer_index/spec" -> state dict``."""
+    return torch.load(Path(work_dir) / f"chunk_{k}.weights.pt", map_location="cpu", weights_only=True)

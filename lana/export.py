@@ -1,0 +1,79 @@
+"""Export a student to ONNX (checked against onnxruntime) and TorchScript."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["ExportResult", "export_onnx", "export_torchscript", "export_all"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: str
+    max_abs_diff: float  # largest difference from the eager model's output on a random batch
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: float = 1e-4, opset: int = 17) -> ExportResult:
+    """Export to ONNX with a dynamic batch and check onnxruntime's output against torch's.
+
+    Raises:
+        RuntimeError: when onnxruntime's output differs by more than ``atol`` (relative to the
+            output's scale).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    tmp = _atomic_target(path)
+    model = model.eval().cpu()
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    diff = float(np.max(np.abs(got - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if diff > atol * scale:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"ONNX export of {type(model).__name__} differs from torch by {diff:.2e} (> {atol * scale:.1e})")
+    os.replace(tmp, path)
+    log.info("ONNX: %s (max |diff| vs torch %.2e)", path, diff)
+    return ExportResult(str(path), diff)
+
+
+def export_torchscript(model: nn.Module, input_shape, path: str | os.PathLike) -> ExportResult:
+    """Trace to TorchScript and check the traced output against the eager one."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    model = model.eval().cpu()
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        diff = float((traced(x) - model(x)).abs().max())
+    traced.save(str(tmp))
+    os.replace(tmp, path)
+    return ExportResult(str(path), diff)
+
+
+def export_all(model: nn.Module, input_shape, out: str | os.PathLike, name: str = "student") -> dict[str, ExportResult]:
+    """ONNX and TorchScript into ``out``."""
+    out = Path(out)
+    return {
+        "onnx": export_onnx(model, input_shape, out / f"{name}.onnx"),
+        "torchscript": export_torchscript(model, input_shape, out / f"{name}.torchscript.pt"),
+    }

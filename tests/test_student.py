@@ -1,0 +1,77 @@
+"""The student (issue 7): assemble -> save -> load, exports, accelerate end to end."""
+
+import json
+
+import pytest
+import torch
+
+from lana.plan import Plan, solve_library
+from lana.student import assemble, load_student, save_student
+
+
+@pytest.fixture(scope="module")
+def plan_and_student(tiny_library):
+    path, _ = tiny_library
+    plan = solve_library(path, "0.7x")
+    return path, plan, assemble(path, plan)
+
+
+def test_plan_replaces_layers_with_library_candidates(plan_and_student):
+    path, plan, student = plan_and_student
+    from lana.layers import get_layer
+
+    changed = [layer for layer, spec in plan.choices if spec != "teacher"]
+    assert changed, "a 0.7x budget must replace at least one layer"
+    for layer in changed:
+        assert type(get_layer(student, layer)).__name__ != "BasicBlock"
+
+
+def test_assemble_save_load_round_trip_is_identical(plan_and_student, tmp_path):
+    path, plan, student = plan_and_student
+    from lana.pipeline import context_from_library
+
+    save_student(student, plan, context_from_library(path), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"student.safetensors", "plan.json", "student.json"}
+    loaded = load_student(tmp_path)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(student(x), loaded(x))
+    assert Plan.load(tmp_path / "plan.json").choices == plan.choices
+
+
+def test_plan_naming_missing_candidate_is_refused(plan_and_student):
+    path, plan, _ = plan_and_student
+    bad = Plan(model=plan.model, choices=(("layer1.0", "ir_k7_e6_se"),), predicted_latency_ms=1, predicted_drop=0)
+    with pytest.raises(ValueError, match="does not hold"):
+        assemble(path, bad)
+
+
+def test_onnx_and_torchscript_exports_match_torch(plan_and_student, tmp_path):
+    from lana.export import export_all
+
+    _, _, student = plan_and_student
+    results = export_all(student, (3, 32, 32), tmp_path)
+    assert results["onnx"].max_abs_diff < 1e-3 and results["torchscript"].max_abs_diff < 1e-4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(results["onnx"].path, providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": torch.randn(5, 3, 32, 32).numpy()})[0]
+    assert out.shape == (5, 10)
+
+
+def test_accelerate_end_to_end_reuses_library(tiny_library, tiny_build, tmp_path):
+    from lana.accelerate import AccelerateConfig, accelerate, format_report
+
+    path, _ = tiny_library
+    config = AccelerateConfig(model="resnet10t", img_size=32, space="tiny", budget="0.8x", library=str(path),
+                              finetune_epochs=1, max_steps=2, limit=tiny_build["limit"], score_images=tiny_build["score_images"],
+                              eval_limit=200, device="cpu", latency_rounds=1, tables=("cpu-b1",))
+    report = accelerate(config, tmp_path)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    for key in ("budget_ms", "budget_met", "teacher", "student", "speedup", "stages_s"):
+        assert key in saved
+    for who in ("teacher", "student"):
+        assert {"top1", "latency_ms", "params", "macs"} <= saved[who].keys()
+    assert "plan" in saved["student"] and saved["stages_s"]["build"] < 60  # reused, not rebuilt
+    assert (tmp_path / "student.onnx").is_file()
+    assert "speed-up" in format_report(report)
