@@ -32,7 +32,7 @@ from lana.data import ImageDataset, augment, to_model_input
 from lana.layers import Layer, get_layer
 from lana.train import model_norm, warmup_cosine
 
-__all__ = ["DistillConfig", "ChunkResult", "capture_io", "plan_chunks", "distill", "untrained_specs", "candidate_seed"]
+__all__ = ["DistillConfig", "ChunkResult", "capture_io", "plan_chunks", "distill", "untrained_specs", "candidate_seed", "chunk_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,7 @@ def distill(
     config: DistillConfig = DistillConfig(),
     device: str | torch.device = "cpu",
     chunk_ids: Sequence[int] | None = None,
+    min_chunks: int = 1,
 ) -> list[ChunkResult]:
     """Distil every trainable candidate; resumable through ``work_dir``.
 
@@ -223,6 +224,7 @@ def distill(
         work_dir: checkpoints go to ``chunk_K.ckpt.pt`` (running) and finished chunks to
             ``chunk_K.weights.pt`` + ``chunk_K.json``; finished chunks are skipped on resume.
         chunk_ids: only these chunks (distributed builds split the chunks across ranks).
+        min_chunks: split into at least this many chunks (one per rank), layers permitting.
 
     Returns:
         One :class:`ChunkResult` per chunk (loaded from disk for chunks done earlier).
@@ -233,8 +235,7 @@ def distill(
     teacher = teacher.to(device).eval()
     norm = model_norm(teacher)
     channels_last = device.type == "cuda"
-    trainable = [sum(layer_param_estimate(li, layers, specs, build)) for li in range(len(layers))]
-    chunks = plan_chunks(trainable, config.chunk_params)
+    chunks = chunk_plan(layers, specs, config.chunk_params, min_chunks)
     batches_per_epoch = len(train_set) // config.batch_size
     if batches_per_epoch == 0:
         raise ValueError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size}")
@@ -255,7 +256,18 @@ def distill(
     return results
 
 
-def layer_param_estimate(li, layers, specs, build) -> list[int]:
+def chunk_plan(layers, specs, chunk_params: int, min_chunks: int = 1) -> list[list[int]]:
+    """The chunks of layers ``distill`` trains together (the same on every rank)."""
+    trainable = [sum(layer_param_estimate(li, layers, specs)) for li in range(len(layers))]
+    chunks = plan_chunks(trainable, chunk_params)
+    while len(chunks) < min(min_chunks, len(layers)):  # halve the largest chunk until every rank has one
+        big = max(range(len(chunks)), key=lambda i: len(chunks[i]))
+        half = len(chunks[big]) // 2
+        chunks[big : big + 1] = [chunks[big][:half], chunks[big][half:]]
+    return chunks
+
+
+def layer_param_estimate(li, layers, specs) -> list[int]:
     """Trainable parameters of each candidate of layer ``li`` (analytic, without building)."""
     from lana.candidates import estimate_cost
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import lana
-from lana.distill import DistillConfig, distill, load_chunk_weights, untrained_specs
+from lana.distill import DistillConfig, chunk_plan, distill, load_chunk_weights, untrained_specs
 from lana.library import LayerRecord, write_library, write_latency_table
 from lana.teacher import file_sha256, load_teacher
 
@@ -187,19 +187,29 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     from lana.score import score_candidates
     from lana.train import resolve_device
 
+    from lana.dist import DistContext
+
     out = Path(out)
     device = resolve_device(config.device)
+    dist = DistContext.from_env(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     sha = file_sha256(config.checkpoint) if config.checkpoint else None
     config = replace(config, checkpoint_sha256=sha, device=device.type,
                      tables=tuple(config.tables) if config.tables else default_tables(device.type))
     for name in config.tables:
         parse_table_name(name)  # fail before hours of work on a bad table name
     work = out.with_name(out.name + ".work")
-    _open_work_dir(work, config, restart)
+    if dist.is_main:
+        _open_work_dir(work, config, restart)
+    dist.barrier()
+    if not dist.is_main:
+        _open_work_dir(work, config, restart=False)
     stages = {}
     t0 = time.perf_counter()
     train_set = load_dataset(config.dataset, "train", config.img_size, seed=config.seed, limit=config.limit)
     score_set = load_dataset(config.dataset, "score", config.img_size, seed=config.seed, limit=config.score_images)
+    torch.manual_seed(config.seed)  # a teacher without weights (smoke runs) is the same on every rank
     teacher = load_teacher(config.model, train_set.num_classes, checkpoint=config.checkpoint, pretrained=config.pretrained)
     ctx = LibraryContext(teacher, config.img_size, config.space, config.max_macs_ratio)
     n_cands = sum(len(s) for s in ctx.specs)
@@ -210,7 +220,12 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     t0 = time.perf_counter()
     dcfg = DistillConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, max_steps=config.max_steps,
                          checkpoint_every_s=config.checkpoint_every_s, seed=config.seed)
-    chunks = distill(ctx.teacher, ctx.layers, ctx.specs, ctx.build, train_set, score_set, work, dcfg, device)
+    run = lambda ids: distill(ctx.teacher, ctx.layers, ctx.specs, ctx.build, train_set, score_set, work, dcfg, device,
+                              chunk_ids=ids, min_chunks=dist.world_size)
+    if dist.enabled:  # each rank distils its chunks; then every rank reads all of them from disk
+        run(dist.mine(list(range(len(chunk_plan(ctx.layers, ctx.specs, dcfg.chunk_params, dist.world_size))))))
+        dist.barrier()
+    chunks = run(None)
     losses = {}
     for k, chunk in enumerate(chunks):
         ctx.weights.update(load_chunk_weights(work, k))
@@ -220,8 +235,14 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     scores = None
     if not config.skip_score:
         t0 = time.perf_counter()
+        if dist.enabled:
+            score_candidates(ctx.teacher, ctx.layers, ctx.specs, ctx.load, score_set, work, device,
+                             layer_ids=dist.mine(list(range(len(ctx.layers)))))
+            dist.barrier()
         scores = score_candidates(ctx.teacher, ctx.layers, ctx.specs, ctx.load, score_set, work, device)
         stages["score"] = time.perf_counter() - t0
+    if not dist.is_main:  # rank 0 times latency and writes the library
+        return BuildResult(str(out), len(ctx.layers), n_cands, stages, _peak_memory_mb(device))
     tables = []
     if not config.skip_latency:
         t0 = time.perf_counter()

@@ -1,0 +1,77 @@
+"""Distributed builds under torchrun: which rank does what.
+
+The build is split by *candidates*, not by data: each rank distils whole chunks of layers (and
+scores whole layers) on the full data, so ranks never exchange gradients. Candidates of different
+layers share nothing, so this needs no communication but a few barriers, and a 2-rank build
+computes exactly what a 1-rank build computes (per-candidate seeds, the same batches). The work
+directory must be on a file system all ranks see (one node, or a shared mount across nodes);
+rank 0 alone times latency and writes the library.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["DistContext", "split_round_robin"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> "DistContext":
+        """Join the process group torchrun describes in the environment (a no-op without it).
+
+        NCCL on CUDA, gloo on CPU. The timeout is long because rank 0 times latency alone while
+        the others wait at a barrier.
+        """
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(local)
+            dist.init_process_group(backend, timeout=datetime.timedelta(hours=4))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # ranks on one node share its cores: oversubscribed threads slow small convs many-fold
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        log.info("rank %d of %d (local %d), backend %s", rank, world, local, dist.get_backend())
+        return cls(rank, world, local)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def mine(self, items: list) -> list:
+        """The items this rank works on."""
+        return split_round_robin(items, self.world_size)[self.rank]
+
+
+def split_round_robin(items: list, parts: int) -> list[list]:
+    """Deal items to ``parts`` ranks in turn (neighbouring layers cost alike, so this balances)."""
+    return [items[r::parts] for r in range(parts)]
