@@ -36,7 +36,8 @@ def _cmd_teacher(args) -> int:
     result = train_teacher(model=args.model, dataset=args.dataset, img_size=args.img_size, epochs=args.epochs,
                            out=args.out, checkpoint=args.checkpoint, pretrained=args.pretrained, lr=args.lr,
                            batch_size=args.batch_size, optimizer=args.optimizer, max_steps=args.max_steps,
-                           device=args.device, workers=args.workers, seed=args.seed, limit=args.limit)
+                           device=args.device, workers=args.workers, seed=args.seed, limit=args.limit,
+                           label_smoothing=args.label_smoothing, augment=args.augment, weight_decay=args.weight_decay)
     print(f"teacher {result.model}: test top-1 {result.top1:.2f}% after {result.steps} steps "
           f"({result.minutes:.1f} min) -> {result.path}")
     return 0
@@ -47,9 +48,12 @@ def _add_teacher(sub) -> None:
     _add_common_model(p)
     _add_run_opts(p)
     p.add_argument("--epochs", type=float, default=10)
-    p.add_argument("--lr", type=float, default=None, help="default 0.1 from scratch, 0.01 fine-tuning (SGD)")
+    p.add_argument("--lr", type=float, default=None, help="default 0.2 from scratch, 0.01 fine-tuning (SGD)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 (SGD) or 0.05 (AdamW)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", choices=["crop-flip", "flip", "none"], default="flip")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--out", default="runs/teacher")
     p.set_defaults(func=_cmd_teacher)
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher(sub)
     _add_candidates(sub)
     for module, names in (
-        ("lana.cli_build", ("add_build_parser", "add_latency_parser", "add_info_parser")),
+        ("lana.cli_build", ("add_build_parser", "add_latency_parser", "add_info_parser", "add_correlate_parser")),
         ("lana.cli_solve", ("add_solve_parser", "add_pareto_parser")),
         ("lana.cli_student", ("add_assemble_parser", "add_accelerate_parser", "add_demo_parser")),
     ):

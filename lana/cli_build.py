@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["add_build_parser", "add_latency_parser", "add_info_parser"]
+__all__ = ["add_build_parser", "add_latency_parser", "add_info_parser", "add_correlate_parser"]
 
 
 def _cmd_build(args) -> int:
@@ -101,3 +101,21 @@ def add_info_parser(sub) -> None:
     p.add_argument("library")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
+
+
+def _cmd_correlate(args) -> int:
+    from lana.correlation import score_correlation
+
+    report = score_correlation(args.library, count=args.students, seed=args.seed, device=args.device, limit=args.limit)
+    print(report.to_text())
+    return 0
+
+
+def add_correlate_parser(sub) -> None:
+    p = sub.add_parser("correlate", help="which score kind predicts real top-1 best (random students, Spearman)")
+    p.add_argument("library")
+    p.add_argument("--students", type=int, default=20)
+    p.add_argument("--limit", type=int, default=None, help="images of the score split (default: as built)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_correlate)

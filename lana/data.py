@@ -299,10 +299,13 @@ def to_model_input(
 def augment(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """Light augmentation on a float batch: random crop after reflection padding, horizontal flip."""
     batch, _, height, width = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).tolist()
-    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).tolist()
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(batch)])
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).tolist()
+        dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).tolist()
+        out = torch.stack([padded[i, :, dy[i] : dy[i] + height, dx[i] : dx[i] + width] for i in range(batch)])
+    else:
+        out = x.clone()
     if flip:
         mask = torch.rand(batch, generator=generator) < 0.5
         out[mask] = out[mask].flip(-1)

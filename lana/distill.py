@@ -56,7 +56,7 @@ class DistillConfig:
     max_steps: int | None = None
     chunk_params: int = 40_000_000  # trainable candidate parameters per chunk (~0.6 GB with AdamW)
     checkpoint_every_s: float = 60.0
-    augment: bool = True
+    augment: bool = True  # random crop and flip of the teacher's input
     eval_images: int = 2000  # held-out images for each candidate's distillation loss
     seed: int = 0
 

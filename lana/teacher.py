@@ -248,11 +248,16 @@ def train_teacher(
     workers: int = 0,
     seed: int = 0,
     limit: int | None = None,
+    label_smoothing: float = 0.0,
+    augment: str = "flip",
+    weight_decay: float | None = None,
 ) -> TeacherResult:
     """Train (or fine-tune, with ``pretrained``/``checkpoint``) a teacher and save it.
 
     Writes ``OUT/teacher.safetensors`` and ``OUT/teacher.json`` (config, accuracy, time).
-    The learning rate defaults to 0.1 from scratch and 0.01 when fine-tuning (SGD).
+    The learning rate defaults to 0.2 from scratch and 0.01 when fine-tuning (SGD). The recipe's
+    defaults (flip only, no label smoothing) came out best of six recipes at 4 epochs for resnet18
+    on 32 px Fashion-MNIST (91.4% vs 88.9% with random crops; see the notes of issue 2).
     """
     from lana.data import load_dataset
     from lana.train import Recipe, evaluate, fit
@@ -262,9 +267,12 @@ def train_teacher(
     test_set = load_dataset(dataset, "test", img_size, limit=limit)
     net = load_teacher(model, train_set.num_classes, checkpoint=checkpoint, pretrained=pretrained)
     if lr is None:
-        lr = 0.01 if (pretrained or checkpoint) else 0.1
-        lr = lr if optimizer == "sgd" else lr / 50
-    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, max_steps=max_steps, workers=workers, seed=seed)
+        lr = 0.01 if (pretrained or checkpoint) else 0.2
+        lr = lr if optimizer == "sgd" else lr / 100
+    if weight_decay is None:
+        weight_decay = 5e-4 if optimizer == "sgd" else 0.05
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, max_steps=max_steps, workers=workers,
+                    seed=seed, label_smoothing=label_smoothing, augment=augment, weight_decay=weight_decay)
     config["recipe"] = asdict(recipe)
     start = time.perf_counter()
     result = fit(net, train_set, recipe, device=device, eval_set=test_set, desc=f"teacher {model}")

@@ -35,7 +35,7 @@ class Recipe:
     weight_decay: float = 5e-4
     warmup_frac: float = 0.03
     label_smoothing: float = 0.1
-    augment: bool = True
+    augment: str = "crop-flip"  # crop-flip, flip or none
     max_steps: int | None = None
     workers: int = 0
     seed: int = 0
@@ -157,8 +157,8 @@ def fit(
         running, seen = 0.0, 0
         for images, labels in loader:
             x = to_model_input(images, device, channels_last=channels_last, **norm)
-            if recipe.augment:
-                x = augment(x, generator=generator)
+            if recipe.augment != "none":
+                x = augment(x, pad=4 if recipe.augment == "crop-flip" else 0, generator=generator)
             labels = labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = loss_fn(model(x), labels, x)
