@@ -1,0 +1,280 @@
+"""Plans: the ILP's answer (`Plan`), and the functions behind ``lana solve`` and ``lana pareto``.
+
+Plan JSON (``Plan.to_json``, ``lana solve --json``, ``--out``); the first ten keys are those of
+ARCHITECTURE.md, the rest add what a reader needs to trust and reproduce the plan::
+
+    {"model": "resnet18",                 # the teacher's timm name
+     "table": "cpu-b64",                  # the budget's latency table
+     "score": "kl",                       # the score kind the drop sums
+     "budget_ms": 3.2,                    # the budget on `table`, fixed part included
+     "choices": {"layer1.0": "ir_k3_e2", ...},   # every layer, in network order
+     "predicted_latency_ms": 3.1,         # fixed_ms + sum of the chosen latencies on `table`
+     "predicted_drop": 0.4,               # sum of the chosen scores
+     "solver": "highs", "solve_time_s": 0.01,
+     "latency_ms": {"cpu-b64": 3.1, "gpu-b1": 0.9},  # predicted on every table of the library
+     "params": 11200000, "macs": 1800000000,          # totals over the replaceable layers
+     "layer_latency_ms": {"layer1.0": 0.12, ...},     # per layer, on `table`
+     "layer_score": {"layer1.0": 0.01, ...},          # per layer
+     "config": {"library": "lib.h5", "budget": "0.5x", "teacher_ms": {...}, "max_params": null,
+                "max_macs": null, "extra_budgets": {}, "keep": [], "exclude": [], ...}}
+
+`Plan.from_json` needs only the first ten keys (``budget_ms``, ``solver`` and ``solve_time_s`` may
+be missing too), so plans written by hand or by other tools load as well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from lana.problem import TEACHER, Problem, load_problem, parse_budget, restrict
+
+__all__ = ["Plan", "solve_library", "solve_diverse", "pareto", "plot_pareto"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One candidate per layer, with its predicted latency and accuracy drop."""
+
+    model: str
+    choices: tuple[tuple[str, str], ...]  # (layer, spec), in network order
+    predicted_latency_ms: float
+    predicted_drop: float
+    table: str = ""
+    score: str = ""
+    budget_ms: float | None = None
+    solver: str = ""
+    solve_time_s: float = 0.0
+    latency_ms: Mapping[str, float] = field(default_factory=dict, hash=False)
+    params: int | None = None
+    macs: int | None = None
+    layer_latency_ms: tuple[float, ...] = ()  # aligned with choices
+    layer_score: tuple[float, ...] = ()  # aligned with choices
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def specs(self) -> dict[str, str]:
+        """layer -> spec."""
+        return dict(self.choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan JSON's content (schema in the module docstring)."""
+        layers = [layer for layer, _ in self.choices]
+        return {"model": self.model, "table": self.table, "score": self.score,
+                "budget_ms": self.budget_ms, "choices": dict(self.choices),
+                "predicted_latency_ms": self.predicted_latency_ms,
+                "predicted_drop": self.predicted_drop, "solver": self.solver,
+                "solve_time_s": self.solve_time_s, "latency_ms": dict(self.latency_ms),
+                "params": self.params, "macs": self.macs,
+                "layer_latency_ms": dict(zip(layers, self.layer_latency_ms)),
+                "layer_score": dict(zip(layers, self.layer_score)), "config": dict(self.config)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The plan JSON as text."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """Reads plan JSON content; only the keys of ARCHITECTURE.md's example are required."""
+        choices = tuple((str(layer), str(spec)) for layer, spec in data["choices"].items())
+        per_layer = {key: tuple(float(data[key][layer]) for layer, _ in choices)
+                     for key in ("layer_latency_ms", "layer_score")
+                     if all(layer in data.get(key, {}) for layer, _ in choices)}
+        return cls(model=data["model"], choices=choices,
+                   predicted_latency_ms=float(data["predicted_latency_ms"]),
+                   predicted_drop=float(data["predicted_drop"]), table=data.get("table", ""),
+                   score=data.get("score", ""), budget_ms=data.get("budget_ms"),
+                   solver=data.get("solver", ""), solve_time_s=data.get("solve_time_s", 0.0),
+                   latency_ms=dict(data.get("latency_ms", {})), params=data.get("params"),
+                   macs=data.get("macs"), config=dict(data.get("config", {})), **per_layer)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Reads plan JSON text."""
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path) -> Path:
+        """Writes the JSON atomically (a temporary file in the same folder, then os.replace)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json() + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path) -> Plan:
+        """Reads a plan JSON file."""
+        return cls.from_json(Path(path).read_text())
+
+
+def solve_library(path, budget: str | float, *, table: str | None = None,
+                  score: str | None = None, solver: str = "highs", max_params: int | None = None,
+                  max_macs: int | None = None,
+                  extra_budgets: Mapping[str, str | float] | None = None,
+                  keep: Iterable[str] = (), exclude: Iterable[str] = (),
+                  allow_incomplete: bool = False) -> Plan:
+    """The best plan of a library under a latency budget (``lana solve``).
+
+    Args:
+        path: the library .h5 file.
+        budget: ``"0.5x"`` (of the teacher's predicted latency on ``table``), ``"3.2ms"`` or ms.
+        table: latency table of the budget; default: the library's first table.
+        score: score kind to minimise; default: see `lana.problem.load_problem`.
+        solver: ``highs`` (default), ``cbc``, ``pulp-highs`` or ``cpsat``.
+        max_params: limit on the total params of the replaceable layers.
+        max_macs: limit on their total MACs.
+        extra_budgets: budgets on other tables, met at the same time: ``{"gpu-b64": "0.6x"}``.
+        keep: layer-name patterns whose layers keep the teacher (`lana.problem.restrict`).
+        exclude: spec patterns (or ``LAYER:SPEC``) of forbidden candidates.
+        allow_incomplete: solve a library whose build has not finished.
+
+    Raises:
+        lana.solver.InfeasibleBudget: no plan meets the constraints; it carries the minimum
+            achievable latency and the binding constraints.
+    """
+    problem, settings = _setup(path, table, score, keep, exclude, allow_incomplete, solver,
+                               max_params, max_macs, extra_budgets)
+    return _solve(problem, budget, settings)[0]
+
+
+def _solve(problem: Problem, budget: str | float, settings: Mapping[str, Any],
+           avoid: Sequence[Sequence[int]] = (), min_diff: int = 1) -> tuple[Plan, tuple[int, ...]]:
+    """Solves a loaded, restricted problem; returns the plan and its candidate indices."""
+    from lana import solver as ilp
+
+    teacher_ms = settings["teacher_ms"]
+    budget_ms = parse_budget(budget, teacher_ms.get(problem.table))
+    extra_ms = {t: parse_budget(b, teacher_ms.get(t)) for t, b in settings["extra_budgets"].items()}
+    solution = ilp.solve(problem, budget_ms, solver=settings["solver"],
+                         max_params=settings["max_params"], max_macs=settings["max_macs"],
+                         extra_budgets_ms=extra_ms, avoid=avoid, min_diff=min_diff)
+    choice = solution.choice
+    plan = Plan(
+        model=problem.model, table=problem.table, score=problem.score, budget_ms=budget_ms,
+        choices=tuple((layer, problem.specs[l][c]) for l, (layer, c)
+                      in enumerate(zip(problem.layers, choice))),
+        predicted_latency_ms=solution.latency_ms[problem.table],
+        predicted_drop=solution.objective, solver=solution.solver,
+        solve_time_s=solution.solve_time_s, latency_ms=dict(solution.latency_ms),
+        params=solution.params, macs=solution.macs,
+        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c])
+                               for l, c in enumerate(choice)),
+        layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)),
+        config={**settings, "budget": str(budget), "extra_budgets_ms": extra_ms})
+    return plan, choice
+
+
+def solve_diverse(path, budget: str | float, k: int = 3, min_diff: int = 1,
+                  **options) -> list[Plan]:
+    """The ``k`` best plans that differ pairwise in at least ``min_diff`` layers (``--diverse``).
+
+    Solves once, then again with a cut ``sum_l x[l, plan_l] <= L - min_diff`` per plan found, so
+    each plan is the best that differs enough from all the earlier ones. Returns fewer than ``k``
+    plans when no more exist. ``options`` are those of `solve_library`.
+    """
+    if k < 1 or min_diff < 1:
+        raise ValueError(f"--diverse K and --min-diff D must be >= 1, got K={k}, D={min_diff}")
+    from lana.solver import NoMorePlans
+
+    problem, settings = _setup_from(path, options)
+    plans, avoid = [], []
+    for rank in range(1, k + 1):
+        try:
+            plan, choice = _solve(problem, budget, settings, avoid, min_diff)
+        except NoMorePlans:
+            break
+        plans.append(dataclasses.replace(plan, config={**plan.config, "diverse_rank": rank,
+                                                       "min_diff": min_diff}))
+        avoid.append(choice)
+    return plans
+
+
+def pareto(path, budgets: Sequence[str | float], **options) -> list[Plan]:
+    """The best plan at each budget (``lana pareto``): the predicted accuracy-latency front.
+
+    Budgets that no plan meets are skipped; if none is met, the last `InfeasibleBudget` is raised.
+    ``options`` are those of `solve_library`. The library is read once.
+    """
+    from lana.solver import InfeasibleBudget
+
+    problem, settings = _setup_from(path, options)
+    plans, error = [], None
+    for budget in budgets:
+        try:
+            plans.append(_solve(problem, budget, settings)[0])
+        except InfeasibleBudget as exc:
+            error = exc
+    if not plans and error is not None:
+        raise error
+    return plans
+
+
+def plot_pareto(plans: Sequence[Plan], png_path) -> Path:
+    """Draws predicted drop against predicted latency, one point per plan, into a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global state
+    from matplotlib.figure import Figure
+
+    if not plans:
+        raise ValueError("no plans to plot")
+    first = plans[0]
+    points = sorted((p.predicted_latency_ms, p.predicted_drop) for p in plans)
+    figure = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot([x for x, _ in points], [y for _, y in points], "o-", drawstyle="steps-post")
+    teacher_ms = first.config.get("teacher_ms", {}).get(first.table)
+    if teacher_ms:
+        axes.axvline(teacher_ms, color="grey", linestyle="--", label=f"teacher {teacher_ms:.3g} ms")
+        axes.legend()
+    axes.set_xlabel(f"predicted latency on {first.table} (ms)")
+    axes.set_ylabel(f"predicted drop ({first.score})")
+    axes.set_title(f"{first.model}: predicted accuracy-latency front")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    png_path = Path(png_path)
+    figure.savefig(png_path, format="png")
+    return png_path
+
+
+def _setup_from(path, options: Mapping[str, Any]):
+    known = {"table", "score", "solver", "max_params", "max_macs", "extra_budgets", "keep",
+             "exclude", "allow_incomplete"}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unexpected options {sorted(unknown)}")
+    get = options.get
+    return _setup(path, get("table"), get("score"), get("keep", ()), get("exclude", ()),
+                  get("allow_incomplete", False), get("solver", "highs"), get("max_params"),
+                  get("max_macs"), get("extra_budgets"))
+
+
+def _setup(path, table, score, keep, exclude, allow_incomplete, solver, max_params, max_macs,
+           extra_budgets):
+    """Loads the problem, records the teacher's latencies (before --exclude may drop `teacher`)
+    and restricts it; returns it with the run's settings."""
+    full = load_problem(path, table, score, allow_incomplete=allow_incomplete)
+    settings = _settings(full, solver, max_params, max_macs, extra_budgets)
+    keep, exclude = list(keep), list(exclude)
+    settings.update(library=str(path), keep=keep, exclude=exclude)
+    return restrict(full, keep, exclude), settings
+
+
+def _settings(problem, solver, max_params, max_macs, extra_budgets) -> dict[str, Any]:
+    """The run's configuration, kept in every plan's ``config``."""
+    from lana import __version__
+
+    has_teacher = all(TEACHER in specs for specs in problem.specs)
+    return {"library": problem.source, "solver": solver, "max_params": max_params,
+            "max_macs": max_macs, "extra_budgets": dict(extra_budgets or {}),
+            "teacher_ms": {t: problem.teacher_ms(t) for t in problem.tables} if has_teacher else {},
+            "keep": [], "exclude": [], "lana_version": __version__}
