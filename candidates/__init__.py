@@ -8,13 +8,19 @@ Imported as ``lana.candidates`` (the folder sits at the top of the repository; p
     >>> list_candidates("dw_k3*")
     ['dw_k3', 'dw_k3_hswish', 'dw_k3_se', 'dw_k3_se_hswish', 'dw_k3_se_silu', 'dw_k3_silu']
 
-Modules: ``spec`` (decode / encode / registry grid), ``blocks`` (the nn.Modules), ``builder``
-(spec + layer -> module), ``count`` (parameters and MACs), ``space`` (presets, ``space_for``),
-``summary`` (the per-layer table behind ``lana candidates``).
+Modules: ``spec`` (decode / encode / registry grid), ``blocks`` (the nn.Modules), ``ghost``
+(GhostNet modules), ``rep`` (re-parameterisable RepVGG / MobileOne units and their fusion),
+``builder`` (spec + layer -> module), ``count`` (parameters and MACs), ``space`` (presets,
+``space_for``), ``fuse`` (``inference_form``: rep fusion and BN folding, what ships), ``quant``
+(``quantize_int8``: post-training int8 for CPU), ``summary`` (the per-layer table behind
+``lana candidates``).
 """
 
 from .builder import BlockPlan, build_candidate, plan_candidate
 from .count import Candidate, count_params_macs, estimate_cost
+from .fuse import fold_bn, inference_form
+from .quant import QuantizationError, quantization_error, quantize_int8
+from .rep import reparameterize
 from .space import DEFAULT_MAX_MACS_RATIO, PRESETS, list_candidates, list_spaces, space_for
 from .spec import KINDS, decode_spec, encode_spec
 from .summary import SpaceRow, SpaceSummary
@@ -25,6 +31,7 @@ __all__ = [
     "PRESETS",
     "BlockPlan",
     "Candidate",
+    "QuantizationError",
     "SpaceRow",
     "SpaceSummary",
     "build_candidate",
@@ -32,8 +39,13 @@ __all__ = [
     "decode_spec",
     "encode_spec",
     "estimate_cost",
+    "fold_bn",
+    "inference_form",
     "list_candidates",
     "list_spaces",
     "plan_candidate",
+    "quantization_error",
+    "quantize_int8",
+    "reparameterize",
     "space_for",
 ]

@@ -141,7 +141,8 @@ def init_weights(block: CandidateBlock) -> None:
     In a residual block the last BN of the body starts with gamma = 0 (Goyal et al. 2017,
     timm's ``zero_init_last``): a shape-preserving candidate is then exactly the identity, i.e.
     the ``id`` candidate, which is a far better start for a layer of a trained residual
-    network than a random function.
+    network than a random function. When the body's last unit holds several BNs side by side
+    (a ghost module concatenates two conv-BN outputs), all of them start at zero.
     """
     for module in block.modules():
         if isinstance(module, nn.Conv2d):
@@ -152,5 +153,7 @@ def init_weights(block: CandidateBlock) -> None:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
     if block.residual:
-        last_bn = [m for m in block.body.modules() if isinstance(m, nn.BatchNorm2d)][-1]
-        nn.init.zeros_(last_bn.weight)
+        units = [u for u in block.body if any(isinstance(m, nn.BatchNorm2d) for m in u.modules())]
+        for module in units[-1].modules():
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.zeros_(module.weight)

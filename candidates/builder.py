@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .blocks import CandidateBlock, ConvBnAct, Crop, SqueezeExcite, init_weights, make_divisible
+from .ghost import GHOST_EXPANSION, GhostOp
+from .rep import RepConvBnAct, RepOp
 from .spec import decode_spec
 
 if TYPE_CHECKING:
     from lana.layers import Layer
 
-__all__ = ["BlockPlan", "ConvOp", "SEOp", "build_candidate", "plan_candidate"]
+__all__ = ["BlockPlan", "ConvOp", "GhostOp", "RepOp", "SEOp", "build_candidate", "plan_candidate"]
 
 # Squeeze-excite follows the block's spatial (kxk) conv and reduces to a quarter of the block's
 # input channels, as EfficientNet's se_ratio=0.25 does for MBConv, so SE stays cheap however
@@ -65,47 +67,58 @@ class BlockPlan:
 
     Attributes:
         spec: The spec, as given.
-        body: The body's units in order.
+        body: The body's units in order: ``ConvOp`` and ``SEOp`` here, ``GhostOp``
+            (``lana.candidates.ghost``) and ``RepOp`` (``lana.candidates.rep``), which bring
+            their own ``build()`` and ``cost()``.
         in_chs, out_chs, stride: The layer's channels and stride.
         residual: Whether the shortcut is added to the body's output.
-        projection: Whether the shortcut is a 1x1 conv (stride ``stride``) + BN rather than the
-            identity; only when the layer changes shape.
+        projection: Whether the shortcut is a projection rather than the identity; only when
+            the layer changes shape.
         crop_to: ``(H, W)`` to crop to when the layer's output is smaller than
             ``ceil(input / stride)``, else None.
+        shortcut: The projection's conv -> BN units (empty without a projection): one 1x1 conv
+            with the layer's stride, or for ``ghost`` timm's depthwise kxk (stride) + 1x1 pair.
     """
 
     spec: str
-    body: tuple[ConvOp | SEOp, ...]
+    body: tuple[ConvOp | SEOp | GhostOp | RepOp, ...]
     in_chs: int
     out_chs: int
     stride: int
     residual: bool
     projection: bool
     crop_to: tuple[int, int] | None
+    shortcut: tuple[ConvOp, ...] = ()
 
 
 def _se(chs: int, in_chs: int, act: str) -> SEOp:
     return SEOp("se", chs, max(1, round(min(chs, in_chs) * _SE_RATIO)), act)
 
 
-def _ir_body(in_chs, out_chs, stride, kernel_size, expansion, se, act):
+def _ir_body(in_chs, out_chs, stride, kernel_size, expansion, se, act, lin=False):
     # MobileNetV2 / EfficientNet MBConv: 1x1 expand -> kxk depthwise (stride) -> [SE] -> 1x1 linear.
     # The expansion conv is kept at e=1 too, as timm's InvertedResidual does, so that ir_k3_e1
     # differs from dw_k3.
+    # ``lin`` drops the depthwise conv's activation and keeps the expansion's: the ReLU right
+    # after expanding is MobileNetV2's "expand, rectify in the wide space, project"; without the
+    # second one, depthwise -> [SE] -> project is one linear depthwise-separable map.
     mid = make_divisible(in_chs * expansion)
     body = [
         ConvOp("conv_pw", in_chs, mid, 1, act=act),
-        ConvOp("conv_dw", mid, mid, kernel_size, stride, groups=mid, act=act),
+        ConvOp("conv_dw", mid, mid, kernel_size, stride, groups=mid, act=None if lin else act),
     ]
     if se:
         body.append(_se(mid, in_chs, act))
     return body + [ConvOp("conv_pwl", mid, out_chs, 1)]
 
 
-def _fir_body(in_chs, out_chs, stride, kernel_size, expansion, se, act):
+def _fir_body(in_chs, out_chs, stride, kernel_size, expansion, se, act, lin=False):
     # EfficientNetV2 FusedMBConv: the expand and depthwise convs fused into one full kxk conv.
+    # ``lin`` drops the expansion conv's activation, its only inner one: what remains non-linear
+    # is the SE gate, if any; without SE the block is linear (an over-parameterised kxk conv,
+    # as in ExpandNets) and only the network around it is not.
     mid = make_divisible(in_chs * expansion)
-    body = [ConvOp("conv_exp", in_chs, mid, kernel_size, stride, act=act)]
+    body = [ConvOp("conv_exp", in_chs, mid, kernel_size, stride, act=None if lin else act)]
     if se:
         body.append(_se(mid, in_chs, act))
     return body + [ConvOp("conv_pwl", mid, out_chs, 1)]
@@ -145,6 +158,31 @@ def _bottleneck_body(in_chs, out_chs, stride, width, se, act):
     return body + [ConvOp("conv3", inner, out_chs, 1)]
 
 
+def _ghost_body(in_chs, out_chs, stride, kernel_size, ratio, se):
+    # timm's GhostBottleneck (see lana.candidates.ghost for the two fixed choices): ghost expand
+    # (ReLU) -> [depthwise stride conv, linear] -> [SE] -> ghost project (linear)
+    mid = make_divisible(in_chs * GHOST_EXPANSION, 8 * ratio)  # primary: a multiple of 8
+    body = [GhostOp("ghost1", in_chs, mid, ratio, kernel_size, act="relu")]
+    if stride > 1:
+        body.append(ConvOp("conv_dw", mid, mid, kernel_size, stride, groups=mid))
+    if se:
+        body.append(_se(mid, in_chs, "relu"))
+    return body + [GhostOp("ghost2", mid, out_chs, ratio, kernel_size)]
+
+
+def _rep_body(in_chs, out_chs, stride, kernel_size, act):
+    # one RepVGG unit; its identity branch is the residual (see lana.candidates.rep)
+    return [RepOp("rep", in_chs, out_chs, kernel_size, stride, act=act)]
+
+
+def _repdw_body(in_chs, out_chs, stride, kernel_size, act):
+    # MobileOne: depthwise rep unit (stride) -> pointwise rep unit, each followed by the act
+    return [
+        RepOp("conv_dw", in_chs, in_chs, kernel_size, stride, groups=in_chs, act=act),
+        RepOp("conv_pw", in_chs, out_chs, 1, act=act),
+    ]
+
+
 _BODIES = {
     "ir": _ir_body,
     "fir": _fir_body,
@@ -152,11 +190,28 @@ _BODIES = {
     "conv": _conv_body,
     "basic": _basic_body,
     "bottleneck": _bottleneck_body,
+    "ghost": _ghost_body,
+    "rep": _rep_body,
+    "repdw": _repdw_body,
 }
-# ResNet families always add a shortcut (projected when the shape changes); MBConv-like ones add
-# it only when the shape is kept, as MobileNetV2 and EfficientNet do; a plain conv never does.
-_ALWAYS_RESIDUAL = ("basic", "bottleneck")
-_NEVER_RESIDUAL = ("conv",)
+# ResNet families and GhostNet always add a shortcut (projected when the shape changes);
+# MBConv-like ones add it only when the shape is kept, as MobileNetV2 and EfficientNet do; a
+# plain conv never does, nor do rep blocks, whose identity branch is the residual and folds into
+# their conv.
+_ALWAYS_RESIDUAL = ("basic", "bottleneck", "ghost")
+_NEVER_RESIDUAL = ("conv", "rep", "repdw")
+
+
+def _shortcut_ops(kind: str, args: dict, in_chs: int, out_chs: int, stride: int) -> list[ConvOp]:
+    """The projection's units: timm's GhostBottleneck projects with a depthwise kxk conv (the
+    stride) then a 1x1 conv; every other family with one strided 1x1 conv."""
+    if kind == "ghost":
+        kernel_size = args["kernel_size"]
+        return [
+            ConvOp("conv_dw", in_chs, in_chs, kernel_size, stride, groups=in_chs),
+            ConvOp("conv_pw", in_chs, out_chs, 1),
+        ]
+    return [ConvOp("shortcut", in_chs, out_chs, 1, stride)]
 
 
 def _check_id_fits(layer: Layer) -> None:
@@ -201,6 +256,7 @@ def plan_candidate(spec: str, layer: Layer) -> BlockPlan:
             f"{out_h}x{out_w}"
         )
     crop_to = None if produced == (out_h, out_w) else (out_h, out_w)
+    projection = residual and not same_shape
     return BlockPlan(
         spec=spec,
         body=tuple(body),
@@ -208,23 +264,28 @@ def plan_candidate(spec: str, layer: Layer) -> BlockPlan:
         out_chs=out_chs,
         stride=stride,
         residual=residual,
-        projection=residual and not same_shape,
+        projection=projection,
         crop_to=crop_to,
+        shortcut=tuple(_shortcut_ops(kind, args, in_chs, out_chs, stride)) if projection else (),
     )
 
 
-def _module(op: ConvOp | SEOp) -> nn.Module:
+def _module(op: ConvOp | SEOp | GhostOp | RepOp) -> nn.Module:
     if isinstance(op, SEOp):
         return SqueezeExcite(op.chs, op.rd_chs, op.act)
-    return ConvBnAct(op.in_chs, op.out_chs, op.kernel_size, op.stride, op.groups, op.act)
+    if isinstance(op, ConvOp):
+        return ConvBnAct(op.in_chs, op.out_chs, op.kernel_size, op.stride, op.groups, op.act)
+    return op.build()
 
 
 def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = None) -> nn.Module:
     """Build candidate ``spec`` for ``layer``: a module ``(B, *in_shape) -> (B, *out_shape)``.
 
     Fresh candidates are initialised by ``blocks.init_weights`` (residual ones start as the
-    identity plus a projection where the shape changes); the result depends only on the spec,
-    the layer's shapes and the torch RNG state.
+    identity plus a projection where the shape changes; rep units with an identity branch start
+    as their activation of the input, ``RepConvBnAct.start_near_identity``); the result depends
+    only on the spec, the layer's shapes and the torch RNG state. Rep candidates are built with
+    their branches, for distillation; ``lana.candidates.inference_form`` fuses them.
 
     Args:
         spec: A candidate spec (see ``lana.candidates.spec``).
@@ -250,11 +311,16 @@ def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = N
         return nn.Identity()
     plan = plan_candidate(spec, layer)
     body = nn.Sequential(OrderedDict((op.name, _module(op)) for op in plan.body))
-    if plan.projection:
-        shortcut = ConvBnAct(plan.in_chs, plan.out_chs, 1, plan.stride, act=None)
+    if len(plan.shortcut) == 1:  # a bare ConvBnAct: the state-dict keys of the first families
+        shortcut = _module(plan.shortcut[0])
+    elif plan.shortcut:
+        shortcut = nn.Sequential(OrderedDict((op.name, _module(op)) for op in plan.shortcut))
     else:
         shortcut = nn.Identity()
     crop = Crop(*plan.crop_to) if plan.crop_to else nn.Identity()
     block = CandidateBlock(body, shortcut, plan.residual, crop)
     init_weights(block)
+    for module in block.modules():
+        if isinstance(module, RepConvBnAct):
+            module.start_near_identity()
     return block

@@ -22,11 +22,16 @@ __all__ = ["DEFAULT_MAX_MACS_RATIO", "PRESETS", "list_candidates", "list_spaces"
 PRESETS: dict[str, tuple[str, ...]] = {
     # one cheap candidate per family: enough to exercise every code path in seconds
     "tiny": ("ir_k3_e1", "dw_k3", "conv_k3", "basic_w0.25"),
-    # about 40: every kernel x expansion of the inverted residual with ReLU (15), the SE/SiLU
-    # variants EfficientNet teachers use (4), hard-swish as in MobileNetV3 (2), fused IR without
-    # the costliest k5_e4 (5), depthwise-separable (4), plain convs (2), ResNet blocks (5)
+    # 41 + teacher + id: every kernel x expansion of the inverted residual with ReLU but the two
+    # e=1 ones with large kernels (13: ir_k5_e1 and ir_k7_e1 sit between dw_k5 and ir_k3_e1, and
+    # ghost_k5_r4 now covers that cheap corner), two without the depthwise activation (2), the
+    # SE/SiLU variants EfficientNet teachers use (4), hard-swish as in MobileNetV3 (2), fused IR
+    # without the costliest k5_e4 (5), depthwise-separable (4), plain convs (2), ResNet blocks
+    # (5), GhostNet's standard k3_r2 and its cheapest k5_r4 (2), the two rep blocks (2)
     "default": (
-        "ir_k?_e?",
+        "ir_k3_e1",
+        "ir_k?_e[2346]",
+        "ir_k3_e[36]_lin",
         "ir_k[35]_e[36]_se_silu",
         "ir_k3_e[36]_hswish",
         "fir_k3_e?",
@@ -40,8 +45,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "basic_w1",
         "bottleneck_w0.25",
         "bottleneck_w0.5",
+        "ghost_k3_r2",
+        "ghost_k5_r4",
+        "rep_k3",
+        "repdw_k3",
     ),
-    # every registered combination of kernel, expansion/width, SE and activation (180 + 2)
+    # every registered combination of kernel, expansion/width/ratio, SE, activation and lin
+    # (320 + 2)
     "full": ("*",),
 }
 
@@ -112,7 +122,8 @@ def space_for(
     Args:
         layer: The layer (``in_shape``, ``out_shape``, ``stride``, ``macs``).
         space: A preset (``tiny``, ``default``, ``full``) or comma-separated fnmatch patterns
-            and specs, e.g. ``"ir_k3_*,dw_*,id"``.
+            and specs, e.g. ``"ir_k3_*,dw_*,id"`` (``ir_k3_*`` includes the ``_lin`` variants;
+            ``ir_k3_e?`` does not).
         max_macs_ratio: Drop candidates whose MACs at this layer exceed this multiple of the
             teacher block's (see ``DEFAULT_MAX_MACS_RATIO`` for why); None keeps all.
             ``teacher`` and ``id`` are never dropped.

@@ -15,6 +15,12 @@ a kind token, then ``_``-separated options. An option is either a key letter fol
     conv_k3              plain conv -> BN -> act
     basic_w0.5           ResNet basic block, inner width 0.5 x the layer's out channels
     bottleneck_w0.25     ResNet bottleneck, inner width 0.25 x the layer's out channels
+    ir_k3_e6_lin         inverted residual without its depthwise activation (``lin``: one
+                         non-linearity fewer); ``fir_k3_e4_lin`` drops the expansion's activation
+    ghost_k3_r2_se       GhostNet bottleneck: ghost modules whose primary 1x1 conv makes 1/r of
+                         the channels and a cheap kxk depthwise conv the rest, squeeze-excite
+    rep_k3               RepVGG block: kxk + 1x1 + identity-BN branches, fused into one conv
+    repdw_k3_silu        MobileOne-style depthwise-separable rep block, SiLU
 
 Specs are what the plan JSON and the library file store, so decoding must be strict: a value
 outside the registered grid is an error rather than a silently different module.
@@ -45,7 +51,10 @@ _KEY_NAMES = {
     "k": ("kernel_size", "kernel"),
     "e": ("expansion", "expansion"),
     "w": ("width", "width"),
+    "r": ("ratio", "ghost ratio"),
 }
+# keys whose values are whole numbers (the others, like width 0.5, stay floats)
+_INT_KEYS = ("k", "e", "r")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,27 +66,44 @@ class KindInfo:
         keys: Key letter -> allowed values, in canonical order (all keys are required).
         se: Whether the ``se`` flag (squeeze-excite) is accepted.
         act: Whether an activation flag is accepted.
+        lin: Whether the ``lin`` flag (drop the block's inner activation) is accepted.
     """
 
     description: str
     keys: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     se: bool = False
     act: bool = False
+    lin: bool = False
 
 
 KINDS: dict[str, KindInfo] = {
     "teacher": KindInfo("the layer's original block"),
     "id": KindInfo("identity: drop the layer"),
     "ir": KindInfo(
-        "inverted residual (MBConv)", {"k": (3, 5, 7), "e": (1, 2, 3, 4, 6)}, se=True, act=True
+        "inverted residual (MBConv)",
+        {"k": (3, 5, 7), "e": (1, 2, 3, 4, 6)},
+        se=True,
+        act=True,
+        lin=True,
     ),
     "fir": KindInfo(
-        "fused inverted residual (FusedMBConv)", {"k": (3, 5), "e": (1, 2, 4)}, se=True, act=True
+        "fused inverted residual (FusedMBConv)",
+        {"k": (3, 5), "e": (1, 2, 4)},
+        se=True,
+        act=True,
+        lin=True,
     ),
     "dw": KindInfo("depthwise-separable conv", {"k": (3, 5)}, se=True, act=True),
     "conv": KindInfo("plain conv-BN-act", {"k": (1, 3)}, se=True, act=True),
     "basic": KindInfo("ResNet basic block", {"w": (0.25, 0.5, 1)}, se=True, act=True),
     "bottleneck": KindInfo("ResNet bottleneck", {"w": (0.25, 0.5)}, se=True, act=True),
+    # GhostNet uses ReLU throughout, so no activation flag: 2 kernels x 2 ratios x SE = 8 specs
+    "ghost": KindInfo("ghost bottleneck (GhostNet)", {"k": (3, 5), "r": (2, 4)}, se=True),
+    # one kernel: RepVGG's 3x3 (a 5x5 rep conv costs 2.8x more and RepVGG/MobileOne never use it)
+    "rep": KindInfo("RepVGG block, fused into one conv for inference", {"k": (3,)}, act=True),
+    "repdw": KindInfo(
+        "MobileOne-style depthwise-separable rep block, fused for inference", {"k": (3,)}, act=True
+    ),
 }
 
 
@@ -87,6 +113,7 @@ def _format_number(value: float) -> str:
 
 def _flags_help(info: KindInfo) -> str:
     flags = (["se"] if info.se else []) + (list(ACTIVATIONS) if info.act else [])
+    flags += ["lin"] if info.lin else []
     return ", ".join(flags) if flags else "none"
 
 
@@ -107,7 +134,7 @@ def _parse_value(spec: str, key: str, text: str, allowed: tuple[float, ...]) -> 
             f"bad value {text!r} for {key} ({_KEY_NAMES[key][1]}) in {spec!r}; "
             f"allowed: {allowed_text}"
         )
-    return int(value) if key in ("k", "e") else value
+    return int(value) if key in _INT_KEYS else value
 
 
 def decode_spec(spec: str) -> tuple[str, dict]:
@@ -121,9 +148,11 @@ def decode_spec(spec: str) -> tuple[str, dict]:
         spec: A spec such as ``"ir_k5_e3_se"``, ``"dw_k3_silu"``, ``"basic_w0.5"``, ``"id"``.
 
     Returns:
-        ``(kind, args)``. ``args`` holds ``kernel_size`` / ``expansion`` / ``width`` for the
-        kinds that take them, ``se`` (bool) where squeeze-excite is allowed and ``act`` (one of
-        ``ACTIVATIONS``) where an activation is; ``teacher`` and ``id`` have empty args.
+        ``(kind, args)``. ``args`` holds ``kernel_size`` / ``expansion`` / ``width`` / ``ratio``
+        for the kinds that take them, ``se`` (bool) where squeeze-excite is allowed and ``act``
+        (one of ``ACTIVATIONS``) where an activation is, and ``lin=True`` only when the ``lin``
+        flag is given (absent otherwise, so the args of specs older than the flag are
+        unchanged); ``teacher`` and ``id`` have empty args.
 
     Raises:
         ValueError: On an unknown kind, key or flag, a value outside the registered grid, a
@@ -135,13 +164,13 @@ def decode_spec(spec: str) -> tuple[str, dict]:
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r} in {spec!r}; kinds are {', '.join(KINDS)}")
     info = KINDS[kind]
-    if options and not (info.keys or info.se or info.act):
+    if options and not (info.keys or info.se or info.act or info.lin):
         raise ValueError(f"{kind!r} takes no options, got {spec!r}")
     given: dict = {}  # slot (key letter, "se" or "act") -> value
     for option in options:
         slot, value = _decode_option(spec, info, option)
         if slot in given:
-            what = {"se": "se", "act": "an activation"}.get(slot, f"key {slot!r}")
+            what = {"se": "se", "act": "an activation", "lin": "lin"}.get(slot, f"key {slot!r}")
             raise ValueError(f"{what} given twice in {spec!r}")
         given[slot] = value
     missing = [key for key in info.keys if key not in given]
@@ -155,6 +184,8 @@ def decode_spec(spec: str) -> tuple[str, dict]:
         args["se"] = given.get("se", False)
     if info.act:
         args["act"] = given.get("act", DEFAULT_ACTIVATION)
+    if given.get("lin"):
+        args["lin"] = True
     return kind, args
 
 
@@ -166,6 +197,8 @@ def _decode_option(spec: str, info: KindInfo, option: str) -> tuple[str, object]
         return "se", True
     if option in ACTIVATIONS and info.act:
         return "act", option
+    if option == "lin" and info.lin:
+        return "lin", True
     key, value = option[:1], option[1:]
     if key not in info.keys:
         # a whole word (``gelu``, ``se`` on a kind without it) reads better as a flag
@@ -182,7 +215,7 @@ def _decode_option(spec: str, info: KindInfo, option: str) -> tuple[str, object]
 
 def encode_spec(kind: str, args: dict) -> str:
     """The canonical spec string of ``(kind, args)``: keys in registry order, ``se`` next,
-    the activation last and only when it is not the default. Inverse of ``decode_spec``."""
+    the activation only when it is not the default, ``lin`` last. Inverse of ``decode_spec``."""
     info = KINDS[kind]
     parts = [kind]
     parts += [f"{key}{_format_number(args[_KEY_NAMES[key][0]])}" for key in info.keys]
@@ -190,6 +223,8 @@ def encode_spec(kind: str, args: dict) -> str:
         parts.append("se")
     if info.act and args.get("act", DEFAULT_ACTIVATION) != DEFAULT_ACTIVATION:
         parts.append(args["act"])
+    if info.lin and args.get("lin"):
+        parts.append("lin")
     return "_".join(parts)
 
 
@@ -197,18 +232,21 @@ def registered_specs(kind: str | None = None) -> list[str]:
     """Every spec of the registered grid (of one kind, or of all), in canonical spelling.
 
     Each kind contributes the product of its key values, with and without ``se`` where allowed,
-    times every activation where allowed: e.g. ``ir`` gives 3 kernels x 5 expansions x 2 x 3 = 90,
-    and all kinds together 182.
+    times every activation where allowed, with and without ``lin`` where allowed: e.g. ``ir``
+    gives 3 kernels x 5 expansions x 2 x 3 x 2 = 180, and all kinds together 322.
     """
     specs = []
     for name, info in KINDS.items():
         if kind is not None and name != kind:
             continue
         value_grid = itertools.product(*info.keys.values())
-        for values, se, act in itertools.product(
-            value_grid, (False, True) if info.se else (False,), ACTIVATIONS if info.act else (None,)
+        for values, se, act, lin in itertools.product(
+            value_grid,
+            (False, True) if info.se else (False,),
+            ACTIVATIONS if info.act else (None,),
+            (False, True) if info.lin else (False,),
         ):
             args = {_KEY_NAMES[key][0]: value for key, value in zip(info.keys, values, strict=True)}
-            args.update({"se": se, "act": act} if act else {"se": se})
+            args.update({"se": se, "act": act, "lin": lin} if act else {"se": se})
             specs.append(encode_spec(name, args))
     return specs

@@ -124,9 +124,9 @@ def test_every_registered_spec_round_trips_through_encode():
 
 def test_list_candidates_is_sorted_and_matches_like_fnmatch():
     specs = list_candidates()
-    assert specs == sorted(specs) and len(specs) == len(set(specs)) == 182
-    assert len(list_candidates("ir_*")) == 3 * 5 * 2 * 3
-    assert len(list_candidates("fir_*")) == 2 * 3 * 2 * 3
+    assert specs == sorted(specs) and len(specs) == len(set(specs)) == 322
+    assert len(list_candidates("ir_*")) == 3 * 5 * 2 * 3 * 2  # kernel, expansion, se, act, lin
+    assert len(list_candidates("fir_*")) == 2 * 3 * 2 * 3 * 2
     assert list_candidates("dw_k3*") == [
         "dw_k3",
         "dw_k3_hswish",
@@ -148,7 +148,7 @@ def test_space_for_puts_teacher_first_and_id_only_where_shapes_match():
 def test_preset_sizes():
     assert 5 <= len(space_for(KEEP, "tiny")) <= 6
     assert 35 <= len(space_for(KEEP, "default")) <= 45
-    assert len(space_for(KEEP, "full")) == 182
+    assert len(space_for(KEEP, "full")) == 322
 
 
 def test_full_space_has_at_least_150_candidates_on_typical_layers():
@@ -178,11 +178,11 @@ def test_bad_space_raises(space, message):
 def test_space_drops_candidates_over_the_macs_ratio_but_keeps_teacher_and_id():
     cheap = dataclasses.replace(KEEP, macs=20_000)
     specs = space_for(cheap, "full")
-    assert specs[:2] == ["teacher", "id"] and 2 < len(specs) < 182
+    assert specs[:2] == ["teacher", "id"] and 2 < len(specs) < 322
     assert all(estimate_cost(spec, cheap).macs <= 2 * cheap.macs for spec in specs[2:])
     tiny_budget = space_for(dataclasses.replace(KEEP, macs=1), "full")
     assert tiny_budget == ["teacher", "id"]
-    assert len(space_for(cheap, "full", max_macs_ratio=None)) == 182
+    assert len(space_for(cheap, "full", max_macs_ratio=None)) == 322
 
 
 # ---- costs -----------------------------------------------------------------------------------
