@@ -139,10 +139,41 @@ def space_for(
     budget = None
     if max_macs_ratio is not None and layer.macs > 0:
         budget = max_macs_ratio * layer.macs
-    for spec in _resolve(space):
+    seen = set()
+    for spec in sorted(_resolve(space), key=_kernel_of):  # smallest kernel first: it is the one kept
         if spec in ("teacher", "id"):
             continue
         if budget is not None and estimate_cost(spec, layer).macs > budget:
             continue
+        effective = _effective_spec(spec, layer)
+        if effective in seen:
+            continue
+        seen.add(effective)
         specs.append(spec)
-    return specs
+    order = {spec: i for i, spec in enumerate(_resolve(space))}
+    return specs[: 1 + fits_id] + sorted(specs[1 + fits_id :], key=order.get)
+
+
+def _kernel_of(spec: str) -> int:
+    try:
+        return int(decode_spec(spec)[1].get("kernel_size", 0))
+    except ValueError:
+        return 0
+
+
+def _effective_spec(spec: str, layer: Layer) -> str:
+    """The spec with its kernel clipped to what the layer's feature map can use.
+
+    A k x k kernel with "same" padding on an H x W map with k >= 2 * max(H, W) - 1 already sees
+    every pixel from every position: larger kernels only add taps on the zero padding, so they
+    span the same functions at more cost. At 32 px, resnet18's last layers see 2x2 and 1x1 maps,
+    where k5 and k7 duplicate k3 (and cost up to 5x its training time on a CPU).
+    """
+    kind, args = decode_spec(spec)
+    if "kernel_size" not in args:
+        return spec
+    reach = 2 * max(layer.in_shape[1:]) - 1
+    if args["kernel_size"] > reach:
+        args = {**args, "kernel_size": max(reach, 1)}
+        return f"{kind}:{sorted(args.items())}"
+    return spec

@@ -65,12 +65,19 @@ def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoin
 
 
 def measure_latency(models: dict, input_shape, table: str, rounds: int = 5, threads: int | None = None) -> dict[str, dict]:
-    """Median (and IQR) end-to-end latency of each model on ``table``'s target, interleaved."""
+    """Median (and IQR) end-to-end latency of each model on ``table``'s target, interleaved.
+
+    Models are timed in shipped form (:func:`lana.candidates.inference_form`: BN folded, rep
+    branches fused), as the library's tables are.
+    """
     from lana.latency import Timing, make_meter
     from lana.pipeline import parse_table_name
 
+    from lana.candidates import inference_form
+
     spec = parse_table_name(table)
     meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads)
+    models = {name: inference_form(model) for name, model in models.items()}  # timed as shipped
     samples = {name: [] for name in models}
     for _ in range(rounds):  # interleave so that drifting load hits every model alike
         for name, model in models.items():

@@ -63,7 +63,7 @@ def _cmd_latency(args) -> int:
         spec = parse_table_name(result["name"])
         meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=args.threads)
         plans = random_choices(table, args.check, seed=args.seed)
-        report = check_latency(ctx.teacher, table, ctx.layers, plans, ctx.load, meter)
+        report = check_latency(ctx.inference_teacher(), table, ctx.layers, plans, ctx.load_inference, meter)
         print(report.to_text())
     return 0
 

@@ -1,4 +1,5 @@
-"""Export a student to ONNX (checked against onnxruntime) and TorchScript."""
+"""Export a student to ONNX (checked against onnxruntime) and TorchScript, in shipped form
+(BN folded into convs, re-parameterisable branches fused), checked against the trained model."""
 
 from __future__ import annotations
 
@@ -36,15 +37,18 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: fl
     """
     import onnxruntime as ort
 
+    from lana.candidates import inference_form
+
     path = Path(path)
     tmp = _atomic_target(path)
-    model = model.eval().cpu()
+    reference = model.eval().cpu()
+    model = inference_form(reference)  # what ships: BN folded, rep branches fused
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        expected = model(x).numpy()
+        expected = reference(x).numpy()
     got = session.run(None, {"input": x.numpy()})[0]
     diff = float(np.max(np.abs(got - expected)))
     scale = max(1.0, float(np.max(np.abs(expected))))
@@ -58,13 +62,15 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: fl
 
 def export_torchscript(model: nn.Module, input_shape, path: str | os.PathLike) -> ExportResult:
     """Trace to TorchScript and check the traced output against the eager one."""
+    from lana.candidates import inference_form
+
     path = Path(path)
     tmp = _atomic_target(path)
-    model = model.eval().cpu()
+    reference = model.eval().cpu()
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        traced = torch.jit.trace(model, x)
-        diff = float((traced(x) - model(x)).abs().max())
+        traced = torch.jit.trace(inference_form(reference), x)
+        diff = float((traced(x) - reference(x)).abs().max())
     traced.save(str(tmp))
     os.replace(tmp, path)
     return ExportResult(str(path), diff)

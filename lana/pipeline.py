@@ -113,6 +113,18 @@ class LibraryContext:
 
         return build_candidate(spec, self.layers[li], teacher_block=get_layer(self.teacher, self.layers[li].name))
 
+    def load_inference(self, li: int, spec: str):
+        """The candidate as it ships: distilled weights, branches fused, BN folded (for timing)."""
+        from lana.candidates import inference_form
+
+        return inference_form(self.load(li, spec))
+
+    def inference_teacher(self):
+        """The teacher as it ships (BN folded): what latency tables time."""
+        from lana.candidates import inference_form
+
+        return inference_form(self.teacher)
+
     def load(self, li: int, spec: str):
         """The candidate with its distilled weights (eval mode)."""
         module = self.build(li, spec)
@@ -163,8 +175,9 @@ def _measure_tables(ctx: LibraryContext, names, config: BuildConfig, work: Path)
             continue
         spec = parse_table_name(name)
         meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=config.threads)
-        table = measure_table(ctx.teacher, ctx.layers, ctx.specs, ctx.load, meter, name, input_shape=ctx.input_shape,
-                              rounds=config.latency_rounds, seed=config.seed)
+        # timed in shipped form (BN folded, rep branches fused): the tables measure what ships
+        table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
+                              input_shape=ctx.input_shape, rounds=config.latency_rounds, seed=config.seed)
         data = {"name": name, "device": table.device, "backend": table.backend, "batch_size": table.batch_size,
                 "threads": table.threads, "fingerprint": table.fingerprint, "fixed_ms": table.fixed_ms,
                 "fixed_spread_ms": table.fixed_spread_ms, "teacher_ms": table.teacher_ms,
@@ -296,7 +309,8 @@ def add_latency_table(path: str | os.PathLike, name: str, threads: int | None = 
     ctx = context_from_library(path)
     spec = parse_table_name(name)
     meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads)
-    table = measure_table(ctx.teacher, ctx.layers, ctx.specs, ctx.load, meter, name, input_shape=ctx.input_shape, rounds=rounds, seed=seed)
+    table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
+                          input_shape=ctx.input_shape, rounds=rounds, seed=seed)
     attrs = {"name": name, "device": table.device, "backend": table.backend, "batch_size": table.batch_size,
              "threads": table.threads, "fingerprint": table.fingerprint, "fixed_ms": table.fixed_ms,
              "fixed_spread_ms": table.fixed_spread_ms, "teacher_ms": table.teacher_ms}

@@ -346,3 +346,14 @@ def test_replacing_layers_with_candidates_keeps_the_model_output_shape(model_nam
     with torch.no_grad():
         out = student.eval()(torch.randn(2, 3, IMG, IMG))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_space_drops_kernels_larger_than_the_feature_map_can_use():
+    from lana.layers import Layer
+
+    tiny_map = Layer("x", "BasicBlock", (256, 2, 2), (256, 2, 2), 1, 1_180_000, 4_720_000)
+    specs = space_for(tiny_map, "ir_k3_e2,ir_k5_e2,ir_k7_e2,dw_k3,dw_k5")
+    assert "ir_k3_e2" in specs and "dw_k3" in specs
+    assert not {"ir_k5_e2", "ir_k7_e2", "dw_k5"} & set(specs)  # a 2x2 map: k3 already sees all of it
+    big_map = Layer("y", "BasicBlock", (64, 8, 8), (64, 8, 8), 1, 74_000, 4_720_000)
+    assert {"ir_k5_e2", "ir_k7_e2"} <= set(space_for(big_map, "ir_k3_e2,ir_k5_e2,ir_k7_e2"))
