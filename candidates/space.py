@@ -173,7 +173,5 @@ def _effective_spec(spec: str, layer: Layer) -> str:
     if "kernel_size" not in args:
         return spec
     reach = 2 * max(layer.in_shape[1:]) - 1
-    if args["kernel_size"] > reach:
-        args = {**args, "kernel_size": max(reach, 1)}
-        return f"{kind}:{sorted(args.items())}"
-    return spec
+    args = {**args, "kernel_size": min(args["kernel_size"], max(reach, 1))}
+    return f"{kind}:{sorted(args.items())}"
