@@ -48,22 +48,28 @@ def add_build_parser(sub) -> None:
 
 
 def _cmd_latency(args) -> int:
-    from lana.pipeline import add_latency_table
+    from lana.latency import make_meter
+    from lana.library import read_info
+    from lana.pipeline import add_latency_table, context_from_library, load_latency_table, parse_table_name
 
-    result = add_latency_table(args.library, args.name or _default_name(args), threads=args.threads, rounds=args.rounds)
-    print(f"table {result['name']}: teacher {result['teacher_ms']:.3f} ms, fixed part {result['fixed_ms']:.3f} ms "
-          f"({result['device']}/{result['backend']}, batch {result['batch_size']})")
+    name = args.name or _default_name(args)
+    exists = any(t["name"] == name for t in read_info(args.library)["latency_tables"])
+    if exists and args.check and not args.remeasure:
+        ctx, table = context_from_library(args.library), load_latency_table(args.library, name)
+        print(f"checking the stored table {name} (pass --remeasure to time it again)")
+    else:
+        result = add_latency_table(args.library, name, threads=args.threads, rounds=args.rounds)
+        ctx, table = result["context"], result["table"]
+        print(f"table {name}: teacher {table.teacher_ms:.3f} ms, fixed part {table.fixed_ms:.3f} ms "
+              f"({table.device}/{table.backend}, batch {table.batch_size})")
     if args.check:
         from lana.latency_check import check_latency, random_choices
 
-        ctx, table = result["context"], result["table"]
-        from lana.latency import make_meter
-        from lana.pipeline import parse_table_name
-
-        spec = parse_table_name(result["name"])
+        spec = parse_table_name(name)
         meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=args.threads)
         plans = random_choices(table, args.check, seed=args.seed)
-        report = check_latency(ctx.inference_teacher(), table, ctx.layers, plans, ctx.load_inference, meter)
+        report = check_latency(ctx.inference_teacher(), table, ctx.layers, plans, ctx.load_inference, meter,
+                               input_shape=ctx.input_shape)
         print(report.to_text())
     return 0
 
@@ -84,6 +90,7 @@ def add_latency_parser(sub) -> None:
     p.add_argument("--name", default=None, help="table name (default from device/backend/batch, e.g. cpu-ort-b1)")
     p.add_argument("--check", type=int, nargs="?", const=10, default=0, metavar="K",
                    help="also time the teacher and K random students end to end (default K=10)")
+    p.add_argument("--remeasure", action="store_true", help="with --check: time the table again even if it exists")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_latency)
 

@@ -318,6 +318,25 @@ def add_latency_table(path: str | os.PathLike, name: str, threads: int | None = 
     return {**attrs, "table": table, "context": ctx}
 
 
+def load_latency_table(path: str | os.PathLike, name: str):
+    """A stored latency table as a :class:`lana.latency.LatencyTable` (to check it, say)."""
+    import h5py
+
+    from lana.latency import LatencyTable
+    from lana.library import LibraryError, _attr, layer_records
+
+    with h5py.File(path, "r") as f:
+        if name not in f.get("latency_tables", {}):
+            raise LibraryError(f"{path} has no latency table {name!r}; it has {', '.join(f.get('latency_tables', {})) or 'none'}")
+        a = {k: _attr(v) for k, v in f["latency_tables"][name].attrs.items()}
+        records = layer_records(f)
+    return LatencyTable(name=name, device=a.get("device", ""), backend=a.get("backend", ""), batch_size=int(a["batch_size"]),
+                        threads=int(a.get("threads", 0) or 0), fingerprint=a.get("fingerprint", {}), fixed_ms=float(a["fixed_ms"]),
+                        fixed_spread_ms=float(a.get("fixed_spread_ms", 0.0)), teacher_ms=float(a["teacher_ms"]),
+                        latency_ms=[r.latency[name] for r in records], spread_ms=[r.latency_spread[name] for r in records],
+                        specs=[list(r.specs) for r in records])
+
+
 def context_from_library(path: str | os.PathLike) -> LibraryContext:
     """A :class:`LibraryContext` whose candidates load their weights from the library."""
     import h5py

@@ -115,3 +115,21 @@ def test_work_dir_of_other_settings_is_not_resumed(tmp_path, tiny_build):
     (work / "config.json").write_text(json.dumps({"model": "resnet50"}))
     with pytest.raises(ValueError, match="--restart"):
         build(BuildConfig(**tiny_build), out)
+
+
+def test_latency_cli_adds_a_second_table_and_checks_it(tiny_library, tmp_path):
+    import shutil
+
+    src, _ = tiny_library
+    lib = tmp_path / "copy.h5"
+    shutil.copyfile(src, lib)
+    cmd = [sys.executable, "-m", "lana", "latency", str(lib), "--batch-size", "2", "--threads", "1", "--rounds", "1"]
+    added = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stderr[-2000:]
+    tables = {t["name"] for t in read_info(lib)["latency_tables"]}
+    assert tables == {"cpu-b1", "cpu-b2"}
+    assert all(c["latency_ms"]["cpu-b2"] > 0 for layer in read_info(lib)["layers"] for c in layer["candidates"])
+    checked = subprocess.run(cmd + ["--check", "2"], capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert "checking the stored table cpu-b2" in checked.stdout
+    assert "%" in checked.stdout.strip().splitlines()[-1]  # one-line summary with the errors
