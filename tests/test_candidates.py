@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import warnings
 
@@ -23,6 +22,7 @@ from lana.candidates import (
     space_for,
 )
 from lana.layers import Layer, find_layers, get_layer, replace_layer
+from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
 
 MODELS = [
     "resnet18",
@@ -36,7 +36,6 @@ MODELS = [
     "regnetx_002",
     "convnext_atto",
 ]
-IMG = 64
 
 # Synthetic layers (MACs huge so that no candidate is filtered out by cost).
 DOWN = Layer("down", "X", (16, 9, 9), (24, 5, 5), 2, 1, 10**12)
@@ -44,23 +43,6 @@ KEEP = Layer("keep", "X", (24, 8, 8), (24, 8, 8), 1, 1, 10**12)
 ODD = Layer("odd", "X", (8, 15, 15), (16, 10, 10), 1, 1, 10**12)  # no integer stride gives 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convs on a shared 2-core machine: two OpenMP threads spin against each other and
-    # are ~50x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.cache
-def _model(name: str) -> tuple[nn.Module, list[Layer]]:
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-    return model, find_layers(model, (3, IMG, IMG))
 
 
 # ---- decode ----------------------------------------------------------------------------------
@@ -153,7 +135,7 @@ def test_preset_sizes():
 
 def test_full_space_has_at_least_150_candidates_on_typical_layers():
     for model_name, layer_name in [("efficientnet_b0", "blocks.2.1"), ("resnet18", "layer2.1")]:
-        _, layers = _model(model_name)
+        _, layers = timm_model(model_name)
         layer = next(layer for layer in layers if layer.name == layer_name)
         assert len(space_for(layer, "full")) >= 150
 
@@ -310,7 +292,7 @@ def test_every_default_candidate_fits_every_layer(model_name):
     """Each spec of the default preset, built for each layer at 64 px, maps a random input of the
     layer's shape to the layer's output shape with finite values, in eval and in train mode; the
     teacher candidate reproduces the teacher block exactly."""
-    model, layers = _model(model_name)
+    model, layers = timm_model(model_name)
     torch.manual_seed(0)
     for layer in layers:
         teacher = get_layer(model, layer.name)
@@ -333,7 +315,7 @@ def test_every_default_candidate_fits_every_layer(model_name):
 def test_replacing_layers_with_candidates_keeps_the_model_output_shape(model_name):
     import copy
 
-    model, layers = _model(model_name)
+    model, layers = timm_model(model_name)
     student = copy.deepcopy(model)
     torch.manual_seed(0)
     for index, layer in enumerate(layers):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import io
 import warnings
 
@@ -26,9 +25,9 @@ from lana.candidates import (
 )
 from lana.candidates.rep import RepConvBnAct
 from lana.layers import Layer, find_layers, get_layer
+from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
 
 MODELS = ["resnet18", "efficientnet_b0", "mobilenetv3_large_100", "convnext_atto"]
-IMG = 64
 NEW_KINDS = list_candidates("ghost_*") + list_candidates("rep_*") + list_candidates("repdw_*")
 LIN_SAMPLE = ["ir_k3_e1_lin", "ir_k7_e3_se_hswish_lin", "fir_k5_e2_se_silu_lin"]
 # one spec per kind (and SE / activation / lin variants) for the inference-form checks
@@ -53,27 +52,10 @@ ODD = Layer("odd", "X", (8, 15, 15), (16, 10, 10), 1, 1, 10**12)  # cropped: 15 
 LAYERS = [DOWN, KEEP, ODD]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convs on a shared 2-core machine: two OpenMP threads spin against each other and
-    # are ~50x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.cache
-def _model(name: str) -> tuple[nn.Module, list[Layer]]:
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-    return model, find_layers(model, (3, IMG, IMG))
 
 
 def _layer(model_name: str, layer_name: str) -> tuple[nn.Module, Layer]:
-    model, layers = _model(model_name)
+    model, layers = timm_model(model_name)
     return get_layer(model, layer_name), next(layer for layer in layers if layer.name == layer_name)
 
 
@@ -172,7 +154,7 @@ def test_every_new_spec_fits_every_layer(model_name):
     """Every ghost / rep / repdw spec and a sample of _lin specs, built for each layer at 64 px,
     maps a random input to the layer's output shape with finite values in train and eval mode;
     one spec of each new kind has an inference form that gives the same output."""
-    _, layers = _model(model_name)
+    _, layers = timm_model(model_name)
     torch.manual_seed(0)
     for layer in layers:
         x = torch.randn(2, *layer.in_shape)

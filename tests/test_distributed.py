@@ -40,3 +40,37 @@ def test_two_rank_gloo_build_equals_one_rank_build(tmp_path):
                 assert np.isclose(ca["distill_loss"], cb["distill_loss"], rtol=1e-4, atol=1e-6), (la["name"], ca["spec"])
             for kind, value in ca["scores"].items():
                 assert np.isclose(value, cb["scores"][kind], rtol=1e-3, atol=1e-5), (la["name"], ca["spec"], kind)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_killed_rank_fails_the_job_cleanly_and_a_relaunch_resumes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "lib.h5"
+    work = tmp_path / "lib.h5.work"
+    args = [a if a != "4" else "300" for a in ARGS] + ["--checkpoint-every", "0", "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lana", "build", *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(work.glob("chunk_*.ckpt.pt")):
+        time.sleep(0.2)
+    assert list(work.glob("chunk_*.ckpt.pt")), "no checkpoint appeared"
+    workers = _children(launcher.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)  # one rank dies mid-distillation
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0, "the job must fail when a rank dies"
+    assert not out.exists(), "no library may be written by a failed job"
+    relaunch = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert "resuming" in relaunch.stderr
+    assert read_info(out)["complete"] is True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -11,8 +10,8 @@ from torch import nn
 
 from lana.candidates import build_candidate, count_params_macs
 from lana.layers import Layer, describe_space, find_layers, get_layer, replace_layer
+from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
 
-IMG = 64
 
 # model -> (number of blocks, block classes): the architectures' published block counts
 EXPECTED = {
@@ -29,27 +28,11 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs on a shared 2-core machine run far faster on one thread than on two
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@functools.cache
-def _model(name: str) -> tuple[nn.Module, list[Layer]]:
-    import timm
-
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-    return model, find_layers(model, (3, IMG, IMG))
 
 
 @pytest.mark.parametrize("model_name", list(EXPECTED))
 def test_find_layers_finds_the_blocks_of_each_family(model_name):
-    model, layers = _model(model_name)
+    model, layers = timm_model(model_name)
     count, kinds = EXPECTED[model_name]
     assert len(layers) == count
     assert {layer.kind for layer in layers} == kinds
@@ -67,14 +50,14 @@ def test_find_layers_finds_the_blocks_of_each_family(model_name):
 
 @pytest.mark.parametrize("model_name", ["resnet50", "efficientnet_b0", "convnext_atto"])
 def test_layer_params_and_macs_are_those_of_the_teacher_block(model_name):
-    model, layers = _model(model_name)
+    model, layers = timm_model(model_name)
     for layer in layers:
         block = get_layer(model, layer.name)
         assert (layer.params, layer.macs) == count_params_macs(block, layer.in_shape)
 
 
 def test_find_layers_uses_forward_order_and_consecutive_shapes_within_a_stage():
-    _, layers = _model("resnet18")
+    _, layers = timm_model("resnet18")
     assert [layer.name for layer in layers] == [
         f"layer{i}.{j}" for i in range(1, 5) for j in range(2)
     ]
@@ -83,7 +66,7 @@ def test_find_layers_uses_forward_order_and_consecutive_shapes_within_a_stage():
 
 
 def test_find_layers_restores_training_mode_and_leaves_bn_statistics_alone():
-    model, _ = _model("regnetx_002")
+    model, _ = timm_model("regnetx_002")
     model.train()
     model.stem.bn.eval()  # a frozen BN, as in fine-tuning: must stay frozen
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -94,7 +77,7 @@ def test_find_layers_restores_training_mode_and_leaves_bn_statistics_alone():
 
 
 def test_find_layers_without_shape_uses_the_pretrained_input_size():
-    model, _ = _model("regnetx_002")
+    model, _ = timm_model("regnetx_002")
     layers = find_layers(model)
     assert layers[0].in_shape == (32, 112, 112)
 
@@ -197,7 +180,7 @@ def test_stages_are_descended_but_blocks_without_residual_are_not():
 
 
 def test_replace_layer_works_for_indices_and_named_children():
-    model, layers = _model("regnetx_002")
+    model, layers = timm_model("regnetx_002")
     layer = layers[0]  # s1.b1: a named child of a RegStage
     original = get_layer(model, layer.name)
     candidate = build_candidate("ir_k3_e2", layer)
@@ -212,7 +195,7 @@ def test_replace_layer_works_for_indices_and_named_children():
 
 
 def test_unknown_layer_names_raise_key_error():
-    model, _ = _model("resnet18")
+    model, _ = timm_model("resnet18")
     with pytest.raises(KeyError, match="layer9"):
         get_layer(model, "layer9.0")
     with pytest.raises(KeyError):
@@ -222,7 +205,7 @@ def test_unknown_layer_names_raise_key_error():
 def test_describe_space_table_ends_with_the_space_size():
     summary = describe_space("resnet18", "tiny", img_size=IMG, num_classes=10)
     assert [row.layer.name for row in summary.rows] == [
-        layer.name for layer in _model("resnet18")[1]
+        layer.name for layer in timm_model("resnet18")[1]
     ]
     assert summary.log10_size == pytest.approx(
         sum(math.log10(row.n_candidates) for row in summary.rows)

@@ -1,0 +1,298 @@
+"""The benchmark harness of issue 8: lana against what users would do instead, side by side.
+
+``python3 -m bench`` (``make bench``) runs every workload of :mod:`bench.workloads` and writes
+``BENCHMARKS.md`` with plots; ``python3 -m bench --smoke`` runs the same code at tiny scale.
+
+Per workload: the teacher and lana's library are built (or reused from ``OUT/<workload>/``); then,
+at each budget (a factor of the teacher's latency measured now, on the budget's table):
+
+1. **lana**: ``lana.accelerate.accelerate`` (solve, assemble, re-solve if measured over budget, KD
+   fine-tuning): exactly what ``lana accelerate`` gives a user.
+2. **random** / **greedy**: plans from the same library under the same predicted budget.
+3. **prune** / **sibling**: Torch-Pruning and a smaller sibling, matched to the latency of lana's
+   student as measured (:mod:`bench.baselines`).
+
+Every student is fine-tuned with lana's KD recipe for the same epochs (the sibling, which starts
+from random weights, gets the teacher's recipe plus KD). Last, all models of a workload are timed
+interleaved on every table, so that their latencies come from one pass on one machine state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["run_bench", "run_workload", "spearman"]
+
+log = logging.getLogger(__name__)
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 points."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(values):
+        order = values.argsort(kind="stable")
+        rank = np.empty(len(values))
+        rank[order] = np.arange(len(values))
+        for value in np.unique(values):  # ties share their mean rank
+            rank[values == value] = rank[values == value].mean()
+        return rank
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+class _NoPlan(Exception):
+    """A heuristic found no plan under the budget."""
+
+
+def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
+    """``lana accelerate`` at ``budget_ms`` on the budget's table, from the cached library."""
+    from lana.accelerate import AccelerateConfig, accelerate
+    from lana.plan import Plan
+    from lana.student import load_student, student_from_context
+
+    w = run.w
+
+    def make(folder: Path):
+        config = AccelerateConfig(model=w.model, checkpoint=run.teacher_info["path"], dataset=w.dataset,
+                                  img_size=w.img_size, space=w.space, budget=f"{budget_ms:.6g}ms", table=w.budget_table,
+                                  library=run.library["path"], build_epochs=w.build_epochs, finetune_epochs=w.finetune_epochs,
+                                  max_steps=w.max_steps, device=w.device, limit=w.limit, score_images=w.score_images,
+                                  eval_limit=w.eval_limit, tables=w.tables, latency_rounds=w.latency_rounds, export=False,
+                                  seed=w.seed)
+        report = accelerate(config, folder)
+        plan = Plan.from_dict(report["student"]["plan"])
+        before = run.evaluate(student_from_context(run.ctx, plan), limit=w.corr_images)
+        run.points.append((plan.predicted_drop, before, "lana"))
+        stages = report["stages_s"]
+        row = {"method": "lana", "budget": budget, "budget_ms": budget_ms, "top1": report["student"]["top1"],
+               "top1_before_ft": before, "predicted_drop": plan.predicted_drop, "predicted_ms": dict(plan.latency_ms),
+               "library_budget_ms": plan.budget_ms, "solve_s": plan.solve_time_s, "solver": plan.solver,
+               "search_s": stages["solve"] + stages["assemble"], "train_s": stages["finetune"],
+               "resolve_rounds": report["resolve_rounds"], "plan": dict(plan.choices)}
+        return row, load_student(folder)
+
+    return run.cached(budget, "lana", make, lambda _row, folder: load_student(folder))
+
+
+def _library_plans(run, budget: str, lana: dict) -> None:
+    """Best-of-N random and greedy plans under lana's (final) predicted budget, fine-tuned alike."""
+    from bench.baselines import greedy_plan, plan_of, random_feasible_plans
+    from lana.student import load_student, save_student, student_from_context
+
+    w, problem, budget_ms = run.w, run.problem, lana["library_budget_ms"]
+
+    def train(folder: Path, method: str, choice, seconds: float, extra: dict):
+        plan = plan_of(problem, choice, budget_ms, method, seconds)
+        model = student_from_context(run.ctx, plan)
+        before = run.evaluate(model, limit=w.corr_images)
+        if method == "greedy":  # random plans were all evaluated already
+            run.points.append((plan.predicted_drop, before, method))
+        train_s = run.finetune(model, w.finetune_epochs, f"{method} {budget}")
+        save_student(model, plan, run.ctx, folder)
+        return {"method": method, "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
+                "predicted_drop": plan.predicted_drop, "predicted_ms": dict(plan.latency_ms), "library_budget_ms": budget_ms,
+                "search_s": seconds, "train_s": train_s, "plan": dict(plan.choices), **extra}, model
+
+    def make_random(folder: Path):
+        start = time.perf_counter()
+        choices = random_feasible_plans(problem, budget_ms, w.random_plans, seed=w.seed)
+        seconds = time.perf_counter() - start
+        if not choices:
+            raise _NoPlan(f"no random plan meets {budget_ms:.3f} ms")
+        for choice in choices:  # every plan's pre-fine-tune top-1: points of the score-accuracy correlation
+            model = student_from_context(run.ctx, plan_of(problem, choice, budget_ms, "random"))
+            run.points.append((problem.predicted_drop(choice), run.evaluate(model, limit=w.corr_images), "random"))
+        return train(folder, "random", min(choices, key=problem.predicted_drop), seconds, {"plans_drawn": len(choices)})
+
+    def make_greedy(folder: Path):
+        start = time.perf_counter()
+        choice = greedy_plan(problem, budget_ms)
+        if choice is None:
+            raise _NoPlan(f"no greedy plan meets {budget_ms:.3f} ms")
+        return train(folder, "greedy", choice, time.perf_counter() - start, {})
+
+    for method, make in (("random", make_random), ("greedy", make_greedy)):
+        try:
+            run.cached(budget, method, make, lambda _row, folder: load_student(folder), depends={"lana": lana["plan"]})
+        except _NoPlan as error:  # lana met the budget, so this is rare: the row is left out, loudly
+            log.warning("%s %s: %s", budget, method, error)
+
+
+def _matched_baselines(run, budget: str, lana: dict, target) -> None:
+    """Torch-Pruning and the sibling, each bisected to the measured latency of lana's student."""
+    from bench.baselines import match_latency, prune_model, sibling_model
+    from lana.teacher import load_state_file, save_state
+    from lana.train import Recipe
+
+    w, classes = run.w, len(run.test_set.classes)
+    search = {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
+    build = {"prune": lambda ratio: prune_model(run.teacher, ratio, w.input_shape),
+             "sibling": lambda width: sibling_model(w.sibling, width, classes)}
+
+    def make_pruned(folder: Path):
+        model, match = match_latency(build["prune"], target, w.input_shape, w.budget_table, 0.0, 0.9,
+                                     increasing=False, **search)
+        before = run.evaluate(model, limit=w.corr_images)
+        train_s = run.finetune(model, w.finetune_epochs, f"prune {budget}")
+        save_state(model, folder / "model.safetensors")
+        return {"method": "prune", "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
+                "search_s": match.seconds, "train_s": train_s, "match": asdict(match)}, model
+
+    def make_sibling(folder: Path):
+        high = 1.0 if w.sibling == w.model else 3.0  # a narrower teacher stops at the teacher's width
+        model, match = match_latency(build["sibling"], target, w.input_shape, w.budget_table, 0.05, high,
+                                     increasing=True, **search)
+        # from random weights: the teacher's own recipe (SGD 0.1, warm-up + cosine) with KD as the loss
+        train_s = run.finetune(model, w.sibling_epochs, f"sibling {budget}", recipe=Recipe())
+        save_state(model, folder / "model.safetensors")
+        return {"method": "sibling", "budget": budget, "top1": run.evaluate(model), "top1_before_ft": None,
+                "search_s": match.seconds, "train_s": train_s, "match": asdict(match),
+                "sibling": f"{w.sibling} x{match.knob:.3f}"}, model
+
+    def rebuild(method: str):
+        def load(row: dict, folder: Path):
+            # the same knob rebuilds the same architecture (pruning by magnitude is deterministic)
+            model = build[method](row["match"]["knob"])
+            model.load_state_dict(load_state_file(folder / "model.safetensors"))
+            return model
+        return load
+
+    for method, make in (("prune", make_pruned), ("sibling", make_sibling)):
+        run.cached(budget, method, make, rebuild(method), depends={"lana": lana["plan"]})
+
+
+def _measure_all(run) -> dict:
+    """Every model of the workload, timed interleaved on every table; sizes; speed-ups."""
+    from lana.accelerate import measure_latency
+    from lana.student import model_stats
+
+    w = run.w
+    timings = {t: measure_latency(run.models, w.input_shape, t, rounds=w.latency_rounds, threads=w.threads) for t in w.tables}
+    for row in run.rows:
+        key = f"{row['method']}@{row['budget']}"
+        row["latency"] = {t: timings[t][key] for t in w.tables}
+        row["speedup"] = {t: timings[t]["teacher@-"]["median_ms"] / timings[t][key]["median_ms"] for t in w.tables}
+        row.update(model_stats(run.models[key], w.input_shape))
+        lana = f"lana@{row['budget']}"
+        row["latency_vs_lana"] = (timings[w.budget_table][key]["median_ms"] / timings[w.budget_table][lana]["median_ms"]
+                                  if lana in run.models else None)
+    return timings
+
+
+def _additivity(run) -> dict:
+    """Predicted (library) vs measured latency of the library's plans and the teacher, per table."""
+    import numpy as np
+
+    errors = {}
+    for t in run.w.tables:
+        signed = [100 * (row["predicted_ms"][t] / row["latency"][t]["median_ms"] - 1)
+                  for row in run.rows if row.get("predicted_ms") and t in row["predicted_ms"]]
+        if signed:
+            errors[t] = {"n": len(signed), "median_abs_pct": float(np.median(np.abs(signed))),
+                         "max_abs_pct": float(np.max(np.abs(signed))), "mean_signed_pct": float(np.mean(signed))}
+    return errors
+
+
+def run_workload(workload, out: str | os.PathLike) -> dict:
+    """Run one workload end to end; writes and returns ``OUT/<name>/result.json``'s content."""
+    import torch
+    from lana.solver import InfeasibleBudget
+
+    from bench.workloads import WorkloadRun, write_json
+    from lana.accelerate import measure_latency
+
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if workload.threads:
+        torch.set_num_threads(workload.threads)
+        # TODO(limit): AccelerateConfig takes no thread count and its meters use every core this
+        # process may run on, so the process is pinned to `threads` cores: every meter agrees.
+        if affinity and len(affinity) > workload.threads:
+            os.sched_setaffinity(0, sorted(affinity)[: workload.threads])
+    try:
+        folder = Path(out) / workload.name
+        run = WorkloadRun(workload, folder)
+        w = run.w
+        teacher_top1, teacher_before = run.evaluate(run.teacher), run.evaluate(run.teacher, limit=w.corr_images)
+        teacher_ms = measure_latency({"teacher": run.teacher}, w.input_shape, w.budget_table, rounds=w.latency_rounds,
+                                     threads=w.threads)["teacher"]["median_ms"]
+        run.add({"method": "teacher", "budget": "-", "top1": teacher_top1, "top1_before_ft": teacher_before,
+                 "predicted_drop": 0.0, "predicted_ms": {t: run.problem.teacher_ms(t) for t in run.problem.tables},
+                 "train_s": 60 * run.teacher_info["minutes"]}, run.teacher)
+        budgets = {}
+        for budget in w.budgets:
+            budget_ms = float(budget.rstrip("x")) * teacher_ms
+            t0 = time.perf_counter()
+            try:
+                lana, student = _lana(run, budget, budget_ms)
+            except InfeasibleBudget as error:  # below the library's fastest plan: nothing to match
+                log.warning("%s %s: %s", w.name, budget, error)
+                budgets[budget] = {"budget_ms": budget_ms, "infeasible": str(error)}
+                continue
+            _library_plans(run, budget, lana)
+            _matched_baselines(run, budget, lana, student)
+            budgets[budget] = {"budget_ms": lana["budget_ms"], "solve_s": lana["solve_s"], "wall_s": time.perf_counter() - t0}
+            log.info("%s %s done in %.0f s", w.name, budget, budgets[budget]["wall_s"])
+        _measure_all(run)
+        before = [(drop, teacher_before - top1) for drop, top1, _ in run.points]
+        result = {
+            "workload": asdict(w), "teacher": {k: v for k, v in run.teacher_info.items() if k != "config"},
+            "teacher_ms": teacher_ms, "library": {**run.library, "layers": len(run.problem.layers),
+                                                  "candidates": sum(map(len, run.problem.specs))},
+            "budgets": budgets, "rows": run.rows,
+            "correlation": {"spearman": spearman(*zip(*before)) if before else float("nan"), "n": len(before),
+                            "points": [{"predicted_drop": d, "top1_before_ft": a, "method": m} for d, a, m in run.points],
+                            "teacher_top1": teacher_before, "images": w.corr_images, "score": run.problem.score},
+            "additivity": _additivity(run), "wall_s": time.perf_counter() - start,
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
+        if affinity:
+            os.sched_setaffinity(0, affinity)
+    write_json(folder / "result.json", result)
+    return result
+
+
+def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False, report: str | os.PathLike | None = None,
+              budgets=None, argv: str = "python3 -m bench") -> Path:
+    """Run the workloads ``names`` (``W1``, ``W2``) and write the report; returns its path.
+
+    Args:
+        smoke: the tiny-scale variant of every workload.
+        report: the Markdown file (default: ``BENCHMARKS.md`` in the working directory, or in
+            ``out`` for a smoke run, so that a smoke run never overwrites the real report).
+        budgets: override every workload's budgets (e.g. ``("0.7x", "0.5x", "0.35x")``).
+    """
+    from dataclasses import replace
+
+    from bench.report import write_report
+    from bench.workloads import WORKLOADS, write_json
+    from bench.workloads import smoke as tiny
+
+    out = Path(out)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
+    start = time.perf_counter()
+    results = []
+    for name in names:
+        workload = tiny(WORKLOADS[name]) if smoke else WORKLOADS[name]
+        if budgets:
+            workload = replace(workload, budgets=tuple(budgets))
+        results.append(run_workload(workload, out))
+    wall_s = time.perf_counter() - start
+    write_json(out / "results.json", {"results": results, "wall_s": wall_s, "smoke": smoke, "command": argv})
+    report = Path(report) if report else (out if smoke else Path(".")) / "BENCHMARKS.md"
+    return write_report(results, report, smoke=smoke, wall_s=wall_s, command=argv)

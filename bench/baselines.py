@@ -1,0 +1,215 @@
+"""What a user would do instead of lana, at lana's measured latency (issue 8).
+
+* **sibling**: a smaller network of the teacher's family, trained from scratch with the teacher's
+  recipe plus KD from the teacher. W1's is the teacher itself at reduced width (timm's ResNet takes
+  ``channels``/``stem_width``), because a width multiplier can be set to any latency, which resnet10t
+  or resnet14t cannot: they are single points, rarely within 5% of a budget. W2's is LCNet (or
+  MobileNetV3-small) at a channel multiplier: the CPU-oriented timm nets of Lite0's class.
+* **prune**: structured channel pruning of the teacher with Torch-Pruning (DepGraph groups, L2
+  group-magnitude importance, the same ratio in every layer, channels rounded to 8), the ratio found
+  by bisection on measured latency; then the same KD fine-tuning as lana's student.
+* **random** / **greedy**: plans inside lana's own library, to show what the exact ILP adds: the
+  best (by predicted score) of N random feasible plans, and a greedy per-layer choice.
+
+Latency is matched by :func:`match_latency`: bisection on one knob (width, pruning ratio), each
+step timed interleaved with lana's student, so that a drifting machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "LatencyMatch",
+    "greedy_plan",
+    "match_latency",
+    "plan_of",
+    "prune_model",
+    "random_feasible_plans",
+    "sibling_model",
+]
+
+log = logging.getLogger(__name__)
+
+# Stem width of the BasicBlock ResNets that a width-scaled sibling can be made of (timm defaults).
+_RESNET_STEM_WIDTH = {"resnet10t": 32, "resnet14t": 32, "resnet18": 64, "resnet18d": 32, "resnet34": 64}
+_RESNET_CHANNELS = (64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class LatencyMatch:
+    """How a baseline's latency was matched to lana's student.
+
+    Attributes:
+        knob: the width multiplier or pruning ratio of the model returned.
+        ratio: its median latency over the target's, timed interleaved on the budget's table.
+        matched: ``|ratio - 1| <= tolerance``.
+        tries: every ``(knob, ratio)`` tried, in order.
+        seconds: wall time of the search (building and timing).
+    """
+
+    knob: float
+    ratio: float
+    matched: bool
+    tries: tuple[tuple[float, float], ...]
+    seconds: float
+
+
+def match_latency(make: Callable[[float], nn.Module], target: nn.Module, input_shape, table: str, low: float,
+                  high: float, increasing: bool = True, tolerance: float = 0.05, iters: int = 8, rounds: int = 3,
+                  threads: int | None = None) -> tuple[nn.Module, LatencyMatch]:
+    """Bisect ``knob`` in ``[low, high]`` until ``make(knob)`` is as fast as ``target``.
+
+    Args:
+        make: builds the model at a knob value (untrained weights are fine: latency ignores them).
+        increasing: latency grows with the knob (a width) rather than falls (a pruning ratio).
+        tolerance: stop once the latency ratio is within half of it (the final, longer measurement
+            must still land within ``tolerance``); else return the closest model tried.
+    """
+    from lana.accelerate import measure_latency
+
+    start = time.perf_counter()
+    tries, best = [], None
+    for _ in range(iters):
+        knob = (low + high) / 2
+        model = make(knob).eval()
+        timing = measure_latency({"candidate": model, "target": target}, input_shape, table, rounds=rounds, threads=threads)
+        ratio = timing["candidate"]["median_ms"] / timing["target"]["median_ms"]
+        tries.append((knob, ratio))
+        log.info("latency match: knob %.4f -> %.3f x the target", knob, ratio)
+        if best is None or abs(ratio - 1) < abs(best[1] - 1):
+            best = (knob, ratio, model)
+        if abs(ratio - 1) <= tolerance / 2:
+            break
+        if (ratio > 1) == increasing:
+            high = knob
+        else:
+            low = knob
+    knob, ratio, model = best
+    return model, LatencyMatch(knob, ratio, abs(ratio - 1) <= tolerance, tuple(tries), time.perf_counter() - start)
+
+
+def _round8(value: float) -> int:
+    return max(8, round(value / 8) * 8)
+
+
+def sibling_model(family: str, width: float, num_classes: int) -> nn.Module:
+    """A smaller timm network of ``family`` at channel multiplier ``width`` (random weights).
+
+    Args:
+        family: a BasicBlock ResNet (``resnet18``, ``resnet10t``, ...: the teacher at reduced
+            width, channels rounded to 8), ``lcnet`` or ``mobilenetv3_small``.
+    """
+    import timm
+
+    if family in _RESNET_STEM_WIDTH:
+        # timm's ResNet entry points pass keyword arguments through to the constructor
+        return timm.create_model(family, num_classes=num_classes, channels=tuple(_round8(c * width) for c in _RESNET_CHANNELS),
+                                 stem_width=_round8(_RESNET_STEM_WIDTH[family] * width))
+    from timm.models import mobilenetv3
+
+    # TODO(limit): timm exposes the channel multiplier of these only through private generators
+    # (the public names fix it: lcnet_050 = 0.5); a continuous width is what matching needs.
+    if family == "lcnet":
+        return mobilenetv3._gen_lcnet("lcnet_100", width, num_classes=num_classes)
+    if family == "mobilenetv3_small":
+        return mobilenetv3._gen_mobilenet_v3("mobilenetv3_small_100", width, num_classes=num_classes)
+    raise ValueError(f"unknown sibling family {family!r}; known: {', '.join([*_RESNET_STEM_WIDTH, 'lcnet', 'mobilenetv3_small'])}")
+
+
+def prune_model(teacher: nn.Module, ratio: float, input_shape, round_to: int = 8) -> nn.Module:
+    """A copy of ``teacher`` with ``ratio`` of the channels of every prunable group removed.
+
+    Torch-Pruning's DepGraph finds the coupled layers (residual adds, depthwise convs, BN) and
+    removes them together; importance is the L2 magnitude of each channel group. The classifier
+    is left whole; layer-wise (not global) pruning keeps every stage, as a user would by default.
+    """
+    import torch_pruning as tp
+
+    model = copy.deepcopy(teacher).cpu().eval()
+    for p in model.parameters():  # Torch-Pruning leaves frozen layers alone (KD freezes the teacher)
+        p.requires_grad_(True)
+    if ratio <= 0:
+        return model
+    example = torch.randn(1, *input_shape)
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, ignored_layers=[model.get_classifier()], round_to=round_to)
+    pruner.step()
+    return model.eval()
+
+
+def _costs(problem) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-layer latency (budget table) and score; a NaN score counts as never worth taking."""
+    latency = [np.asarray(row, dtype=float) for row in problem.latency[problem.table]]
+    scores = [np.where(np.isfinite(row), row, np.inf) for row in problem.scores]
+    return latency, scores
+
+
+def random_feasible_plans(problem, budget_ms: float, count: int = 20, seed: int = 0) -> list[tuple[int, ...]]:
+    """``count`` random plans whose predicted latency meets ``budget_ms``.
+
+    Each layer draws a candidate uniformly (among those with a finite score); while the plan is
+    over budget, a random layer that has a faster candidate is moved to a random faster one. The
+    repair only ever lowers latency, so it ends; an empty list means even the fastest plan misses.
+    """
+    rng = np.random.default_rng(seed)
+    latency, scores = _costs(problem)
+    fastest = problem.fixed_ms[problem.table] + sum(row[np.isfinite(s)].min() for row, s in zip(latency, scores))
+    if fastest > budget_ms:
+        return []
+    plans = []
+    for _ in range(count):
+        choice = [int(rng.choice(np.flatnonzero(np.isfinite(s)))) for s in scores]
+        while problem.predicted_latency_ms(choice) > budget_ms:
+            faster = [np.flatnonzero((row < row[c]) & np.isfinite(s)) for row, s, c in zip(latency, scores, choice)]
+            layer = int(rng.choice([l for l, f in enumerate(faster) if len(f)]))
+            choice[layer] = int(rng.choice(faster[layer]))
+        plans.append(tuple(choice))
+    return plans
+
+
+def greedy_plan(problem, budget_ms: float) -> tuple[int, ...] | None:
+    """Start from the teacher; while over budget, take the swap with the least score added per ms saved.
+
+    The classic knapsack heuristic: at each step every (layer, faster candidate) pair is a move
+    costing ``score increase / latency saved``, and the cheapest is made. None when infeasible.
+    """
+    from lana.problem import TEACHER
+
+    latency, scores = _costs(problem)
+    choice = [specs.index(TEACHER) if TEACHER in specs else int(np.argmin(s)) for specs, s in zip(problem.specs, scores)]
+    while problem.predicted_latency_ms(choice) > budget_ms:
+        best, move = np.inf, None
+        for layer, (row, score) in enumerate(zip(latency, scores)):
+            saved = row[choice[layer]] - row
+            added = score - score[choice[layer]]
+            for candidate in np.flatnonzero((saved > 0) & np.isfinite(score)):
+                cost = added[candidate] / saved[candidate]
+                if cost < best:
+                    best, move = cost, (layer, int(candidate))
+        if move is None:
+            return None
+        choice[move[0]] = move[1]
+    return tuple(choice)
+
+
+def plan_of(problem, choice: Sequence[int], budget_ms: float, solver: str, solve_time_s: float = 0.0):
+    """A :class:`lana.plan.Plan` for a choice made outside the ILP (random, greedy)."""
+    from lana.plan import Plan
+
+    return Plan(model=problem.model, table=problem.table, score=problem.score, budget_ms=budget_ms,
+                choices=tuple((layer, problem.specs[l][c]) for l, (layer, c) in enumerate(zip(problem.layers, choice))),
+                predicted_latency_ms=problem.predicted_latency_ms(choice), predicted_drop=problem.predicted_drop(choice),
+                solver=solver, solve_time_s=solve_time_s,
+                latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
+                params=problem.total_params(choice), macs=problem.total_macs(choice),
+                layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
+                layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)))

@@ -1,0 +1,218 @@
+"""How far is ``fixed_ms + sum of per-layer latencies`` from the real end-to-end latency?
+
+Builds latency tables for a timm teacher in several ways (the latency-model variants), then times
+the teacher and random students end to end (interleaved, medians) and prints the % error of each
+variant's predictions, at each batch size. The students are measured once and shared by all
+variants, so the variants are compared on the same ground truth.
+
+Variants:
+    block_sum   each block timed alone; the fixed part (stem, head) timed alone with every
+                block replaced by a free stub: the plain sum of parts (torch only: ONNX
+                Runtime would fold the stub's constant into the head).
+    isolated    each block timed alone; fixed = teacher end to end - its blocks
+                (``measure_table(method="isolated")``, the ONNX Runtime way).
+    in_network  each block timed inside random students; fixed = forward - blocks, call by call;
+                every number times the median (forward / prediction) of those students
+                (``measure_table`` default for torch).
+    in_network_unscaled
+                in_network without that per-table factor.
+    in_network_anchored
+                in_network_unscaled with fixed = teacher end to end - its blocks.
+
+Modes: sequential (default) measures each table, then the check, as ``lana build`` and
+``lana latency --check`` do; on a shared machine its error includes how far the machine's load
+drifted in between (the "teacher drift" column). ``--paired`` alternates one round of every
+table with one round of the check, so both see the same drift and the error is the model's.
+
+Example (the issue-5 benchmark):
+    python3 bench/latency_additivity.py --model resnet18 --img-size 32 --batch-sizes 1 64
+    python3 bench/latency_additivity.py --batch-sizes 1 64 --paired
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import os
+import time
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from lana.candidates import build_candidate, space_for
+from lana.layers import find_layers, replace_layer
+from lana.latency import LatencyTable, make_meter, measure_table, predict_ms
+from lana.latency_check import check_latency, random_choices, teacher_choices
+
+VARIANTS = ("block_sum", "isolated", "in_network")
+
+
+class _ShapeStub(nn.Module):
+    """Stands in for a block at ~zero cost: returns a fixed tensor of the block's output shape."""
+
+    def __init__(self, out_shape):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        self._out = None
+
+    def forward(self, x):
+        shape = (x.shape[0], *self.out_shape)
+        if self._out is None or self._out.shape != shape or self._out.device != x.device:
+            self._out = torch.randn(shape, device=x.device)
+        return self._out
+
+
+def block_sum_table(teacher, layers, specs, build, meter, input_shape, rounds) -> LatencyTable:
+    """The plain sum of parts: blocks alone, plus the network with free stubs for the blocks."""
+    table = measure_table(teacher, layers, specs, build, meter, "block_sum", progress=False,
+                          input_shape=input_shape, rounds=rounds, method="isolated")  # fmt: skip
+    stubbed = copy.deepcopy(teacher)
+    for layer in layers:
+        replace_layer(stubbed, layer.name, _ShapeStub(layer.out_shape))
+    fixed = meter(stubbed, input_shape)
+    return dataclasses.replace(table, fixed_ms=fixed.median_ms)
+
+
+def measure_variants(
+    variants, teacher, layers, specs, build, meter, input_shape, rounds, max_rounds, seed, log
+) -> dict[str, LatencyTable]:
+    """One table per variant (plus the two derived from in_network)."""
+    tables = {}
+    for variant in variants:
+        start = time.perf_counter()
+        if variant == "block_sum":
+            table = block_sum_table(teacher, layers, specs, build, meter, input_shape, rounds)
+        else:
+            table = measure_table(teacher, layers, specs, build, meter, variant, progress=False,
+                                  input_shape=input_shape, rounds=rounds, max_rounds=max_rounds,
+                                  method=variant, seed=seed)  # fmt: skip
+        tables[variant] = table
+        keys = ("scale", "students_max_error_pct", "rounds_run", "max_round_load", "loadavg")
+        log(f"[b{meter.batch_size}] {variant}: table in {time.perf_counter() - start:.1f} s, "
+            f"fixed {table.fixed_ms:.3f} ms, teacher {table.teacher_ms:.3f} ms, "
+            f"{ {k: table.fingerprint[k] for k in keys if k in table.fingerprint} }")  # fmt: skip
+    if "in_network" in tables:  # two variants derived from the same timings
+        table = tables["in_network"]
+        scale = table.fingerprint["scale"]
+        unscaled = dataclasses.replace(
+            table,
+            fixed_ms=table.fixed_ms / scale,
+            latency_ms=[row / scale for row in table.latency_ms],
+        )
+        teacher_blocks = predict_ms(unscaled, teacher_choices(unscaled)) - unscaled.fixed_ms
+        tables["in_network_unscaled"] = unscaled
+        tables["in_network_anchored"] = dataclasses.replace(
+            unscaled, fixed_ms=table.teacher_ms - teacher_blocks
+        )
+    return tables
+
+
+def median_table(tables: list[LatencyTable]) -> LatencyTable:
+    """Element-wise median of tables measured one round each."""
+    return dataclasses.replace(
+        tables[0],
+        fixed_ms=float(np.median([t.fixed_ms for t in tables])),
+        teacher_ms=float(np.median([t.teacher_ms for t in tables])),
+        latency_ms=[np.median(rows, axis=0) for rows in zip(*(t.latency_ms for t in tables))],
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--students", type=int, default=10)
+    parser.add_argument("--space", default="tiny", help="space_for preset or patterns")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="alternate one round of every table with one round of the check, --rounds times, "
+        "so that both see the same drift of the machine",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    input_shape = (3, args.img_size, args.img_size)
+    teacher = timm.create_model(args.model, pretrained=False, num_classes=10).eval()
+    layers = find_layers(teacher, input_shape)
+    specs = [space_for(layer, args.space) for layer in layers]
+    built: dict = {}
+
+    def build(index: int, spec: str) -> nn.Module:
+        # built once and copied: weights do not change timing, construction time is not measured
+        if (index, spec) not in built:
+            block = teacher.get_submodule(layers[index].name)
+            built[index, spec] = build_candidate(spec, layers[index], block).eval()
+        return copy.deepcopy(built[index, spec])
+
+    variants = [v for v in args.variants.split(",") if v]
+    print(f"{args.model} {args.img_size}px, {len(layers)} layers, "
+          f"{sum(map(len, specs))} candidates ({args.space}), backend {args.backend}, "
+          f"threads {args.threads or 'all'}, {args.students} students, "
+          f"{'paired' if args.paired else 'sequential'}")  # fmt: skip
+    results = []
+    for batch_size in args.batch_sizes:
+        common = (teacher, layers, specs, build)
+        if args.paired:  # one round of each table, then one of the check, --rounds times
+            meter = make_meter(args.device, args.backend, batch_size, args.threads,
+                               repeats=math.ceil(args.repeats / args.rounds))  # fmt: skip
+            rounds, measured, plans = [], [], None
+            for r in range(args.rounds):
+                rounds.append(measure_variants(variants, *common, meter, input_shape, 1, 1, r,
+                                               log=lambda line: None))  # fmt: skip
+                reference = rounds[0][variants[0]]  # any table: the check reads its specs
+                plans = plans or random_choices(reference, args.students, args.seed)
+                report = check_latency(teacher, reference, layers, plans, build, meter,
+                                       input_shape=input_shape, rounds=1, max_rounds=1)  # fmt: skip
+                measured.append([row.measured_ms for row in report.rows])
+            tables = {v: median_table([per_round[v] for per_round in rounds]) for v in rounds[0]}
+            measured = np.median(measured, axis=0)
+            choices = [row.choices for row in report.rows]
+        else:  # as a user runs it: the table, then the check
+            meter = make_meter(
+                args.device, args.backend, batch_size, args.threads, repeats=args.repeats
+            )
+            tables = measure_variants(variants, *common, meter, input_shape, args.rounds, None,
+                                      args.seed, log=print)  # fmt: skip
+            reference = next(iter(tables.values()))
+            plans = random_choices(reference, args.students, seed=args.seed)
+            start = time.perf_counter()
+            report = check_latency(teacher, reference, layers, plans, build, meter,
+                                   input_shape=input_shape, rounds=args.rounds)  # fmt: skip
+            print(f"[b{batch_size}] check in {time.perf_counter() - start:.1f} s, "
+                  f"{report.rounds_run} rounds, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+            print(report.to_text())
+            measured = np.array([row.measured_ms for row in report.rows])
+            choices = [row.choices for row in report.rows]
+        for variant, table in tables.items():
+            predicted = np.array([predict_ms(table, c) for c in choices])
+            signed = 100 * (predicted - measured) / measured
+            # the teacher re-timed in the check vs in the table: the machine's drift in between
+            drift = 100 * (measured[0] / table.teacher_ms - 1)
+            results.append((variant, batch_size, signed, drift))
+
+    print("\n| variant | batch | median abs error % | max abs error % | mean signed error % "
+          "| teacher drift % |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for variant, batch_size, signed, drift in results:
+        error = np.abs(signed)
+        print(
+            f"| {variant} | {batch_size} | {np.median(error):.1f} | {error.max():.1f} "
+            f"| {signed.mean():+.1f} | {drift:+.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The benchmark's workloads (issue 8) and the cached stages every method shares: teacher, library.
+
+A workload is one frozen :class:`Workload`: a teacher, its data, the latency tables, the budgets and
+how long each method may train. The teacher and the library are cached under ``OUT/<workload>/``
+and reused when their settings match, so a rerun only redoes the per-budget work.
+
+* ``W1``: resnet18 trained from scratch on Fashion-MNIST at 32 px; CPU, batch 64 and 1.
+* ``W2``: ImageNet-pretrained tf_efficientnet_lite0 (offline weights), fine-tuned on Fashion-MNIST
+  at 64 px; CPU, batch 64 and 1.
+* ``smoke(w)``: the same code path at tiny scale (a few hundred images, a few steps per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+__all__ = ["WORKLOADS", "Workload", "WorkloadRun", "library_stages", "prepare_library", "prepare_teacher", "smoke"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything that defines one workload of the benchmark (kept whole with its results).
+
+    Attributes:
+        name: ``W1``, ``W2`` (``-smoke`` appended at tiny scale).
+        model: the teacher's timm name.
+        pretrained: start the teacher from ImageNet weights (fine-tune) instead of from scratch.
+        teacher_epochs: epochs of the teacher's training (or fine-tuning).
+        space: lana's candidate space preset.
+        build_epochs: distillation epochs of the library build.
+        tables: latency tables measured (library and final side-by-side measurement).
+        budget_table: the table the budgets apply to.
+        budgets: factors of the teacher's measured latency on ``budget_table``.
+        finetune_epochs: KD fine-tuning of every student (lana, random, greedy, pruned).
+        sibling: the smaller-sibling family (``resnet18``/``resnet10t``: the teacher at reduced
+            width; ``lcnet``/``mobilenetv3_small``: timm's CPU-oriented nets at a width multiplier).
+        sibling_epochs: epochs of the sibling's training from scratch (teacher recipe + KD).
+        limit: training images of every stage (None: all); for smoke runs.
+        max_steps: cap on the optimisation steps of every stage; for smoke runs.
+        eval_limit: test images of the final top-1 (None: all 10,000).
+        corr_images: test images of the pre-fine-tune top-1 behind the score-accuracy correlation.
+        random_plans: random feasible plans drawn per budget (the best by predicted score is kept).
+        match_tolerance: relative latency gap allowed between a baseline and lana's student.
+        search_iters: bisection steps when matching a baseline's latency.
+        search_rounds: interleaved rounds per latency measurement of the search.
+        latency_rounds: interleaved rounds of the library tables and of the final measurement.
+        threads: CPU threads for training and timing (None: torch's default / every core).
+    """
+
+    name: str = "W1"
+    model: str = "resnet18"
+    pretrained: bool = False
+    dataset: str = "fashion-mnist"
+    img_size: int = 32
+    teacher_epochs: float = 5.0
+    teacher_lr: float | None = None  # None: train_teacher's default (0.1 scratch, 0.01 fine-tune)
+    space: str = "default"
+    build_epochs: float = 1.0
+    score_images: int | None = 2000
+    tables: tuple[str, ...] = ("cpu-b64", "cpu-b1")
+    budget_table: str = "cpu-b64"
+    budgets: tuple[str, ...] = ("0.5x", "0.35x")
+    finetune_epochs: float = 1.0
+    sibling: str = "resnet18"
+    sibling_epochs: float = 5.0
+    limit: int | None = None
+    max_steps: int | None = None
+    eval_limit: int | None = None
+    corr_images: int = 2000
+    random_plans: int = 20
+    match_tolerance: float = 0.05
+    search_iters: int = 8
+    search_rounds: int = 3
+    latency_rounds: int = 5
+    threads: int | None = None
+    device: str = "auto"
+    seed: int = 0
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (3, self.img_size, self.img_size)
+
+
+WORKLOADS: dict[str, Workload] = {
+    # 5 teacher epochs: the demo's teacher (lana.demo.DEFAULT_TEACHER_EPOCHS), ~92% top-1. The
+    # sibling gets the same 5 epochs from scratch: what a user training a small model would spend.
+    "W1": Workload(),
+    # Lite0 from ImageNet needs ~2 epochs at lr 0.01 to fit Fashion-MNIST at 64 px; timm has no
+    # offline ImageNet weights for LCNet, so the sibling trains from scratch, 5 epochs like W1's.
+    "W2": Workload(name="W2", model="tf_efficientnet_lite0", pretrained=True, img_size=64, teacher_epochs=2.0,
+                   sibling="lcnet", sibling_epochs=5.0),
+}
+
+
+def smoke(workload: Workload) -> Workload:
+    """The workload at tiny scale: every stage runs, in about a minute on 2 cores."""
+    tiny_model = {"resnet18": "resnet10t"}.get(workload.model, workload.model)
+    return replace(
+        workload, name=f"{workload.name}-smoke", model=tiny_model,
+        sibling=tiny_model if workload.sibling == workload.model else workload.sibling,
+        img_size=32, teacher_epochs=1.0, space="tiny", build_epochs=1.0, score_images=64, limit=256, max_steps=2,
+        eval_limit=128, corr_images=64, random_plans=20, search_iters=3, search_rounds=1, latency_rounds=1,
+        sibling_epochs=1.0, threads=1,
+        # batch 8, not 64: a 1-thread resnet10t takes ~140 ms a batch of 64 on a loaded 2-core CPU
+        tables=("cpu-b8", "cpu-b1"), budget_table="cpu-b8",
+        # resnet10t's 4 blocks in the tiny space bottom out near 0.37x (stem and head stay)
+        budgets=("0.7x", "0.5x"))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, data) -> Path:
+    """Write JSON atomically (a temporary file, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_teacher(workload: Workload, out: Path) -> dict:
+    """Train (or fine-tune) the workload's teacher, or reuse the one cached in ``out/teacher``.
+
+    Returns:
+        ``teacher.json``'s content (path, top1, minutes, config, ...) plus ``cached``.
+    """
+    from lana.teacher import train_teacher
+
+    wanted = {"model": workload.model, "dataset": workload.dataset, "img_size": workload.img_size,
+              "epochs": workload.teacher_epochs, "pretrained": workload.pretrained, "lr": workload.teacher_lr,
+              "max_steps": workload.max_steps, "limit": workload.limit, "seed": workload.seed}
+    sidecar = _read_json(out / "teacher" / "teacher.json")
+    if sidecar and Path(sidecar["path"]).is_file() and all(sidecar["config"].get(k) == v for k, v in wanted.items()):
+        log.info("%s: reusing teacher %s (top-1 %.2f%%)", workload.name, sidecar["path"], sidecar["top1"])
+        return {**sidecar, "cached": True}
+    result = train_teacher(workload.model, workload.dataset, workload.img_size, workload.teacher_epochs, out / "teacher",
+                           pretrained=workload.pretrained, lr=workload.teacher_lr, max_steps=workload.max_steps,
+                           device=workload.device, seed=workload.seed, limit=workload.limit)
+    return {**asdict(result), "cached": False}
+
+
+def _build_config(workload: Workload, checkpoint: str):
+    from lana.pipeline import BuildConfig
+
+    # pretrained=False: the teacher's weights (ImageNet ones included) are in the checkpoint
+    return BuildConfig(model=workload.model, checkpoint=checkpoint, dataset=workload.dataset, img_size=workload.img_size,
+                       space=workload.space, epochs=workload.build_epochs, max_steps=workload.max_steps,
+                       device=workload.device, seed=workload.seed, limit=workload.limit,
+                       score_images=workload.score_images, tables=workload.tables, threads=workload.threads,
+                       latency_rounds=workload.latency_rounds)
+
+
+def _library_is_current(path: Path, config) -> bool:
+    import h5py
+
+    from lana.teacher import file_sha256
+
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                return False
+            built = json.loads(f.attrs["config"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        return False
+    wanted = {**asdict(config), "checkpoint_sha256": file_sha256(config.checkpoint), "tables": list(config.tables)}
+    keys = ("model", "checkpoint_sha256", "dataset", "img_size", "space", "epochs", "max_steps", "limit",
+            "score_images", "tables", "latency_rounds", "seed")
+    return all(built.get(k) == wanted[k] for k in keys)
+
+
+def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
+    """Build lana's library for the teacher (resumable), or reuse ``out/library.h5`` when current.
+
+    Returns:
+        ``{"path", "cached", "stages_s"}``; ``stages_s`` are the build's own stage times, read
+        back from the library when it is reused.
+    """
+    from lana.pipeline import build
+
+    path = out / "library.h5"
+    config = _build_config(workload, checkpoint)
+    if path.exists() and _library_is_current(path, config):
+        log.info("%s: reusing library %s", workload.name, path)
+        return {"path": str(path), "cached": True, "stages_s": library_stages(path)}
+    start = time.perf_counter()
+    try:
+        build(config, path)
+    except ValueError as error:  # an interrupted build with other settings: start it over
+        if "interrupted build" not in str(error):
+            raise
+        log.warning("%s; restarting the build", error)
+        build(config, path, restart=True)
+    stages = library_stages(path)
+    log.info("%s: library built in %.0f s (%s)", workload.name, time.perf_counter() - start, stages)
+    return {"path": str(path), "cached": False, "stages_s": stages}
+
+
+def library_stages(path: str | Path) -> dict[str, float]:
+    """The build's stage times (setup, distill, score, latency) stored in the library's config."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return dict(json.loads(f.attrs["config"]).get("stages_s", {}))
+
+
+class WorkloadRun:
+    """One workload being run: teacher, library, data, the models made so far, and their cache.
+
+    Each method's result at a budget is kept in ``OUT/<workload>/<budget>/<method>/``: its row
+    (``row.json``, written last) and its weights. A rerun with the same workload settings, teacher
+    and library rebuilds the model from them instead of training it again; latency is always
+    measured anew.
+    """
+
+    def __init__(self, workload: Workload, out: Path):
+        from lana.data import load_dataset
+        from lana.pipeline import context_from_library
+        from lana.problem import load_problem
+        from lana.teacher import file_sha256
+        from lana.train import resolve_device
+
+        self.w, self.out = workload, out
+        self.device = resolve_device(workload.device)
+        self.teacher_info = prepare_teacher(workload, out)
+        self.library = prepare_library(workload, self.teacher_info["path"], out)
+        self.ctx = context_from_library(self.library["path"])
+        self.teacher = self.ctx.teacher.eval()
+        self.problem = load_problem(self.library["path"], workload.budget_table)
+        self.train_set = load_dataset(workload.dataset, "train", workload.img_size, seed=workload.seed, limit=workload.limit)
+        self.test_set = load_dataset(workload.dataset, "test", workload.img_size, limit=workload.eval_limit)
+        self.models, self.rows, self.points = {}, [], []  # points: (predicted drop, top-1 before FT, method)
+        self.key = {"workload": {k: v for k, v in asdict(workload).items() if k != "budgets"},
+                    "teacher_sha256": file_sha256(self.teacher_info["path"]),
+                    "library_sha256": file_sha256(self.library["path"])}
+
+    def evaluate(self, model, limit: int | None = None) -> float:
+        """Test top-1 (%) on the first ``limit`` test images (all of ``eval_limit`` by default)."""
+        from lana.train import evaluate
+
+        top1 = evaluate(model, self.test_set, device=self.device, limit=limit)
+        model.cpu()
+        return top1
+
+    def finetune(self, model, epochs: float, desc: str, recipe=None) -> float:
+        """KD fine-tuning from the teacher (lana's recipe unless ``recipe``); returns wall seconds."""
+        from lana.finetune import FINETUNE_RECIPE, finetune
+
+        for p in model.parameters():  # copies of the teacher inherit its parameters, frozen by KD
+            p.requires_grad_(True)
+        start = time.perf_counter()
+        finetune(model, self.teacher, self.train_set, epochs=epochs, recipe=recipe or FINETUNE_RECIPE,
+                 device=self.device, max_steps=self.w.max_steps, desc=desc)
+        model.cpu().eval()
+        self.teacher.cpu().eval()
+        return time.perf_counter() - start
+
+    def add(self, row: dict, model) -> None:
+        self.rows.append(row)
+        self.models[f"{row['method']}@{row['budget']}"] = model
+
+    def cached(self, budget: str, method: str, make: Callable, rebuild: Callable, depends: dict | None = None):
+        """The row and model of ``method`` at ``budget``: reused from the cache, or ``make(folder)``.
+
+        Args:
+            make: ``make(folder) -> (row, model)``; saves the model's weights in ``folder``.
+            rebuild: ``rebuild(row, folder) -> model`` from those weights.
+            depends: more of the cache key (the lana plan a baseline was matched to).
+        """
+        folder = self.out / budget / method
+        key = {**self.key, **(depends or {})}
+        saved = _read_json(folder / "row.json")
+        if saved and saved.get("key") == json.loads(json.dumps(key, default=str)):
+            try:
+                model = rebuild(saved["row"], folder).eval()
+            except (OSError, RuntimeError, KeyError, ValueError) as error:
+                log.warning("cannot reuse %s (%s): recomputing", folder, error)
+            else:
+                log.info("%s %s: reusing %s", budget, method, folder)
+                self.points += [tuple(p) for p in saved["points"]]
+                row = {**saved["row"], "cached": True}
+                self.add(row, model)
+                return row, model
+        first = len(self.points)
+        row, model = make(folder)
+        write_json(folder / "row.json", {"key": key, "row": row, "points": self.points[first:]})
+        self.add(row, model)
+        return row, model

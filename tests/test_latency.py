@@ -1,0 +1,306 @@
+"""Latency meters, tables and the end-to-end check, on a tiny network (seconds, CPU only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lana.latency import (
+    LatencyMeter,
+    LatencyTable,
+    OnnxRuntimeMeter,
+    Timing,
+    TorchMeter,
+    fingerprint,
+    make_meter,
+    measure_table,
+    predict_ms,
+)
+from lana.latency_check import check_latency, random_choices, teacher_choices
+from lana.layers import Layer
+
+INPUT_SHAPE = (3, 16, 16)
+CUDA = torch.cuda.is_available()
+
+
+class TinyNet(nn.Module):
+    """Stem, two replaceable blocks (the second one downsamples), head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU()),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+LAYERS = [
+    Layer("blocks.0", "Sequential", (8, 16, 16), (8, 16, 16), 1, 584, 147456),
+    Layer("blocks.1", "Sequential", (8, 16, 16), (16, 8, 8), 2, 1168, 73728),
+]
+SPECS = [["teacher", "id", "conv_k1", "conv_k3"], ["teacher", "conv_k1", "conv_k3"]]
+
+
+def build(index: int, spec: str) -> nn.Module:
+    """A stand-in candidate builder: ``id`` or a k x k conv with the layer's shapes."""
+    layer = LAYERS[index]
+    if spec == "id":
+        return nn.Identity()
+    kernel = int(spec[-1])
+    return nn.Conv2d(layer.in_shape[0], layer.out_shape[0], kernel, layer.stride, kernel // 2)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+@pytest.fixture(scope="module")
+def meter():
+    return TorchMeter(batch_size=2, threads=1, repeats=4, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def table(teacher, meter):
+    return measure_table(teacher, LAYERS, SPECS, build, meter, "cpu-b2", progress=False,
+                         input_shape=INPUT_SHAPE, rounds=2)  # fmt: skip
+
+
+def test_timing_is_median_and_interquartile_range():
+    timing = Timing.of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert timing.median_ms == 3.0
+    assert timing.spread_ms == 2.0
+    assert timing.samples_ms == (5.0, 1.0, 3.0, 2.0, 4.0)
+
+
+def test_torch_meter_gives_one_positive_sample_per_repeat(meter):
+    timing = meter(nn.Conv2d(3, 8, 3), INPUT_SHAPE)
+    assert len(timing.samples_ms) == meter.repeats
+    assert timing.median_ms > 0 and timing.spread_ms >= 0
+
+
+def test_torch_meter_restores_training_mode_and_threads(meter):
+    module = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).train()
+    threads = torch.get_num_threads()
+    meter(module, INPUT_SHAPE)
+    assert module.training
+    assert torch.get_num_threads() == threads
+
+
+def test_onnxruntime_meter_times_a_tiny_conv():
+    timing = OnnxRuntimeMeter(batch_size=2, threads=1, repeats=3, warmup=1)(
+        nn.Conv2d(3, 8, 3), INPUT_SHAPE
+    )
+    assert len(timing.samples_ms) == 3
+    assert timing.median_ms > 0
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_meter_times_with_events():
+    timing = make_meter("cuda", "torch", 2, repeats=3)(nn.Conv2d(3, 8, 3), INPUT_SHAPE)
+    assert timing.median_ms > 0
+
+
+@pytest.mark.skipif(CUDA, reason="checks the error raised without a GPU")
+def test_make_meter_refuses_cuda_without_a_gpu():
+    with pytest.raises(RuntimeError, match="cuda"):
+        make_meter("cuda", "torch", 1)
+
+
+@pytest.mark.parametrize(
+    ("device", "backend", "message"),
+    [("cpu", "tensorrt", "unknown latency backend"), ("cuda", "onnxruntime", "CPU only")],
+)
+def test_make_meter_rejects_unsupported_targets(device, backend, message):
+    with pytest.raises(ValueError, match=message):
+        make_meter(device, backend, 1)
+
+
+def test_fingerprint_names_the_target(meter):
+    print_ = fingerprint(meter)
+    assert {"cpu", "threads", "torch", "onnxruntime", "backend", "device", "gpu",
+            "batch_size"} <= set(print_)  # fmt: skip
+    assert (print_["threads"], print_["batch_size"], print_["backend"]) == (1, 2, "torch")
+    assert print_["gpu"] is None
+
+
+@pytest.mark.parametrize("method", ["in_network", "isolated"])
+def test_measure_table_gives_one_positive_latency_per_candidate(teacher, meter, method):
+    table = measure_table(teacher, LAYERS, SPECS, build, meter, "t", progress=False,
+                          input_shape=INPUT_SHAPE, rounds=2, method=method)  # fmt: skip
+    assert [len(row) for row in table.latency_ms] == [len(specs) for specs in SPECS]
+    assert [len(row) for row in table.spread_ms] == [len(specs) for specs in SPECS]
+    for row, spread in zip(table.latency_ms, table.spread_ms):
+        assert np.all(row > 0) and np.all(spread >= 0)
+    assert table.teacher_ms > 0 and np.isfinite(table.fixed_ms) and table.fixed_spread_ms >= 0
+    assert table.specs == SPECS
+    assert table.fingerprint["method"] == method
+    assert (table.backend, table.batch_size, table.threads) == ("torch", 2, 1)
+
+
+def test_measure_table_leaves_the_teacher_unchanged(teacher, table):
+    assert isinstance(teacher.blocks[0], nn.Sequential)
+    assert isinstance(teacher.blocks[1], nn.Sequential)
+
+
+def test_measure_table_refuses_in_network_timing_on_a_compiled_backend(teacher):
+    with pytest.raises(ValueError, match="inside the network"):
+        measure_table(teacher, LAYERS, SPECS, build, OnnxRuntimeMeter(), "t", progress=False,
+                      input_shape=INPUT_SHAPE, method="in_network")  # fmt: skip
+
+
+def _toy_table(fixed_ms=1.0) -> LatencyTable:
+    return LatencyTable(
+        name="toy", device="cpu", backend="torch", batch_size=2, threads=1, fingerprint={},
+        fixed_ms=fixed_ms, fixed_spread_ms=0.0, teacher_ms=7.0,
+        latency_ms=[np.array([2.0, 0.5, 1.0, 1.5]), np.array([4.0, 2.0, 3.0])],
+        spread_ms=[np.zeros(4), np.zeros(3)], specs=SPECS,
+    )  # fmt: skip
+
+
+def test_predict_ms_is_fixed_plus_the_chosen_latencies():
+    table = _toy_table()
+    assert predict_ms(table, [0, 0]) == pytest.approx(7.0)
+    assert predict_ms(table, [1, 2]) == pytest.approx(1.0 + 0.5 + 3.0)
+    with pytest.raises(ValueError, match="choices"):
+        predict_ms(table, [0])
+
+
+def test_teacher_and_random_choices_index_the_table():
+    table = _toy_table()
+    assert teacher_choices(table) == [0, 0]
+    for choices in random_choices(table, 20, seed=1):
+        assert all(0 <= c < len(row) for c, row in zip(choices, table.latency_ms))
+
+
+def test_check_latency_reports_teacher_and_students(teacher, table, meter):
+    plans = [[1, 2], ["conv_k3", "conv_k1"], {"blocks.1": "conv_k3"}]
+    report = check_latency(teacher, table, LAYERS, plans, build, meter,
+                           input_shape=INPUT_SHAPE, rounds=2)  # fmt: skip
+    assert [row.name for row in report.rows] == [
+        "teacher",
+        "student_01",
+        "student_02",
+        "student_03",
+    ]
+    assert [row.choices for row in report.rows] == [(0, 0), (1, 2), (3, 1), (0, 2)]
+    assert all(row.measured_ms > 0 and row.spread_ms >= 0 for row in report.rows)
+    assert report.rows[1].predicted_ms == pytest.approx(predict_ms(table, [1, 2]))
+    assert report.max_abs_error_pct >= report.median_abs_error_pct >= 0
+    lines = report.to_text().splitlines()
+    assert len(lines) == 1 + len(report.rows) + 1
+    assert lines[-1].startswith("latency check cpu-b2 (batch 2): 4 models, median |error| ")
+    assert "max" in lines[-1] and "vs the table's" in lines[-1]
+    assert report.drift_pct == pytest.approx(
+        100 * (report.rows[0].measured_ms / table.teacher_ms - 1)
+    )
+
+
+def test_check_latency_refuses_a_meter_that_does_not_match_the_table(teacher, table):
+    with pytest.raises(ValueError, match="does not match"):
+        check_latency(teacher, table, LAYERS, [], build, TorchMeter(batch_size=8),
+                      input_shape=INPUT_SHAPE)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RecordingMeter(LatencyMeter):
+    """Runs the module once per repeat, records what ran, and reports 1 ms per sample."""
+
+    eager: bool = True
+    batch_size: int = 2
+    threads: int | None = 1
+    repeats: int = 2
+    warmup: int = 0
+    device: str = "cpu"
+    log: list = field(default_factory=list)
+
+    backend = "torch"
+
+    def __call__(self, module, input_shape):
+        self.log.append(module)
+        with torch.inference_mode():
+            for _ in range(self.repeats):
+                module(torch.zeros(self.batch_size, *input_shape))
+        return Timing.of([1.0] * self.repeats)
+
+
+def _is_plain_teacher(module) -> bool:
+    """A TinyNet whose blocks are not wrapped in timers (nor replaced)."""
+    return isinstance(module, TinyNet) and isinstance(module.blocks[0], nn.Sequential)
+
+
+def test_isolated_timing_visits_every_candidate_once_per_round(teacher):
+    meter = RecordingMeter(eager=False, repeats=6)
+    table = measure_table(teacher, LAYERS, SPECS, build, meter, "t", progress=False,
+                          input_shape=INPUT_SHAPE, rounds=3)  # fmt: skip
+    per_round = sum(map(len, SPECS)) + 1  # every candidate, then the teacher end to end
+    assert len(meter.log) == 3 * per_round
+    for start in range(0, len(meter.log), per_round):
+        visited = meter.log[start : start + per_round]
+        assert len({id(module) for module in visited}) == per_round
+        assert _is_plain_teacher(visited[-1])
+    # 6 repeats spread over 3 rounds: 2 samples per call
+    assert table.latency_ms[0][0] == 1.0
+
+
+def test_in_network_timing_runs_every_candidate_in_every_round(teacher):
+    meter = RecordingMeter(repeats=1)
+    log = meter.log  # meter calls (modules) and candidate forwards ((layer, spec)), in order
+
+    def spy(index, spec):
+        module = build(index, spec)
+        module.register_forward_hook(lambda *_: log.append((index, spec)))
+        return module
+
+    rounds = 3
+    measure_table(teacher, LAYERS, SPECS, spy, meter, "t", progress=False,
+                  input_shape=INPUT_SHAPE, rounds=rounds, max_rounds=rounds)  # fmt: skip
+    calls = [i for i, entry in enumerate(log) if isinstance(entry, nn.Module)]
+    calls_per_round = max(map(len, SPECS)) + 1  # one student per candidate slot, plus the teacher
+    assert len(calls) == rounds * calls_per_round
+    assert sum(_is_plain_teacher(log[i]) for i in calls) == rounds
+    built = {(i, spec) for i, specs in enumerate(SPECS) for spec in specs if spec != "teacher"}
+    bounds = calls[::calls_per_round] + [len(log)]
+    for start, end in zip(bounds, bounds[1:]):  # every candidate runs in every round
+        assert {entry for entry in log[start:end] if isinstance(entry, tuple)} == built
+
+
+@dataclass(frozen=True)
+class BurstMeter(RecordingMeter):
+    """Reports 1 ms per sample, but 10 ms during calls ``burst[0]`` to ``burst[1] - 1``."""
+
+    burst: tuple = (0, 0)
+
+    def __call__(self, module, input_shape):
+        slow = self.burst[0] <= len(self.log) < self.burst[1]
+        self.log.append(module)
+        return Timing.of([10.0 if slow else 1.0] * self.repeats)
+
+
+def test_measure_table_replaces_a_round_caught_in_a_burst_of_load(teacher):
+    per_round = sum(map(len, SPECS)) + 1
+    meter = BurstMeter(eager=False, burst=(per_round, 2 * per_round))  # the whole second round
+    table = measure_table(teacher, LAYERS, SPECS, build, meter, "t", progress=False,
+                          input_shape=INPUT_SHAPE, rounds=3)  # fmt: skip
+    assert table.fingerprint["rounds_run"] == 4
+    assert table.fingerprint["max_round_load"] == 1.0
+    assert all(np.all(row == 1.0) for row in table.latency_ms) and table.teacher_ms == 1.0
+
+
+def test_check_latency_flags_a_machine_that_stays_busy(teacher, table):
+    models = 2
+    meter = BurstMeter(batch_size=table.batch_size, burst=(models, 10**6))  # busy after round 1
+    report = check_latency(teacher, table, LAYERS, [[1, 1]], build, meter,
+                           input_shape=INPUT_SHAPE, rounds=2, max_rounds=4)  # fmt: skip
+    assert report.rounds_run == 4 and not report.quiet
+    assert "machine busy" in report.to_text().splitlines()[-1]
