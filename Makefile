@@ -36,5 +36,8 @@ test: install data
 bench: install data
 	HF_HUB_OFFLINE=1 $(PYTHON) -m bench
 
+bench-smoke: install data
+	HF_HUB_OFFLINE=1 $(PYTHON) -m bench --smoke
+
 clean:
 	rm -rf .cache runs .pytest_cache

@@ -48,6 +48,7 @@ class AccelerateConfig:
     latency_rounds: int = 5
     export: bool = True
     seed: int = 0
+    threads: int | None = None  # CPU threads for latency measurement (default: all cores)
 
 
 def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoint_sha: str | None) -> bool:
@@ -104,6 +105,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     from lana.finetune import finetune
     from lana.pipeline import BuildConfig, build, context_from_library
     from lana.plan import solve_diverse, solve_library
+    from lana.solver import InfeasibleBudget
     from lana.student import model_stats, save_student, student_from_context
     from lana.teacher import file_sha256
     from lana.train import evaluate, resolve_device
@@ -121,7 +123,8 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
         build(BuildConfig(model=config.model, checkpoint=config.checkpoint, pretrained=config.pretrained,
                           dataset=config.dataset, img_size=config.img_size, space=config.space, epochs=config.build_epochs,
                           max_steps=config.max_steps, device=device.type, seed=config.seed, limit=config.limit,
-                          score_images=config.score_images, tables=config.tables, latency_rounds=config.latency_rounds), library)
+                          score_images=config.score_images, tables=config.tables, latency_rounds=config.latency_rounds,
+                          threads=config.threads), library)
     stages["build"] = time.perf_counter() - t0
     table = config.table or _first_table(library)
 
@@ -137,20 +140,25 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     if config.diverse > 1:  # measure K diverse plans and keep the most accurate feasible one
         plans = solve_diverse(library, config.budget, k=config.diverse, min_diff=config.min_diff, table=table, score=config.score)
         students = {f"plan{i}": student_from_context(ctx, p) for i, p in enumerate(plans)}
-        timings = measure_latency(students, input_shape, table, rounds=config.latency_rounds)
+        timings = measure_latency(students, input_shape, table, rounds=config.latency_rounds, threads=config.threads)
         ranked = sorted(range(len(plans)), key=lambda i: (timings[f"plan{i}"]["median_ms"] > budget_ms * 1.03,
                                                           -evaluate(students[f"plan{i}"], score_set)))
         plan = plans[ranked[0]]
     rounds, target = [], budget_ms
     for attempt in range(3):
         student = student_from_context(ctx, plan)
-        measured = measure_latency({"student": student}, input_shape, table, rounds=config.latency_rounds)["student"]["median_ms"]
+        measured = measure_latency({"student": student}, input_shape, table, rounds=config.latency_rounds,
+                                   threads=config.threads)["student"]["median_ms"]
         rounds.append({"budget_ms": target, "predicted_ms": plan.predicted_latency_ms, "measured_ms": measured})
         if measured <= budget_ms * (1 + _table_noise(library, table)) or attempt == 2:
             break
         target = target * budget_ms / measured
         log.info("student measured %.3f ms > budget %.3f ms: re-solving at %.3f ms", measured, budget_ms, target)
-        plan = solve_library(library, target, table=table, score=config.score)
+        try:
+            plan = solve_library(library, target, table=table, score=config.score)
+        except InfeasibleBudget as error:  # no plan of the library is predicted that fast: keep the fastest so far
+            log.warning("cannot tighten further (%s); keeping the last plan", error)
+            break
     stages["assemble"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -164,7 +172,8 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
 
     t0 = time.perf_counter()
     teacher = ctx.teacher.cpu().eval()
-    latency = {t: measure_latency({"teacher": teacher, "student": student}, input_shape, t, rounds=config.latency_rounds)
+    latency = {t: measure_latency({"teacher": teacher, "student": student}, input_shape, t, rounds=config.latency_rounds,
+                                  threads=config.threads)
                for t in _tables(library)}
     report = {
         "budget": config.budget, "budget_ms": budget_ms, "table": table,

@@ -50,6 +50,7 @@ def _cmd_accelerate(args) -> int:
         device=args.device, diverse=args.diverse, min_diff=args.min_diff, limit=args.limit,
         score_images=args.score_images, eval_limit=args.eval_limit, export=not args.no_export, seed=args.seed,
         tables=tuple(args.tables.split(",")) if args.tables else None, latency_rounds=args.latency_rounds,
+        threads=args.threads,
     )
     report = accelerate(config, args.out)
     print(format_report(report))
@@ -76,6 +77,7 @@ def add_accelerate_parser(sub) -> None:
     p.add_argument("--score-images", type=int, default=2000)
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the final top-1 (default: all)")
     p.add_argument("--latency-rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: all cores)")
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_accelerate)

@@ -47,9 +47,7 @@ def finetune(
     from lana.train import resolve_device
 
     device = resolve_device(device)
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = teacher.to(device).eval()  # its forward runs under no_grad; its parameters are left as they are
 
     def loss_fn(logits, labels, x):
         with torch.no_grad():

@@ -75,3 +75,20 @@ def test_accelerate_end_to_end_reuses_library(tiny_library, tiny_build, tmp_path
     assert "plan" in saved["student"] and saved["stages_s"]["build"] < 60  # reused, not rebuilt
     assert (tmp_path / "student.onnx").is_file()
     assert "speed-up" in format_report(report)
+
+
+def test_finetune_leaves_the_teacher_trainable_and_unchanged(tiny_library):
+    from lana.data import load_dataset
+    from dataclasses import replace
+
+    from lana.finetune import FINETUNE_RECIPE, finetune
+    from lana.pipeline import context_from_library
+
+    path, _ = tiny_library
+    ctx = context_from_library(path)
+    before = {k: v.clone() for k, v in ctx.teacher.state_dict().items()}
+    student = assemble(path, solve_library(path, "0.8x"), ctx=ctx)
+    finetune(student, ctx.teacher, load_dataset("fashion-mnist", "train", 32, limit=64), max_steps=1, device="cpu",
+             recipe=replace(FINETUNE_RECIPE, batch_size=16))
+    assert all(p.requires_grad for p in ctx.teacher.parameters()), "copies assembled later must stay trainable"
+    assert all(torch.equal(v, ctx.teacher.state_dict()[k]) for k, v in before.items())
