@@ -164,16 +164,11 @@ def _build_config(workload: Workload, checkpoint: str):
 
 
 def _library_is_current(path: Path, config) -> bool:
-    import h5py
-
+    from lana.library import complete_config
     from lana.teacher import file_sha256
 
-    try:
-        with h5py.File(path, "r") as f:
-            if not bool(f.attrs.get("complete", False)):
-                return False
-            built = json.loads(f.attrs["config"])
-    except (OSError, KeyError, json.JSONDecodeError):
+    built = complete_config(path)
+    if built is None:
         return False
     wanted = {**asdict(config), "checkpoint_sha256": file_sha256(config.checkpoint), "tables": list(config.tables)}
     keys = ("model", "checkpoint_sha256", "dataset", "img_size", "space", "epochs", "max_steps", "limit",

@@ -7,16 +7,13 @@ with the budget tightened by the observed error (at most 3 rounds).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
-import numpy as np
-import torch
 
 __all__ = ["AccelerateConfig", "accelerate", "measure_latency", "library_matches", "format_report"]
 
@@ -53,12 +50,10 @@ class AccelerateConfig:
 
 def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoint_sha: str | None) -> bool:
     """True when ``path`` is a complete library of the same teacher, data, space and size."""
-    try:
-        with h5py.File(path, "r") as f:
-            if not bool(f.attrs.get("complete", False)):
-                return False
-            built = json.loads(f.attrs["config"])
-    except (OSError, KeyError, json.JSONDecodeError):
+    from lana.library import complete_config
+
+    built = complete_config(path)
+    if built is None:
         return False
     wanted = {"model": config.model, "checkpoint_sha256": checkpoint_sha, "pretrained": config.pretrained,
               "dataset": config.dataset, "img_size": config.img_size, "space": config.space}
@@ -217,7 +212,7 @@ def format_report(report: dict) -> str:
     for name, m in (("teacher", t), ("student", s)):
         rows.append(f"{name:<10} {m['top1']:>8.2f} " + " ".join(f"{m['latency_ms_by_table'][n]:>12.3f}" for n in tables)
                     + f" {m['params']:>10,} {m['macs'] / 1e6:>8.1f}")
-    rows.append(f"speed-up: " + ", ".join(f"{n} {v:.2f}x" for n, v in report["speedup_by_table"].items())
+    rows.append("speed-up: " + ", ".join(f"{n} {v:.2f}x" for n, v in report["speedup_by_table"].items())
                 + f"; budget {report['budget']} = {report['budget_ms']:.3f} ms on {report['table']}: "
                 + ("met" if report["budget_met"] else "NOT met"))
     return "\n".join(rows)

@@ -7,7 +7,6 @@ start without torch.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 

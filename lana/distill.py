@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -285,7 +284,6 @@ def _distill_chunk(k, n_chunks, chunk_layers, teacher, layers, specs, build, tra
         step, elapsed = int(state["step"]), float(state["seconds"])
         log.info("chunk %d/%d: resuming at step %d of %d", k + 1, n_chunks, step, total)
     warmup = max(1, int(config.warmup_frac * total))
-    generator = torch.Generator().manual_seed(config.seed + 7919 * k)
     desc = f"distil {k + 1}/{n_chunks} ({names[0]}..{names[-1]}, {len(chunk.modules)} cands)"
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     start, last_save = time.perf_counter() - elapsed, time.perf_counter()

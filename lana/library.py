@@ -28,6 +28,7 @@ __all__ = [
     "LayerRecord",
     "LibraryError",
     "atomic_h5",
+    "complete_config",
     "edit_library",
     "layer_records",
     "load_candidate",
@@ -207,6 +208,18 @@ def write_latency_table(path: str | os.PathLike, table: dict, latency_ms: list, 
         _write_table_attrs(f.require_group("latency_tables"), {**table, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         stages = json.loads(_text(f.attrs.get("stages", "{}")))
         f.attrs["complete"] = bool(stages.get("distill") and stages.get("score"))
+
+
+def complete_config(path: str | os.PathLike) -> dict | None:
+    """The build configuration of a complete library at ``path``; None when it is missing,
+    unreadable or incomplete (so the caller rebuilds it)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                return None
+            return json.loads(f.attrs["config"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
 
 
 def _attr(value):

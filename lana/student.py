@@ -14,7 +14,6 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from lana.plan import Plan

@@ -89,14 +89,16 @@ def test_killed_build_resumes_and_completes(tmp_path):
     cmd = [sys.executable, "-m", "lana", "build", "--model", "resnet10t", "--space", "tiny", "--max-steps", "400",
            "--batch-size", "16", "--limit", "256", "--score-images", "32", "--device", "cpu", "--tables", "cpu-b1",
            "--latency-rounds", "1", "--threads", "1", "--checkpoint-every", "0", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (work / "chunk_0.ckpt.pt").exists():
-        time.sleep(0.2)
-    assert (work / "chunk_0.ckpt.pt").exists(), "no checkpoint appeared"
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (work / "chunk_0.ckpt.pt").exists():
+            time.sleep(0.2)
+        assert (work / "chunk_0.ckpt.pt").exists(), "no checkpoint appeared"
+        time.sleep(1.0)
+    finally:  # never leave the build running, whatever happened
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert not out.exists(), "a killed build must not leave a library behind"
     step_at_kill = torch.load(work / "chunk_0.ckpt.pt", weights_only=True)["step"]
     assert 0 < step_at_kill < 400

@@ -59,15 +59,22 @@ def test_killed_rank_fails_the_job_cleanly_and_a_relaunch_resumes(tmp_path):
     work = tmp_path / "lib.h5.work"
     args = [a if a != "4" else "300" for a in ARGS] + ["--checkpoint-every", "0", "--out", str(out)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lana", "build", *args]
-    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(work.glob("chunk_*.ckpt.pt")):
-        time.sleep(0.2)
-    assert list(work.glob("chunk_*.ckpt.pt")), "no checkpoint appeared"
-    workers = _children(launcher.pid)
-    assert len(workers) == 2
-    os.kill(workers[1], signal.SIGKILL)  # one rank dies mid-distillation
-    _, err = launcher.communicate(timeout=300)
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(work.glob("chunk_*.ckpt.pt")):
+            time.sleep(0.2)
+        assert list(work.glob("chunk_*.ckpt.pt")), "no checkpoint appeared"
+        workers = _children(launcher.pid)
+        assert len(workers) == 2
+        os.kill(workers[1], signal.SIGKILL)  # one rank dies mid-distillation
+        launcher.wait(timeout=300)
+    finally:  # never leave the job running, whatever happened
+        if launcher.poll() is None:
+            for pid in _children(launcher.pid):
+                os.kill(pid, signal.SIGKILL)
+            launcher.kill()
+            launcher.wait()
     assert launcher.returncode != 0, "the job must fail when a rank dies"
     assert not out.exists(), "no library may be written by a failed job"
     relaunch = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
