@@ -12,14 +12,22 @@ Modules: ``spec`` (decode / encode / registry grid), ``blocks`` (the nn.Modules)
 (GhostNet modules), ``rep`` (re-parameterisable RepVGG / MobileOne units and their fusion),
 ``builder`` (spec + layer -> module), ``count`` (parameters and MACs), ``space`` (presets,
 ``space_for``), ``fuse`` (``inference_form``: rep fusion and BN folding, what ships), ``quant``
-(``quantize_int8``: post-training int8 for CPU), ``summary`` (the per-layer table behind
+(``quantize_int8``: post-training int8 for CPU; int8 specs are ``<float spec>_int8``), ``summary`` (the per-layer table behind
 ``lana candidates``).
 """
 
 from .builder import BlockPlan, build_candidate, plan_candidate
 from .count import Candidate, count_params_macs, estimate_cost
-from .fuse import fold_bn, inference_form
-from .quant import QuantizationError, quantization_error, quantize_int8
+from .fuse import fold_bn, inference_form, is_quantized
+from .quant import (
+    INT8_SUFFIX,
+    QuantizationError,
+    float_parent,
+    int8_spec,
+    is_int8,
+    quantization_error,
+    quantize_int8,
+)
 from .rep import reparameterize
 from .space import DEFAULT_MAX_MACS_RATIO, PRESETS, list_candidates, list_spaces, space_for
 from .spec import KINDS, decode_spec, encode_spec
@@ -27,6 +35,7 @@ from .summary import SpaceRow, SpaceSummary
 
 __all__ = [
     "DEFAULT_MAX_MACS_RATIO",
+    "INT8_SUFFIX",
     "KINDS",
     "PRESETS",
     "BlockPlan",
@@ -39,8 +48,12 @@ __all__ = [
     "decode_spec",
     "encode_spec",
     "estimate_cost",
+    "float_parent",
     "fold_bn",
     "inference_form",
+    "int8_spec",
+    "is_int8",
+    "is_quantized",
     "list_candidates",
     "list_spaces",
     "plan_candidate",

@@ -24,6 +24,7 @@ from torch import nn
 from .blocks import CandidateBlock, ConvBnAct, Crop, SqueezeExcite, init_weights, make_divisible
 from .ghost import GHOST_EXPANSION, GhostOp
 from .rep import RepConvBnAct, RepOp
+from .quant import float_parent, is_int8
 from .spec import decode_spec
 
 if TYPE_CHECKING:
@@ -288,7 +289,9 @@ def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = N
     their branches, for distillation; ``lana.candidates.inference_form`` fuses them.
 
     Args:
-        spec: A candidate spec (see ``lana.candidates.spec``).
+        spec: A candidate spec (see ``lana.candidates.spec``). An int8 spec (``ir_k3_e3_int8``)
+            builds its float parent: ``quantize_int8`` turns it int8 once distilled and given
+            calibration data (``lana.pipeline.LibraryContext.load`` does both).
         layer: The layer it replaces (``in_shape``, ``out_shape``, ``stride``).
         teacher_block: The layer's original module; required for ``teacher``, which returns a
             deep copy of it (weights included), ignored otherwise.
@@ -301,6 +304,8 @@ def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = N
         ValueError: For an invalid spec, ``teacher`` without ``teacher_block``, or ``id`` where
             the layer changes shape.
     """
+    if is_int8(spec):
+        return build_candidate(float_parent(spec), layer, teacher_block)
     kind, _ = decode_spec(spec)
     if kind == "teacher":
         if teacher_block is None:

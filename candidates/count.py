@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .builder import ConvOp, SEOp, plan_candidate
+from .quant import float_parent, is_int8
 from .spec import decode_spec
 
 if TYPE_CHECKING:
@@ -120,8 +121,9 @@ def estimate_cost(spec: str, layer: Layer, inference: bool = False) -> Candidate
 
     Exact (tests compare it with ``count_params_macs`` on built modules) and about a thousand
     times faster than building, which is what lets ``space_for`` filter 300 specs per layer
-    instantly. ``teacher`` costs what the layer reports (``layer.params``, ``layer.macs``) and
-    ``id`` costs nothing.
+    instantly. ``teacher`` costs what the layer reports (``layer.params``, ``layer.macs``),
+    ``id`` costs nothing, and an int8 spec costs what its float parent does (the same weights
+    and multiply-accumulates, in int8).
 
     Args:
         spec: A candidate spec.
@@ -133,8 +135,10 @@ def estimate_cost(spec: str, layer: Layer, inference: bool = False) -> Candidate
             costs what the layer reports.
 
     Returns:
-        The ``Candidate``.
+        The ``Candidate`` (named ``spec``, int8 or not).
     """
+    if is_int8(spec):
+        return dataclasses.replace(estimate_cost(float_parent(spec), layer, inference), spec=spec)
     kind, _ = decode_spec(spec)
     if kind == "teacher":
         return Candidate(spec, int(layer.params), int(layer.macs))

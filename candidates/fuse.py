@@ -16,7 +16,8 @@ adjacent pairs inside plain ``nn.Sequential`` containers, which are always safe.
 The folded BN is replaced by ``nn.Identity``, or, for timm's ``BatchNormAct2d`` (BN, dropout and
 activation in one module), by ``nn.Sequential(drop, act)``. Other BN subclasses, BNs that use
 batch statistics in eval mode (``track_running_stats=False``) and BNs after anything but a
-``Conv2d`` (a pre-activation BN, a BN after a Linear) are left alone.
+``Conv2d`` (a pre-activation BN, a BN after a Linear) are left alone, and so are int8 modules
+(``quantize_int8``'s output, already in inference form: its BNs were folded before quantizing).
 """
 
 from __future__ import annotations
@@ -30,7 +31,19 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .rep import reparameterize
 
-__all__ = ["conv_bn_pairs", "fold_bn", "inference_form"]
+__all__ = ["conv_bn_pairs", "fold_bn", "inference_form", "is_quantized"]
+
+# where PyTorch keeps the modules of a converted (int8) model: quantized convs and linears, and
+# the fused conv + ReLU ones
+_QUANTIZED_PACKAGES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """True for an int8 module as ``quantize_int8`` makes it: a ``torch.fx.GraphModule`` holding
+    quantized modules. It is left as it is by ``fold_bn`` and ``inference_form``."""
+    return isinstance(module, fx.GraphModule) and any(
+        type(child).__module__.startswith(_QUANTIZED_PACKAGES) for child in module.modules()
+    )
 
 
 class _ConvBnTracer(fx.Tracer):
@@ -38,7 +51,7 @@ class _ConvBnTracer(fx.Tracer):
     ``BatchNormAct2d``) as one call in the graph, so that pairs are found by module name."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) or is_quantized(module):
             return True
         return super().is_leaf_module(module, qualified_name)
 
@@ -128,6 +141,8 @@ def _fold_pair(root: nn.Module, conv_name: str, bn_name: str) -> None:
 
 
 def _fold_bn_in_place(module: nn.Module) -> nn.Module:
+    if is_quantized(module):  # folded before it was quantized; nothing in it is a float conv
+        return module
     for conv_name, bn_name in conv_bn_pairs(module):
         _fold_pair(module, conv_name, bn_name)
     return module
@@ -163,7 +178,10 @@ def inference_form(module: nn.Module) -> nn.Module:
         (``lana.candidates.rep.reparameterize``), then every conv -> BN pair folded
         (``fold_bn``). Its output equals ``module.eval()``'s to float rounding (tests: 1e-5).
     """
-    form = reparameterize(copy.deepcopy(module).eval())
+    form = copy.deepcopy(module).eval()
+    if is_quantized(form):  # already what ships: quantize_int8 took the inference form
+        return form
+    form = reparameterize(form)
     # TODO(limit): a linear conv chain (fir_*_lin without SE: kxk conv then 1x1 conv, no act in
     # between) could collapse into one kxk conv of in -> out channels; it is timed as trained.
     return _fold_bn_in_place(form)

@@ -19,6 +19,11 @@ quantize, which costs time and buys no accuracy: ``SiLU`` (every ``*_silu`` spec
 EfficientNet's own blocks), ``GELU`` and ``LayerNorm`` (ConvNeXt teacher blocks). ReLU,
 hard-swish, the sigmoid gate and mean of squeeze-excite, residual adds, concatenation (ghost) and
 slices (ghost, crop) all have int8 kernels.
+
+Int8 candidates in the space. An int8 candidate is named by its float parent's spec plus
+``_int8`` (``ir_k3_e3_int8``, ``teacher_int8``; never ``id_int8``): it is the parent, distilled as
+float, then quantized with the teacher's inputs at its layer as calibration data. The spec
+helpers below are all the rest of the package needs to know about it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,46 @@ from torch import fx, nn
 
 from .fuse import inference_form
 
-__all__ = ["QuantizationError", "quantization_error", "quantize_int8"]
+__all__ = [
+    "INT8_SUFFIX",
+    "QuantizationError",
+    "float_parent",
+    "int8_spec",
+    "is_int8",
+    "quantization_error",
+    "quantize_int8",
+]
+
+INT8_SUFFIX = "_int8"
+
+
+def is_int8(spec: str) -> bool:
+    """True for an int8 candidate's spec (its float parent's spec + ``_int8``)."""
+    return spec.endswith(INT8_SUFFIX)
+
+
+def float_parent(spec: str) -> str:
+    """The float candidate an int8 spec quantizes (``ir_k3_e3_int8`` -> ``ir_k3_e3``); a float
+    spec is its own parent.
+
+    Raises:
+        ValueError: For ``id_int8``: the identity computes nothing to quantize.
+    """
+    parent = spec.removesuffix(INT8_SUFFIX)
+    if parent == "id" and spec != parent:
+        raise ValueError("'id_int8' is not a candidate: the identity computes nothing to quantize")
+    return parent
+
+
+def int8_spec(spec: str) -> str:
+    """The int8 twin of float spec ``spec``.
+
+    Raises:
+        ValueError: For ``id`` (nothing to quantize) or a spec that is int8 already.
+    """
+    if spec == "id" or is_int8(spec):
+        raise ValueError(f"{spec!r} has no int8 twin: 'id' computes nothing, an int8 spec is one already")
+    return spec + INT8_SUFFIX
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from .count import estimate_cost
+from .quant import int8_spec
 from .spec import decode_spec, encode_spec, registered_specs
 
 if TYPE_CHECKING:
@@ -47,6 +48,22 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "bottleneck_w0.5",
         "ghost_k3_r2",
         "ghost_k5_r4",
+        "rep_k3",
+        "repdw_k3",
+    ),
+    # the cheap end of every family (11 + teacher + id): the demo's space plus one `_lin` block;
+    # what the benchmark (bench/) can distil on a 2-core CPU within an hour
+    "compact": (
+        "ir_k3_e2",
+        "ir_k3_e3",
+        "ir_k3_e3_lin",
+        "fir_k3_e1",
+        "dw_k3",
+        "conv_k3",
+        "basic_w0.25",
+        "basic_w0.5",
+        "bottleneck_w0.25",
+        "ghost_k3_r2",
         "rep_k3",
         "repdw_k3",
     ),
@@ -113,11 +130,13 @@ def space_for(
     layer: Layer,
     space: str = "default",
     max_macs_ratio: float | None = DEFAULT_MAX_MACS_RATIO,
+    int8: bool = False,
 ) -> list[str]:
     """The candidate specs of ``space`` that fit ``layer``.
 
     The result always starts with ``teacher``, then ``id`` where the layer keeps its shape,
-    then the space's other specs in registry order (by family).
+    then the space's other specs in registry order (by family); with ``int8``, the int8 twins
+    of all these but ``id`` follow, in the same order (``teacher_int8``, ...).
 
     Args:
         layer: The layer (``in_shape``, ``out_shape``, ``stride``, ``macs``).
@@ -127,6 +146,8 @@ def space_for(
         max_macs_ratio: Drop candidates whose MACs at this layer exceed this multiple of the
             teacher block's (see ``DEFAULT_MAX_MACS_RATIO`` for why); None keeps all.
             ``teacher`` and ``id`` are never dropped.
+        int8: Add each float candidate's int8 twin (``lana.candidates.quant``; CPU only), so
+            that the ILP can choose the precision per layer.
 
     Returns:
         The specs.
@@ -151,7 +172,10 @@ def space_for(
         seen.add(effective)
         specs.append(spec)
     order = {spec: i for i, spec in enumerate(_resolve(space))}
-    return specs[: 1 + fits_id] + sorted(specs[1 + fits_id :], key=order.get)
+    specs = specs[: 1 + fits_id] + sorted(specs[1 + fits_id :], key=order.get)
+    if int8:
+        specs += [int8_spec(spec) for spec in specs if spec != "id"]
+    return specs
 
 
 def _kernel_of(spec: str) -> int:

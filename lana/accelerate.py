@@ -3,10 +3,17 @@
 ``accelerate`` is what ``lana accelerate`` runs; the budget is met as *measured*: when the
 assembled student is slower than the budget by more than the table's noise, the plan is re-solved
 with the budget tightened by the observed error (at most 3 rounds).
+
+With ``int8`` the library holds int8 twins of every candidate and the plan may run some layers in
+int8 (CPU only). Int8 kernels cannot be trained, so the float student is fine-tuned, then its int8
+layers are quantized on the calibration images (``lana.student.quantize_layers``), and that
+student is measured, evaluated and exported; the float weights are what ``student.safetensors``
+keeps.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -46,10 +53,12 @@ class AccelerateConfig:
     export: bool = True
     seed: int = 0
     threads: int | None = None  # CPU threads for latency measurement (default: all cores)
+    int8: bool = False  # int8 twins of the candidates (CPU, cpu-b* tables only)
 
 
 def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoint_sha: str | None) -> bool:
-    """True when ``path`` is a complete library of the same teacher, data, space and size."""
+    """True when ``path`` is a complete library of the same teacher, data, space, size and
+    precisions (``int8``)."""
     from lana.library import complete_config
 
     built = complete_config(path)
@@ -57,7 +66,7 @@ def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoin
         return False
     wanted = {"model": config.model, "checkpoint_sha256": checkpoint_sha, "pretrained": config.pretrained,
               "dataset": config.dataset, "img_size": config.img_size, "space": config.space}
-    return all(built.get(k) == v for k, v in wanted.items())
+    return all(built.get(k) == v for k, v in wanted.items()) and bool(built.get("int8", False)) == config.int8
 
 
 def measure_latency(models: dict, input_shape, table: str, rounds: int = 5, threads: int | None = None) -> dict[str, dict]:
@@ -98,16 +107,18 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     from lana.data import load_dataset
     from lana.export import export_all
     from lana.finetune import finetune
-    from lana.pipeline import BuildConfig, build, context_from_library
+    from lana.pipeline import BuildConfig, build, check_int8_target, context_from_library, default_tables
     from lana.plan import solve_diverse, solve_library
     from lana.solver import InfeasibleBudget
-    from lana.student import model_stats, save_student, student_from_context
+    from lana.student import int8_layers, model_stats, quantize_layers, save_student, student_from_context
     from lana.teacher import file_sha256
     from lana.train import evaluate, resolve_device
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    if config.int8:  # before any work, and also when a library is reused (then build() never checks)
+        check_int8_target(device.type, config.tables or default_tables(device.type))
     stages: dict[str, float] = {}
     library = Path(config.library) if config.library else out / "library.h5"
     sha = file_sha256(config.checkpoint) if config.checkpoint else None
@@ -119,7 +130,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
                           dataset=config.dataset, img_size=config.img_size, space=config.space, epochs=config.build_epochs,
                           max_steps=config.max_steps, device=device.type, seed=config.seed, limit=config.limit,
                           score_images=config.score_images, tables=config.tables, latency_rounds=config.latency_rounds,
-                          threads=config.threads), library)
+                          threads=config.threads, int8=config.int8), library)
     stages["build"] = time.perf_counter() - t0
     table = config.table or _first_table(library)
 
@@ -159,10 +170,16 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     t0 = time.perf_counter()
     train_set = load_dataset(config.dataset, "train", config.img_size, seed=config.seed, limit=config.limit)
     test_set = load_dataset(config.dataset, "test", config.img_size, limit=config.eval_limit)
+    if int8_layers(plan):  # int8 kernels cannot backprop: fine-tune the float parents, quantize after
+        student = student_from_context(ctx, plan, float_only=True)
     if config.finetune_epochs > 0:
         finetune(student, ctx.teacher, train_set, epochs=config.finetune_epochs, device=device, max_steps=config.max_steps,
                  desc=f"fine-tune {config.budget}")
     student = student.cpu().eval()
+    float_student = student  # what is saved, and counted: int8 modules hide their weights from both
+    if int8_layers(plan):
+        student = quantize_layers(copy.deepcopy(float_student), plan, ctx.calibration.images())
+        log.info("int8 layers of the student: %s", ", ".join(int8_layers(plan)))
     stages["finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -177,7 +194,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
                     **model_stats(teacher, input_shape),
                     "latency_ms_by_table": {t: v["teacher"]["median_ms"] for t, v in latency.items()}},
         "student": {"top1": evaluate(student, test_set, device=device), "latency_ms": latency[table]["student"]["median_ms"],
-                    **model_stats(student, input_shape), "plan": plan.to_dict(),
+                    **model_stats(float_student, input_shape), "plan": plan.to_dict(), "int8_layers": int8_layers(plan),
                     "latency_ms_by_table": {t: v["student"]["median_ms"] for t, v in latency.items()}},
         "resolve_rounds": rounds,
         "library": str(library),
@@ -185,7 +202,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     report["speedup"] = report["teacher"]["latency_ms"] / report["student"]["latency_ms"]
     report["speedup_by_table"] = {t: v["teacher"]["median_ms"] / v["student"]["median_ms"] for t, v in latency.items()}
     stages["measure"] = time.perf_counter() - t0
-    save_student(student, plan, ctx, out, extra={"top1": report["student"]["top1"]})
+    save_student(float_student, plan, ctx, out, extra={"top1": report["student"]["top1"]})
     if config.export:
         t0 = time.perf_counter()
         report["exports"] = {k: asdict(v) for k, v in export_all(student, input_shape, out).items()}

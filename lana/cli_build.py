@@ -16,7 +16,7 @@ def _cmd_build(args) -> int:
         max_steps=args.max_steps, device=args.device, seed=args.seed, limit=args.limit, score_images=args.score_images,
         tables=tuple(args.tables.split(",")) if args.tables else None, threads=args.threads,
         skip_score=args.skip_score, skip_latency=args.skip_latency, checkpoint_every_s=args.checkpoint_every,
-        latency_rounds=args.latency_rounds,
+        latency_rounds=args.latency_rounds, int8=args.int8,
     )
     result = build(config, args.out, restart=args.restart)
     print(f"library {result.path}: {result.layers} layers, {result.candidates} candidates; "
@@ -42,6 +42,9 @@ def add_build_parser(sub) -> None:
     p.add_argument("--skip-latency", action="store_true", help="do not time (the library stays incomplete)")
     p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="checkpoint interval of the distillation")
     p.add_argument("--latency-rounds", type=int, default=5, help="interleaved timing passes over all candidates")
+    p.add_argument("--int8", action="store_true",
+                   help="add an int8 twin of every candidate (post-training static quantization on training images), "
+                        "scored and timed as int8 so that the ILP mixes precisions per layer; CPU only: needs --device cpu and cpu-b* tables")
     p.add_argument("--restart", action="store_true", help="discard an interrupted build of other settings and start over")
     p.add_argument("--out", required=True, help="library file to write (LIB.h5)")
     p.set_defaults(func=_cmd_build)

@@ -16,7 +16,8 @@ def _cmd_assemble(args) -> int:
 
     ctx = context_from_library(args.library)
     plan = Plan.load(args.plan)
-    student = student_from_context(ctx, plan)
+    # float: fine-tuning needs it, and save_student keeps float weights (load_student quantizes int8 layers)
+    student = student_from_context(ctx, plan, float_only=True)
     if args.finetune_epochs > 0:
         import h5py
 
@@ -50,7 +51,7 @@ def _cmd_accelerate(args) -> int:
         device=args.device, diverse=args.diverse, min_diff=args.min_diff, limit=args.limit,
         score_images=args.score_images, eval_limit=args.eval_limit, export=not args.no_export, seed=args.seed,
         tables=tuple(args.tables.split(",")) if args.tables else None, latency_rounds=args.latency_rounds,
-        threads=args.threads,
+        threads=args.threads, int8=args.int8,
     )
     report = accelerate(config, args.out)
     print(format_report(report))
@@ -78,6 +79,9 @@ def add_accelerate_parser(sub) -> None:
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the final top-1 (default: all)")
     p.add_argument("--latency-rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: all cores)")
+    p.add_argument("--int8", action="store_true",
+                   help="add an int8 twin of every candidate (post-training static quantization on training images), "
+                        "so that the plan may run layers in int8; CPU only: needs --device cpu and cpu-b* tables")
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_accelerate)

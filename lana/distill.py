@@ -39,8 +39,11 @@ UNTRAINED = ("teacher", "id")
 
 
 def untrained_specs(spec: str) -> bool:
-    """``teacher`` and ``id`` need no training."""
-    return spec in UNTRAINED
+    """``teacher``, ``id`` and int8 specs need no training: an int8 candidate is its distilled
+    float parent, quantized after distillation (``lana.pipeline.LibraryContext.load``)."""
+    from lana.candidates import is_int8
+
+    return spec in UNTRAINED or is_int8(spec)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,14 @@
 """Export a student to ONNX (checked against onnxruntime) and TorchScript, in shipped form
-(BN folded into convs, re-parameterisable branches fused), checked against the trained model."""
+(BN folded into convs, re-parameterisable branches fused), checked against the trained model.
+
+A student with int8 layers (``lana.student.quantize_layers``) keeps them in both: TorchScript
+runs the same ``quantized::`` kernels; ONNX stores the int8 weights with QuantizeLinear /
+DequantizeLinear pairs around float ops (the QDQ form, which onnxruntime may fuse into int8
+kernels; not timed here: int8 libraries have torch CPU tables only). Should the
+ONNX export of an int8 student fail (an op without an ONNX mapping, or onnxruntime's int8
+rounding differing from PyTorch's beyond the tolerance), it is skipped with the reason recorded
+in its ``ExportResult`` instead of failing the run: TorchScript is then the int8 artefact.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportResult:
-    path: str
-    max_abs_diff: float  # largest difference from the eager model's output on a random batch
+    path: str  # "" when skipped
+    max_abs_diff: float | None  # largest difference from the eager model's output on a random batch
+    skipped: str | None = None  # why this export was not written
 
 
 def _atomic_target(path: Path) -> Path:
@@ -81,9 +91,22 @@ def export_torchscript(model: nn.Module, input_shape, path: str | os.PathLike) -
 
 
 def export_all(model: nn.Module, input_shape, out: str | os.PathLike, name: str = "student") -> dict[str, ExportResult]:
-    """ONNX and TorchScript into ``out``."""
+    """ONNX and TorchScript into ``out``; for a model with int8 layers a failed ONNX export is
+    skipped (its ``ExportResult.skipped`` says why), as the module docstring explains."""
+    from lana.candidates import is_quantized
+
     out = Path(out)
-    return {
-        "onnx": export_onnx(model, input_shape, out / f"{name}.onnx"),
-        "torchscript": export_torchscript(model, input_shape, out / f"{name}.torchscript.pt"),
-    }
+    int8 = any(is_quantized(module) for module in model.modules())
+    # the exporter writes int8 layers as QuantizeLinear -> DequantizeLinear -> float Conv, which
+    # onnxruntime rounds differently from PyTorch's int8 kernels where a value falls between two
+    # int8 steps: 3.8e-4 on the logits of a tiny all-int8 resnet10t, over the float tolerance
+    # (1e-4) but far under one step of its output; int8 models are held to 1e-2
+    try:
+        onnx = export_onnx(model, input_shape, out / f"{name}.onnx", atol=1e-2 if int8 else 1e-4)
+    except Exception as error:  # noqa: BLE001 - any exporter or onnxruntime failure of an int8 model
+        if not int8:
+            raise
+        reason = f"ONNX export of the int8 student failed: {type(error).__name__}: {error}"
+        log.warning("%s; skipped (the TorchScript export keeps the int8 layers)", reason)
+        onnx = ExportResult("", None, skipped=reason)
+    return {"onnx": onnx, "torchscript": export_torchscript(model, input_shape, out / f"{name}.torchscript.pt")}

@@ -94,7 +94,7 @@ def edit_library(path: str | os.PathLike):
     return atomic_h5(path, copy_from=path)
 
 
-def _json_attr(value: Any) -> str:
+def _jsonattr_value(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
@@ -140,15 +140,15 @@ def write_library(
         f.attrs["complete"] = bool(complete)
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for key, value in meta.items():
-            f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _json_attr(value)
+            f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _jsonattr_value(value)
         teacher = f.create_group("teacher_weights")
         for key, value in teacher_state.items():
             teacher.create_dataset(key, data=value)
         group = f.create_group("layers")
         for index, record in enumerate(layers):
             g = group.create_group(f"{index:03d}")
-            g.attrs.update(name=record.name, kind=record.kind, in_shape=_json_attr(list(record.in_shape)),
-                           out_shape=_json_attr(list(record.out_shape)), stride=record.stride,
+            g.attrs.update(name=record.name, kind=record.kind, in_shape=_jsonattr_value(list(record.in_shape)),
+                           out_shape=_jsonattr_value(list(record.out_shape)), stride=record.stride,
                            params=record.params, macs=record.macs)
             g.create_dataset("specs", data=np.array(record.specs, dtype=object), dtype=_STR)
             g.create_dataset("params", data=np.asarray(record.cand_params, dtype=np.int64))
@@ -180,7 +180,7 @@ def _write_table_attrs(group: h5py.Group, table: dict) -> None:
     for key, value in table.items():
         if key == "name":
             continue
-        g.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _json_attr(value)
+        g.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _jsonattr_value(value)
 
 
 def write_latency_table(path: str | os.PathLike, table: dict, latency_ms: list, spread_ms: list) -> None:
@@ -222,7 +222,8 @@ def complete_config(path: str | os.PathLike) -> dict | None:
         return None
 
 
-def _attr(value):
+def attr_value(value):
+    """An HDF5 attribute as Python: text decoded, JSON strings parsed, numpy scalars unwrapped."""
     value = _text(value) if isinstance(value, (bytes, str)) else value
     if isinstance(value, str) and value[:1] in "{[":
         try:
@@ -239,7 +240,7 @@ def layer_records(f: h5py.File) -> list[LayerRecord]:
     out = []
     for key in sorted(f["layers"]):
         g = f["layers"][key]
-        a = {k: _attr(v) for k, v in g.attrs.items()}
+        a = {k: attr_value(v) for k, v in g.attrs.items()}
         out.append(LayerRecord(
             name=a["name"], kind=a["kind"], in_shape=tuple(a["in_shape"]), out_shape=tuple(a["out_shape"]),
             stride=int(a["stride"]), params=int(a["params"]), macs=int(a["macs"]),
@@ -262,9 +263,9 @@ def read_info(path: str | os.PathLike) -> dict:
     path = Path(path)
     _check(path)
     with h5py.File(path, "r") as f:
-        root = {k: _attr(v) for k, v in f.attrs.items()}
+        root = {k: attr_value(v) for k, v in f.attrs.items()}
         records = layer_records(f)
-        tables = [{"name": name, **{k: _attr(v) for k, v in g.attrs.items()}} for name, g in f.get("latency_tables", {}).items()]
+        tables = [{"name": name, **{k: attr_value(v) for k, v in g.attrs.items()}} for name, g in f.get("latency_tables", {}).items()]
     layers = []
     for r in records:
         cands = []
@@ -330,7 +331,7 @@ def load_library_teacher(path: str | os.PathLike):
     path = Path(path)
     _check(path)
     with h5py.File(path, "r") as f:
-        teacher = _attr(f.attrs["teacher"])
+        teacher = attr_value(f.attrs["teacher"])
         state = {k: torch.from_numpy(np.asarray(v[()])) for k, v in f["teacher_weights"].items()}
     model = create_model(teacher["model"], teacher["num_classes"], in_chans=teacher.get("in_chans", 3))
     model.load_state_dict(state)
@@ -354,10 +355,13 @@ def load_candidate(path: str | os.PathLike, layer: int | str, spec: str, teacher
     Args:
         layer: the layer's index or name.
         teacher: the library's teacher (for the ``teacher`` spec); loaded when needed.
+
+    An int8 spec returns its distilled float parent quantized as the build did
+    (:meth:`lana.pipeline.LibraryContext.load`, calibrated on the build's training images).
     """
     import torch
 
-    from lana.candidates import build_candidate
+    from lana.candidates import build_candidate, is_int8
     from lana.layers import Layer, get_layer
 
     path = Path(path)
@@ -367,9 +371,14 @@ def load_candidate(path: str | os.PathLike, layer: int | str, spec: str, teacher
         specs = [_text(s) for s in g["specs"][()]]
         if spec not in specs:
             raise LibraryError(f"layer {_text(g.attrs['name'])} has no candidate {spec!r}; it has {', '.join(specs)}")
-        a = {k: _attr(v) for k, v in g.attrs.items()}
+        a = {k: attr_value(v) for k, v in g.attrs.items()}
         record = Layer(a["name"], a["kind"], tuple(a["in_shape"]), tuple(a["out_shape"]), int(a["stride"]), int(a["params"]), int(a["macs"]))
         state = {k: torch.from_numpy(np.asarray(v[()])) for k, v in g["weights"][spec].items()} if spec in g.get("weights", {}) else None
+    if is_int8(spec):  # the distilled parent, quantized on the teacher's inputs: needs the whole context
+        from lana.pipeline import context_from_library
+
+        ctx = context_from_library(path)
+        return ctx.load([layer.name for layer in ctx.layers].index(record.name), spec)
     if spec == "teacher":
         teacher = teacher if teacher is not None else load_library_teacher(path)
         return build_candidate(spec, record, teacher_block=get_layer(teacher, record.name)).eval()

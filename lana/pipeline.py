@@ -19,17 +19,19 @@ import numpy as np
 import torch
 
 import lana
-from lana.distill import DistillConfig, chunk_plan, distill, load_chunk_weights, untrained_specs
-from lana.library import LayerRecord, write_library, write_latency_table
+from lana.context import LibraryContext, context_from_library  # noqa: F401 (re-exported for callers of lana.pipeline)
+from lana.distill import DistillConfig, chunk_plan, distill, load_chunk_weights
+from lana.library import LayerRecord, write_latency_table, write_library
 from lana.teacher import file_sha256, load_teacher
 
-__all__ = ["BuildConfig", "BuildResult", "build", "add_latency_table", "parse_table_name", "default_tables", "LibraryContext"]
+__all__ = ["BuildConfig", "BuildResult", "build", "add_latency_table", "parse_table_name", "default_tables", "LibraryContext",
+           "check_int8_target"]
 
 log = logging.getLogger(__name__)
 
 # fields that change what the library holds: a work directory from other values is not resumed
 _IDENTITY_FIELDS = ("model", "checkpoint_sha256", "pretrained", "dataset", "img_size", "space", "epochs",
-                    "batch_size", "lr", "max_steps", "seed", "limit", "score_images", "max_macs_ratio")
+                    "batch_size", "lr", "max_steps", "seed", "limit", "score_images", "max_macs_ratio", "int8")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class BuildConfig:
     # Measured: over 20 random resnet18 students (H100 build, default space), Spearman's rho between
     # real top-1 and the summed score was 0.79 for top1_drop, 0.73 for kl, 0.72 for ce_delta.
     default_score: str = "top1_drop"
+    # add an int8 twin of every candidate (``S_int8``, CPU only): calibrated on the teacher's
+    # inputs at its layer, scored and timed as int8, so that the ILP mixes precisions per layer
+    int8: bool = False
     checkpoint_sha256: str | None = field(default=None)
 
 
@@ -75,6 +80,21 @@ class BuildResult:
 def default_tables(device: str) -> tuple[str, ...]:
     """Batch 1 and 64 on the build's device."""
     return ("cuda-b1", "cuda-b64") if device == "cuda" else ("cpu-b1", "cpu-b64")
+
+
+def check_int8_target(device: str, tables) -> None:
+    """Int8 candidates run on PyTorch's x86 quantized kernels (fbgemm / oneDNN) only: refuse
+    another device or backend before any work is done.
+
+    Raises:
+        ValueError: For a device other than the CPU, or a table not timed by torch on the CPU.
+    """
+    wrong = [name for name in tables if parse_table_name(name)["device"] != "cpu"
+             or parse_table_name(name)["backend"] != "torch"]  # fmt: skip
+    if device != "cpu" or wrong:
+        what = f"device {device!r}" if device != "cpu" else f"table(s) {', '.join(wrong)}"
+        raise ValueError(f"--int8 needs --device cpu and cpu-b* tables (got {what}): int8 candidates run on "
+                         "PyTorch's x86 quantized kernels only, which neither CUDA nor ONNX Runtime tables time")
 
 
 def parse_table_name(name: str) -> dict:
@@ -95,49 +115,6 @@ def parse_table_name(name: str) -> dict:
     return {"device": device, "backend": backend, "batch_size": batch}
 
 
-class LibraryContext:
-    """A teacher with its layers and candidate specs; builds and loads candidates."""
-
-    def __init__(self, teacher, img_size: int, space: str, max_macs_ratio=2.0):
-        from lana.candidates import estimate_cost, space_for
-        from lana.layers import find_layers
-
-        self.teacher = teacher.eval()
-        self.input_shape = (3, img_size, img_size)
-        self.layers = find_layers(teacher, self.input_shape)
-        self.specs = [space_for(layer, space, max_macs_ratio=max_macs_ratio) for layer in self.layers]
-        self.costs = [[estimate_cost(s, layer) for s in specs] for layer, specs in zip(self.layers, self.specs)]
-        self.weights: dict[str, dict[str, torch.Tensor]] = {}
-
-    def build(self, li: int, spec: str):
-        from lana.candidates import build_candidate
-        from lana.layers import get_layer
-
-        return build_candidate(spec, self.layers[li], teacher_block=get_layer(self.teacher, self.layers[li].name))
-
-    def load_inference(self, li: int, spec: str):
-        """The candidate as it ships: distilled weights, branches fused, BN folded (for timing)."""
-        from lana.candidates import inference_form
-
-        return inference_form(self.load(li, spec))
-
-    def inference_teacher(self):
-        """The teacher as it ships (BN folded): what latency tables time."""
-        from lana.candidates import inference_form
-
-        return inference_form(self.teacher)
-
-    def load(self, li: int, spec: str):
-        """The candidate with its distilled weights (eval mode)."""
-        module = self.build(li, spec)
-        key = f"{li}/{spec}"
-        if key in self.weights:
-            module.load_state_dict(self.weights[key])
-        elif not untrained_specs(spec):
-            raise KeyError(f"no distilled weights for {spec} at layer {self.layers[li].name}")
-        return module.eval()
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     import resource
 
@@ -153,6 +130,7 @@ def _open_work_dir(work: Path, config: BuildConfig, restart: bool) -> None:
         shutil.rmtree(work)
     if stamp.exists():
         previous = json.loads(stamp.read_text())
+        previous.setdefault("int8", False)  # work directories from before --int8 existed
         changed = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -198,11 +176,12 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     Resumable: rerunning the same command after an interruption continues from the last
     checkpoint in ``OUT.work/``. The library is written (atomically) only when all is done.
     """
+    from lana.calibration import CalibrationSet
+    from lana.candidates import float_parent
     from lana.data import load_dataset
+    from lana.dist import DistContext
     from lana.score import score_candidates
     from lana.train import resolve_device
-
-    from lana.dist import DistContext
 
     out = Path(out)
     device = resolve_device(config.device)
@@ -214,6 +193,8 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
                      tables=tuple(config.tables) if config.tables else default_tables(device.type))
     for name in config.tables:
         parse_table_name(name)  # fail before hours of work on a bad table name
+    if config.int8:
+        check_int8_target(device.type, config.tables)
     work = out.with_name(out.name + ".work")
     if dist.is_main:
         _open_work_dir(work, config, restart)
@@ -226,7 +207,8 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     score_set = load_dataset(config.dataset, "score", config.img_size, seed=config.seed, limit=config.score_images)
     torch.manual_seed(config.seed)  # a teacher without weights (smoke runs) is the same on every rank
     teacher = load_teacher(config.model, train_set.num_classes, checkpoint=config.checkpoint, pretrained=config.pretrained)
-    ctx = LibraryContext(teacher, config.img_size, config.space, config.max_macs_ratio)
+    ctx = LibraryContext.for_space(teacher, config.img_size, config.space, config.max_macs_ratio, int8=config.int8,
+                         calibration=CalibrationSet.of(asdict(config)))
     n_cands = sum(len(s) for s in ctx.specs)
     log.info("%s: %d layers, %d candidates (space %s, 10^%.1f combinations)", config.model, len(ctx.layers), n_cands,
              config.space, sum(np.log10(len(s)) for s in ctx.specs))
@@ -268,7 +250,9 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     peak = _peak_memory_mb(device)
     records, weights = [], {}
     for li, (layer, specs) in enumerate(zip(ctx.layers, ctx.specs)):
-        dl = np.array([0.0 if s == "teacher" else losses.get(f"{li}/{s}", np.nan) for s in specs])
+        # an int8 candidate is not distilled itself: it carries its float parent's loss
+        parents = [float_parent(s) for s in specs]
+        dl = np.array([0.0 if s == "teacher" else losses.get(f"{li}/{s}", np.nan) for s in parents])
         if "id" in specs:  # the identity's loss is defined as well: it is just not trained
             dl[specs.index("id")] = np.nan
         records.append(LayerRecord(
@@ -306,10 +290,13 @@ def add_latency_table(path: str | os.PathLike, name: str, threads: int | None = 
     Args:
         name: the table's name, which also says the target: ``cpu-b1``, ``cpu-ort-b64``, ``cuda-b64``.
     """
+    from lana.candidates import is_int8
     from lana.latency import make_meter, measure_table
 
     ctx = context_from_library(path)
     spec = parse_table_name(name)
+    if any(is_int8(s) for specs in ctx.specs for s in specs):
+        check_int8_target(spec["device"], [name])
     meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads)
     table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
                           input_shape=ctx.input_shape, rounds=rounds, seed=seed)
@@ -325,42 +312,15 @@ def load_latency_table(path: str | os.PathLike, name: str):
     import h5py
 
     from lana.latency import LatencyTable
-    from lana.library import LibraryError, _attr, layer_records
+    from lana.library import LibraryError, attr_value, layer_records
 
     with h5py.File(path, "r") as f:
         if name not in f.get("latency_tables", {}):
             raise LibraryError(f"{path} has no latency table {name!r}; it has {', '.join(f.get('latency_tables', {})) or 'none'}")
-        a = {k: _attr(v) for k, v in f["latency_tables"][name].attrs.items()}
+        a = {k: attr_value(v) for k, v in f["latency_tables"][name].attrs.items()}
         records = layer_records(f)
     return LatencyTable(name=name, device=a.get("device", ""), backend=a.get("backend", ""), batch_size=int(a["batch_size"]),
                         threads=int(a.get("threads", 0) or 0), fingerprint=a.get("fingerprint", {}), fixed_ms=float(a["fixed_ms"]),
                         fixed_spread_ms=float(a.get("fixed_spread_ms", 0.0)), teacher_ms=float(a["teacher_ms"]),
                         latency_ms=[r.latency[name] for r in records], spread_ms=[r.latency_spread[name] for r in records],
                         specs=[list(r.specs) for r in records])
-
-
-def context_from_library(path: str | os.PathLike) -> LibraryContext:
-    """A :class:`LibraryContext` whose candidates load their weights from the library."""
-    import h5py
-
-    from lana.library import layer_records, load_library_teacher, _attr
-
-    teacher = load_library_teacher(path)
-    with h5py.File(path, "r") as f:
-        meta = _attr(f.attrs["teacher"])
-        records = layer_records(f)
-        weights = {}
-        for index, key in enumerate(sorted(f["layers"])):
-            for spec, group in f["layers"][key].get("weights", {}).items():
-                weights[f"{index}/{spec}"] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in group.items()}
-    ctx = LibraryContext.__new__(LibraryContext)
-    from lana.candidates import estimate_cost
-    from lana.layers import Layer
-
-    ctx.teacher = teacher
-    ctx.input_shape = (3, meta["img_size"], meta["img_size"])
-    ctx.layers = [Layer(r.name, r.kind, r.in_shape, r.out_shape, r.stride, r.params, r.macs) for r in records]
-    ctx.specs = [r.specs for r in records]
-    ctx.costs = [[estimate_cost(s, layer) for s in r.specs] for layer, r in zip(ctx.layers, records)]
-    ctx.weights = weights
-    return ctx
