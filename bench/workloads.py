@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-__all__ = ["WORKLOADS", "Workload", "WorkloadRun", "library_stages", "prepare_library", "prepare_teacher", "smoke"]
+__all__ = ["FULL", "WORKLOADS", "Workload", "WorkloadRun", "library_stages", "prepare_library", "prepare_teacher", "smoke"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Workload:
         sibling: the smaller-sibling family (``resnet18``/``resnet10t``: the teacher at reduced
             width; ``lcnet``/``mobilenetv3_small``: timm's CPU-oriented nets at a width multiplier).
         sibling_epochs: epochs of the sibling's training from scratch (teacher recipe + KD).
-        limit: training images of every stage (None: all); for smoke runs.
+        limit: training images of every stage (None: all 55,000; W2 on a CPU and smoke runs use fewer).
         max_steps: cap on the optimisation steps of every stage; for smoke runs.
         eval_limit: test images of the final top-1 (None: all 10,000).
         corr_images: test images of the pre-fine-tune top-1 behind the score-accuracy correlation.
@@ -90,14 +90,24 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {
-    # 5 teacher epochs: the demo's teacher (lana.demo.DEFAULT_TEACHER_EPOCHS), ~92% top-1. The
-    # sibling gets the same 5 epochs from scratch: what a user training a small model would spend.
-    "W1": Workload(),
-    # Lite0 from ImageNet needs ~2 epochs at lr 0.01 to fit Fashion-MNIST at 64 px; timm has no
-    # offline ImageNet weights for LCNet, so the sibling trains from scratch, 5 epochs like W1's.
+    # Sized for a 2-core CPU (about an hour for W1): the compact space (12 candidates a layer, the
+    # cheap end of every family) distilled for half an epoch, every student fine-tuned for half an
+    # epoch. The teacher trains 4 epochs (91.4% top-1, 24 min). The sibling, from random weights,
+    # gets 3 epochs of the teacher's recipe plus KD: six times the fine-tuning of lana's student.
+    # `--scale full` runs the default space (~40 a layer) for an epoch: ~8 h here, minutes on a GPU.
+    "W1": Workload(teacher_epochs=4.0, space="compact", build_epochs=0.5, finetune_epochs=0.5, sibling_epochs=3.0),
+    # Lite0 from ImageNet is fine-tuned for 2 epochs at lr 0.01. At 64 px it trains ~2.5x slower a
+    # step than W1's resnet18 at 32 px and has 16 layers to W1's 8, so on a 2-core CPU every stage
+    # sees 15,000 of the 55,000 training images (the test set stays whole). timm has no offline
+    # ImageNet weights for LCNet, so the sibling trains from scratch, like W1's.
     "W2": Workload(name="W2", model="tf_efficientnet_lite0", pretrained=True, img_size=64, teacher_epochs=2.0,
-                   sibling="lcnet", sibling_epochs=5.0),
+                   space="compact", build_epochs=0.5, finetune_epochs=0.5, sibling="lcnet", sibling_epochs=3.0,
+                   limit=15000),
 }
+
+# The settings the library was designed for (default space, 1 epoch of distillation and of
+# fine-tuning, 5 for the sibling): `python3 -m bench --scale full`.
+FULL = {"space": "default", "build_epochs": 1.0, "finetune_epochs": 1.0, "sibling_epochs": 5.0, "limit": None}
 
 
 def smoke(workload: Workload) -> Workload:

@@ -84,6 +84,30 @@ def test_smoke_writes_the_plot_results_and_findings(smoke_run):
         if row["method"] in ("prune", "sibling"):  # matched by bisection against lana's student
             assert row["match"]["tries"] and 0 < row["match"]["ratio"] < 10
     print(f"smoke run: {seconds:.0f} s")  # shown with -s; the target is ~90 s on 2 cores
+    assert "### Candidate families (issue 10)" in report
+    assert (out / "BENCHMARKS-W1-smoke-families.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(row["same_optimum"] for row in result["analysis"]["pruning"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_report_only_keeps_every_workload_and_fills_a_missing_analysis(smoke_run, tmp_path):
+    """`--report-only` rewrites the report from results.json alone; an older result gains its analysis."""
+    import shutil
+
+    out, _ = smoke_run
+    copy = tmp_path / "bench"
+    shutil.copytree(out, copy)
+    saved = json.loads((copy / "results.json").read_text())
+    del saved["results"][0]["analysis"]
+    (copy / "results.json").write_text(json.dumps(saved))
+    (copy / "BENCHMARKS.md").unlink()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "bench", "--report-only", "--out", str(copy)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "analysis" in json.loads((copy / "results.json").read_text())["results"][0]
+    assert "### Candidate families (issue 10)" in (copy / "BENCHMARKS.md").read_text()
 
 
 @pytest.mark.slow
@@ -116,3 +140,31 @@ def test_ilp_predicts_no_worse_than_greedy_or_random_plans(tmp_path):
         for choice in [*plans, greedy]:
             assert problem.predicted_latency_ms(choice) <= budget_ms + 1e-9
             assert problem.predicted_drop(choice) >= best - 1e-6
+
+
+def test_library_analysis_fronts_picks_and_pruning(tmp_path):
+    """Removing families never improves the optimum; picks cover every layer; presolve keeps the optimum."""
+    from bench.library_analysis import family, family_picks, fronts, space_pruning
+    from lana.problem import load_problem
+    from lana.synthetic import write_random_library
+
+    assert [family(s) for s in ("ir_k3_e3_lin", "ghost_k3_r2_se", "dw_k3_int8", "repdw_k3", "teacher", "fir_k3_e1")] == [
+        "lin", "ghost", "int8", "repdw", "teacher", "fir"]
+    import dataclasses
+
+    problem = load_problem(write_random_library(tmp_path / "lib.h5", n_layers=10, n_candidates=40, seed=5))
+    # relabel a third of the candidates as families of issue 10 (the analysis reads names only)
+    names = {0: "ghost_{}", 3: "rep_{}", 6: "{}_lin"}
+    relabel = lambda i, spec: spec if spec in ("teacher", "id") or i % 9 not in names else names[i % 9].format(spec)
+    problem = dataclasses.replace(problem, specs=tuple(tuple(relabel(i, s) for i, s in enumerate(specs)) for specs in problem.specs))
+    assert fronts(problem, factors=(0.5,))["present"] == ["ghost", "lin", "rep"]
+    picks = family_picks(problem)
+    assert all(counts is None or sum(counts.values()) == len(problem.layers) for counts in picks.values())
+    front = fronts(problem, factors=(0.3, 0.5, 0.7, 1.0))
+    everything = front["fronts"]["all"]
+    for name, drops in front["fronts"].items():
+        for best, drop in zip(everything, drops):
+            assert drop is None or (best is not None and best <= drop + 1e-9), name
+    assert everything == sorted(everything, reverse=True)  # a looser budget never costs more
+    rows = space_pruning(problem, factors=(0.5,), repeats=1)
+    assert rows[0]["same_optimum"] and rows[0]["after_bound"] <= rows[0]["after_dominance"] <= rows[0]["usable"]
