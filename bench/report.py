@@ -284,7 +284,7 @@ def write_report(results: list[dict], path: str | os.PathLike, smoke: bool = Fal
         ("greedy", "from the teacher, repeatedly the swap with the least score added per ms saved, until under the budget."),
         ("prune", "Torch-Pruning (DepGraph, L2 group magnitude, same ratio per layer), ratio bisected to lana's measured latency."),
         ("sibling", "a narrower network of the family (W1: the teacher at reduced width; W2: LCNet), width bisected to lana's latency."))]
-    lines += ["", ("Budgets are factors of the teacher's latency measured at the start of the run. Latency: torch eager on "
+    lines += ["", ("Budgets are factors of the teacher's latency (each workload says which timing). Latency: torch eager on "
               "the CPU, median (and interquartile range) over interleaved rounds of 20 calls, all models of a workload "
               "in one pass. `before FT`: top-1 before fine-tuning, on the first test images (the correlation set). "
               "`search s`: ILP solve + assembly (lana), sampling (random, greedy) or latency bisection (prune, sibling)."), ""]
@@ -297,7 +297,10 @@ def write_report(results: list[dict], path: str | os.PathLike, smoke: bool = Fal
                   f"at {w['img_size']} px"), "",
                   (f"Teacher top-1 {teacher['top1']:.2f}% ({w['teacher_epochs']:g} epoch(s)); library: "
                   f"{result['library']['layers']} layers, {result['library']['candidates']} candidates (space "
-                  f"`{w['space']}`); budgets on {w['budget_table']} ({_ms(result['teacher_ms'])} ms for the teacher); "
+                  f"`{w['space']}`); budgets on {w['budget_table']} ({_ms(result['teacher_ms'])} ms for the teacher, "
+                  + (f"the lesser of its timing at the start ({_ms(result['teacher_ms_measured'])} ms) and the library's "
+                     "prediction, as load only adds time" if "teacher_ms_measured" in result else
+                     "its timing at the start of the run") + "); "
                   f"fine-tuning {w['finetune_epochs']:g} epoch(s), sibling {w['sibling_epochs']:g} epoch(s); "
                   f"training images per stage: {w['limit'] or 'all'}; "
                   f"workload wall time {result['wall_s'] / 60:.1f} min."), "",
