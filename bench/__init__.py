@@ -231,9 +231,10 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
                                       threads=w.threads)["teacher"]["median_ms"]
         # Other load only ever adds time, so the quieter of the two timings of the teacher (now, and
         # in the library's table) sets the budgets: a busy minute now cannot double every budget.
-        teacher_ms = min(measured_ms, run.problem.teacher_ms(w.budget_table))
+        predicted_ms = run.problem.teacher_ms(w.budget_table)
+        teacher_ms = min(measured_ms, predicted_ms)
         log.info("%s: teacher %.3f ms on %s now, %.3f ms in the library: budgets from %.3f ms", w.name, measured_ms,
-                 w.budget_table, run.problem.teacher_ms(w.budget_table), teacher_ms)
+                 w.budget_table, predicted_ms, teacher_ms)
         run.add({"method": "teacher", "budget": "-", "top1": teacher_top1, "top1_before_ft": teacher_before,
                  "predicted_drop": 0.0, "predicted_ms": {t: run.problem.teacher_ms(t) for t in run.problem.tables},
                  "train_s": 60 * run.teacher_info["minutes"]}, run.teacher)
@@ -286,7 +287,7 @@ def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False,
     from dataclasses import replace
 
     from bench.report import write_report
-    from bench.workloads import FULL, WORKLOADS, write_json
+    from bench.workloads import FULL, WORKLOADS, read_json, write_json
     from bench.workloads import smoke as tiny
 
     out = Path(out)
@@ -303,7 +304,7 @@ def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False,
         results.append(run_workload(workload, out))
     wall_s = time.perf_counter() - start
     # workloads run before (e.g. `--workloads W1`, then `--workloads W2`) stay in the report
-    earlier = _read_results(out / "results.json")
+    earlier = read_json(out / "results.json")
     if earlier and earlier.get("smoke") == smoke:
         ran = {r["workload"]["name"] for r in results}
         kept = [r for r in earlier["results"] if r["workload"]["name"] not in ran]
@@ -315,29 +316,20 @@ def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False,
     return write_report(results, report, smoke=smoke, wall_s=wall_s, command=argv)
 
 
-def _read_results(path: Path) -> dict | None:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def rewrite_report(out: str | os.PathLike = "runs/bench", report: str | os.PathLike | None = None) -> Path:
     """Write the report again from ``OUT/results.json`` (no model is trained or timed).
 
     A result without the library analysis (one from before it existed) gets it now, from its
     library, which still holds the same numbers.
     """
-    import json
-
     from bench.library_analysis import analyse
     from bench.report import write_report
-    from bench.workloads import write_json
+    from bench.workloads import read_json, write_json
 
     out = Path(out)
-    saved = json.loads((out / "results.json").read_text())
+    saved = read_json(out / "results.json")
+    if saved is None:
+        raise FileNotFoundError(f"{out / 'results.json'} is missing or unreadable: run the benchmark first (python3 -m bench)")
     for result in saved["results"]:
         if "analysis" not in result:
             result["analysis"] = analyse(result["library"]["path"], result["workload"]["budget_table"])

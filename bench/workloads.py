@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-__all__ = ["FULL", "WORKLOADS", "Workload", "WorkloadRun", "library_stages", "prepare_library", "prepare_teacher", "smoke"]
+__all__ = ["FULL", "WORKLOADS", "Workload", "WorkloadRun", "library_stages", "prepare_library", "prepare_teacher",
+           "read_json", "smoke", "write_json"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def smoke(workload: Workload) -> Workload:
         budgets=("0.7x", "0.5x"))
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -152,7 +154,7 @@ def prepare_teacher(workload: Workload, out: Path) -> dict:
     wanted = {"model": workload.model, "dataset": workload.dataset, "img_size": workload.img_size,
               "epochs": workload.teacher_epochs, "pretrained": workload.pretrained, "lr": workload.teacher_lr,
               "max_steps": workload.max_steps, "limit": workload.limit, "seed": workload.seed}
-    sidecar = _read_json(out / "teacher" / "teacher.json")
+    sidecar = read_json(out / "teacher" / "teacher.json")
     if sidecar and Path(sidecar["path"]).is_file() and all(sidecar["config"].get(k) == v for k, v in wanted.items()):
         log.info("%s: reusing teacher %s (top-1 %.2f%%)", workload.name, sidecar["path"], sidecar["top1"])
         return {**sidecar, "cached": True}
@@ -286,7 +288,7 @@ class WorkloadRun:
         """
         folder = self.out / budget / method
         key = {**self.key, **(depends or {})}
-        saved = _read_json(folder / "row.json")
+        saved = read_json(folder / "row.json")
         if saved and saved.get("key") == json.loads(json.dumps(key, default=str)):
             try:
                 model = rebuild(saved["row"], folder).eval()

@@ -291,7 +291,7 @@ def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = N
     Args:
         spec: A candidate spec (see ``lana.candidates.spec``). An int8 spec (``ir_k3_e3_int8``)
             builds its float parent: ``quantize_int8`` turns it int8 once distilled and given
-            calibration data (``lana.pipeline.LibraryContext.load`` does both).
+            calibration data (``lana.context.LibraryContext.load`` does both).
         layer: The layer it replaces (``in_shape``, ``out_shape``, ``stride``).
         teacher_block: The layer's original module; required for ``teacher``, which returns a
             deep copy of it (weights included), ignored otherwise.

@@ -4,7 +4,7 @@ at each of its layers on them.
 An int8 candidate's activation ranges come from its observers, which see inputs at its layer
 (``lana.candidates.quantize_int8``). In the library those are the *teacher's* inputs, on the
 first ``count`` images of the build's training split: the same images and the same teacher give
-the same observers, so a library reloaded later (``lana.pipeline.context_from_library``) rebuilds
+the same observers, so a library reloaded later (``lana.context.context_from_library``) rebuilds
 exactly the int8 candidates that were scored and timed, and a saved student re-quantizes to the
 one that was measured (``lana.student.load_student``). The images are named, never stored:
 ``CalibrationSet`` records where they come from.

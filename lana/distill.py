@@ -40,7 +40,7 @@ UNTRAINED = ("teacher", "id")
 
 def untrained_specs(spec: str) -> bool:
     """``teacher``, ``id`` and int8 specs need no training: an int8 candidate is its distilled
-    float parent, quantized after distillation (``lana.pipeline.LibraryContext.load``)."""
+    float parent, quantized after distillation (``lana.context.LibraryContext.load``)."""
     from lana.candidates import is_int8
 
     return spec in UNTRAINED or is_int8(spec)

@@ -94,7 +94,7 @@ def edit_library(path: str | os.PathLike):
     return atomic_h5(path, copy_from=path)
 
 
-def _jsonattr_value(value: Any) -> str:
+def _json_attr(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
 
 
@@ -140,15 +140,15 @@ def write_library(
         f.attrs["complete"] = bool(complete)
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for key, value in meta.items():
-            f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _jsonattr_value(value)
+            f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _json_attr(value)
         teacher = f.create_group("teacher_weights")
         for key, value in teacher_state.items():
             teacher.create_dataset(key, data=value)
         group = f.create_group("layers")
         for index, record in enumerate(layers):
             g = group.create_group(f"{index:03d}")
-            g.attrs.update(name=record.name, kind=record.kind, in_shape=_jsonattr_value(list(record.in_shape)),
-                           out_shape=_jsonattr_value(list(record.out_shape)), stride=record.stride,
+            g.attrs.update(name=record.name, kind=record.kind, in_shape=_json_attr(list(record.in_shape)),
+                           out_shape=_json_attr(list(record.out_shape)), stride=record.stride,
                            params=record.params, macs=record.macs)
             g.create_dataset("specs", data=np.array(record.specs, dtype=object), dtype=_STR)
             g.create_dataset("params", data=np.asarray(record.cand_params, dtype=np.int64))
@@ -180,7 +180,7 @@ def _write_table_attrs(group: h5py.Group, table: dict) -> None:
     for key, value in table.items():
         if key == "name":
             continue
-        g.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _jsonattr_value(value)
+        g.attrs[key] = value if isinstance(value, (str, int, float, bool)) else _json_attr(value)
 
 
 def write_latency_table(path: str | os.PathLike, table: dict, latency_ms: list, spread_ms: list) -> None:
@@ -357,7 +357,7 @@ def load_candidate(path: str | os.PathLike, layer: int | str, spec: str, teacher
         teacher: the library's teacher (for the ``teacher`` spec); loaded when needed.
 
     An int8 spec returns its distilled float parent quantized as the build did
-    (:meth:`lana.pipeline.LibraryContext.load`, calibrated on the build's training images).
+    (:meth:`lana.context.LibraryContext.load`, calibrated on the build's training images).
     """
     import torch
 

@@ -50,7 +50,7 @@ def int8_layers(plan: Plan) -> list[str]:
 
 
 def student_from_context(ctx, plan: Plan, float_only: bool = False) -> nn.Module:
-    """Build the student from a :class:`lana.pipeline.LibraryContext` (weights in memory).
+    """Build the student from a :class:`lana.context.LibraryContext` (weights in memory).
 
     Args:
         float_only: Give each int8 choice as its float parent (to fine-tune, then
@@ -106,7 +106,7 @@ def assemble(library: str | os.PathLike, plan: Plan | str | os.PathLike, ctx=Non
     """The student of ``plan`` (a Plan or a plan.json path), with its distilled weights.
 
     Args:
-        ctx: a :func:`lana.pipeline.context_from_library` of ``library``, to reuse loaded weights.
+        ctx: a :func:`lana.context.context_from_library` of ``library``, to reuse loaded weights.
     """
     from lana.pipeline import context_from_library
 
