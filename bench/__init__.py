@@ -29,6 +29,7 @@ __all__ = ["rewrite_report", "run_bench", "run_workload", "spearman"]
 
 log = logging.getLogger(__name__)
 
+
 def spearman(x, y) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 points."""
     import numpy as np
@@ -64,25 +65,53 @@ def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
     w = run.w
 
     def make(folder: Path):
-        config = AccelerateConfig(model=w.model, checkpoint=run.teacher_info["path"], dataset=w.dataset,
-                                  img_size=w.img_size, space=w.space, budget=f"{budget_ms:.6g}ms", table=w.budget_table,
-                                  library=run.library["path"], build_epochs=w.build_epochs, finetune_epochs=w.finetune_epochs,
-                                  max_steps=w.max_steps, device=w.device, limit=w.limit, score_images=w.score_images,
-                                  eval_limit=w.eval_limit, tables=w.tables, latency_rounds=w.latency_rounds, export=False,
-                                  seed=w.seed)
+        config = AccelerateConfig(
+            model=w.model,
+            checkpoint=run.teacher_info["path"],
+            dataset=w.dataset,
+            img_size=w.img_size,
+            space=w.space,
+            budget=f"{budget_ms:.6g}ms",
+            table=w.budget_table,
+            library=run.library["path"],
+            build_epochs=w.build_epochs,
+            finetune_epochs=w.finetune_epochs,
+            max_steps=w.max_steps,
+            device=w.device,
+            limit=w.limit,
+            score_images=w.score_images,
+            eval_limit=w.eval_limit,
+            tables=w.tables,
+            latency_rounds=w.latency_rounds,
+            export=False,
+            seed=w.seed,
+        )
         report = accelerate(config, folder)
         plan = Plan.from_dict(report["student"]["plan"])
         before = run.evaluate(student_from_context(run.ctx, plan), limit=w.corr_images)
         run.points.append((plan.predicted_drop, before, "lana"))
         stages = report["stages_s"]
-        row = {"method": "lana", "budget": budget, "budget_ms": budget_ms, "top1": report["student"]["top1"],
-               "top1_before_ft": before, "predicted_drop": plan.predicted_drop, "predicted_ms": dict(plan.latency_ms),
-               "library_budget_ms": plan.budget_ms, "solve_s": plan.solve_time_s, "solver": plan.solver,
-               "search_s": stages["solve"] + stages["assemble"], "train_s": stages["finetune"],
-               "resolve_rounds": report["resolve_rounds"], "plan": dict(plan.choices)}
+        row = {
+            "method": "lana",
+            "budget": budget,
+            "budget_ms": budget_ms,
+            "top1": report["student"]["top1"],
+            "top1_before_ft": before,
+            "predicted_drop": plan.predicted_drop,
+            "predicted_ms": dict(plan.latency_ms),
+            "library_budget_ms": plan.budget_ms,
+            "solve_s": plan.solve_time_s,
+            "solver": plan.solver,
+            "search_s": stages["solve"] + stages["assemble"],
+            "train_s": stages["finetune"],
+            "resolve_rounds": report["resolve_rounds"],
+            "plan": dict(plan.choices),
+        }
         return row, load_student(folder)
 
-    return run.cached(budget, "lana", make, lambda _row, folder: load_student(folder), depends={"budget_ms": round(budget_ms, 6)})
+    return run.cached(
+        budget, "lana", make, lambda _row, folder: load_student(folder), depends={"budget_ms": round(budget_ms, 6)}
+    )
 
 
 def _library_plans(run, budget: str, lana: dict) -> None:
@@ -100,9 +129,19 @@ def _library_plans(run, budget: str, lana: dict) -> None:
             run.points.append((plan.predicted_drop, before, method))
         train_s = run.finetune(model, w.finetune_epochs, f"{method} {budget}")
         save_student(model, plan, run.ctx, folder)
-        return {"method": method, "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
-                "predicted_drop": plan.predicted_drop, "predicted_ms": dict(plan.latency_ms), "library_budget_ms": budget_ms,
-                "search_s": seconds, "train_s": train_s, "plan": dict(plan.choices), **extra}, model
+        return {
+            "method": method,
+            "budget": budget,
+            "top1": run.evaluate(model),
+            "top1_before_ft": before,
+            "predicted_drop": plan.predicted_drop,
+            "predicted_ms": dict(plan.latency_ms),
+            "library_budget_ms": budget_ms,
+            "search_s": seconds,
+            "train_s": train_s,
+            "plan": dict(plan.choices),
+            **extra,
+        }, model
 
     def make_random(folder: Path):
         start = time.perf_counter()
@@ -137,28 +176,46 @@ def _matched_baselines(run, budget: str, lana: dict, target) -> None:
 
     w, classes = run.w, len(run.test_set.classes)
     search = {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
-    build = {"prune": lambda ratio: prune_model(run.teacher, ratio, w.input_shape),
-             "sibling": lambda width: sibling_model(w.sibling, width, classes)}
+    build = {
+        "prune": lambda ratio: prune_model(run.teacher, ratio, w.input_shape),
+        "sibling": lambda width: sibling_model(w.sibling, width, classes),
+    }
 
     def make_pruned(folder: Path):
-        model, match = match_latency(build["prune"], target, w.input_shape, w.budget_table, 0.0, 0.9,
-                                     increasing=False, **search)
+        model, match = match_latency(
+            build["prune"], target, w.input_shape, w.budget_table, 0.0, 0.9, increasing=False, **search
+        )
         before = run.evaluate(model, limit=w.corr_images)
         train_s = run.finetune(model, w.finetune_epochs, f"prune {budget}")
         save_state(model, folder / "model.safetensors")
-        return {"method": "prune", "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
-                "search_s": match.seconds, "train_s": train_s, "match": asdict(match)}, model
+        return {
+            "method": "prune",
+            "budget": budget,
+            "top1": run.evaluate(model),
+            "top1_before_ft": before,
+            "search_s": match.seconds,
+            "train_s": train_s,
+            "match": asdict(match),
+        }, model
 
     def make_sibling(folder: Path):
         high = 1.0 if w.sibling == w.model else 3.0  # a narrower teacher stops at the teacher's width
-        model, match = match_latency(build["sibling"], target, w.input_shape, w.budget_table, 0.05, high,
-                                     increasing=True, **search)
+        model, match = match_latency(
+            build["sibling"], target, w.input_shape, w.budget_table, 0.05, high, increasing=True, **search
+        )
         # from random weights: the teacher's own recipe (SGD 0.1, warm-up + cosine) with KD as the loss
         train_s = run.finetune(model, w.sibling_epochs, f"sibling {budget}", recipe=Recipe())
         save_state(model, folder / "model.safetensors")
-        return {"method": "sibling", "budget": budget, "top1": run.evaluate(model), "top1_before_ft": None,
-                "search_s": match.seconds, "train_s": train_s, "match": asdict(match),
-                "sibling": f"{w.sibling} x{match.knob:.3f}"}, model
+        return {
+            "method": "sibling",
+            "budget": budget,
+            "top1": run.evaluate(model),
+            "top1_before_ft": None,
+            "search_s": match.seconds,
+            "train_s": train_s,
+            "match": asdict(match),
+            "sibling": f"{w.sibling} x{match.knob:.3f}",
+        }, model
 
     def rebuild(method: str):
         def load(row: dict, folder: Path):
@@ -166,6 +223,7 @@ def _matched_baselines(run, budget: str, lana: dict, target) -> None:
             model = build[method](row["match"]["knob"])
             model.load_state_dict(load_state_file(folder / "model.safetensors"))
             return model
+
         return load
 
     for method, make in (("prune", make_pruned), ("sibling", make_sibling)):
@@ -178,15 +236,20 @@ def _measure_all(run) -> dict:
     from lana.student import model_stats
 
     w = run.w
-    timings = {t: measure_latency(run.models, w.input_shape, t, rounds=w.latency_rounds, threads=w.threads) for t in w.tables}
+    timings = {
+        t: measure_latency(run.models, w.input_shape, t, rounds=w.latency_rounds, threads=w.threads) for t in w.tables
+    }
     for row in run.rows:
         key = f"{row['method']}@{row['budget']}"
         row["latency"] = {t: timings[t][key] for t in w.tables}
         row["speedup"] = {t: timings[t]["teacher@-"]["median_ms"] / timings[t][key]["median_ms"] for t in w.tables}
         row.update(model_stats(run.models[key], w.input_shape))
         lana = f"lana@{row['budget']}"
-        row["latency_vs_lana"] = (timings[w.budget_table][key]["median_ms"] / timings[w.budget_table][lana]["median_ms"]
-                                  if lana in run.models else None)
+        row["latency_vs_lana"] = (
+            timings[w.budget_table][key]["median_ms"] / timings[w.budget_table][lana]["median_ms"]
+            if lana in run.models
+            else None
+        )
     return timings
 
 
@@ -196,22 +259,29 @@ def _additivity(run) -> dict:
 
     errors = {}
     for t in run.w.tables:
-        signed = [100 * (row["predicted_ms"][t] / row["latency"][t]["median_ms"] - 1)
-                  for row in run.rows if row.get("predicted_ms") and t in row["predicted_ms"]]
+        signed = [
+            100 * (row["predicted_ms"][t] / row["latency"][t]["median_ms"] - 1)
+            for row in run.rows
+            if row.get("predicted_ms") and t in row["predicted_ms"]
+        ]
         if signed:
-            errors[t] = {"n": len(signed), "median_abs_pct": float(np.median(np.abs(signed))),
-                         "max_abs_pct": float(np.max(np.abs(signed))), "mean_signed_pct": float(np.mean(signed))}
+            errors[t] = {
+                "n": len(signed),
+                "median_abs_pct": float(np.median(np.abs(signed))),
+                "max_abs_pct": float(np.max(np.abs(signed))),
+                "mean_signed_pct": float(np.mean(signed)),
+            }
     return errors
 
 
 def run_workload(workload, out: str | os.PathLike) -> dict:
     """Run one workload end to end; writes and returns ``OUT/<name>/result.json``'s content."""
     import torch
-    from lana.solver import InfeasibleBudget
 
     from bench.library_analysis import analyse
     from bench.workloads import WorkloadRun, write_json
     from lana.accelerate import measure_latency
+    from lana.solver import InfeasibleBudget
 
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -227,17 +297,33 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
         run = WorkloadRun(workload, folder)
         w = run.w
         teacher_top1, teacher_before = run.evaluate(run.teacher), run.evaluate(run.teacher, limit=w.corr_images)
-        measured_ms = measure_latency({"teacher": run.teacher}, w.input_shape, w.budget_table, rounds=w.latency_rounds,
-                                      threads=w.threads)["teacher"]["median_ms"]
+        measured_ms = measure_latency(
+            {"teacher": run.teacher}, w.input_shape, w.budget_table, rounds=w.latency_rounds, threads=w.threads
+        )["teacher"]["median_ms"]
         # Other load only ever adds time, so the quieter of the two timings of the teacher (now, and
         # in the library's table) sets the budgets: a busy minute now cannot double every budget.
         predicted_ms = run.problem.teacher_ms(w.budget_table)
         teacher_ms = min(measured_ms, predicted_ms)
-        log.info("%s: teacher %.3f ms on %s now, %.3f ms in the library: budgets from %.3f ms", w.name, measured_ms,
-                 w.budget_table, predicted_ms, teacher_ms)
-        run.add({"method": "teacher", "budget": "-", "top1": teacher_top1, "top1_before_ft": teacher_before,
-                 "predicted_drop": 0.0, "predicted_ms": {t: run.problem.teacher_ms(t) for t in run.problem.tables},
-                 "train_s": 60 * run.teacher_info["minutes"]}, run.teacher)
+        log.info(
+            "%s: teacher %.3f ms on %s now, %.3f ms in the library: budgets from %.3f ms",
+            w.name,
+            measured_ms,
+            w.budget_table,
+            predicted_ms,
+            teacher_ms,
+        )
+        run.add(
+            {
+                "method": "teacher",
+                "budget": "-",
+                "top1": teacher_top1,
+                "top1_before_ft": teacher_before,
+                "predicted_drop": 0.0,
+                "predicted_ms": {t: run.problem.teacher_ms(t) for t in run.problem.tables},
+                "train_s": 60 * run.teacher_info["minutes"],
+            },
+            run.teacher,
+        )
         budgets = {}
         for budget in w.budgets:
             budget_ms = float(budget.rstrip("x")) * teacher_ms
@@ -250,19 +336,36 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
                 continue
             _library_plans(run, budget, lana)
             _matched_baselines(run, budget, lana, student)
-            budgets[budget] = {"budget_ms": lana["budget_ms"], "solve_s": lana["solve_s"], "wall_s": time.perf_counter() - t0}
+            budgets[budget] = {
+                "budget_ms": lana["budget_ms"],
+                "solve_s": lana["solve_s"],
+                "wall_s": time.perf_counter() - t0,
+            }
             log.info("%s %s done in %.0f s", w.name, budget, budgets[budget]["wall_s"])
         _measure_all(run)
         before = [(drop, teacher_before - top1) for drop, top1, _ in run.points]
         result = {
-            "workload": asdict(w), "teacher": {k: v for k, v in run.teacher_info.items() if k != "config"},
-            "teacher_ms": teacher_ms, "teacher_ms_measured": measured_ms, "library": {**run.library, "layers": len(run.problem.layers),
-                                                  "candidates": sum(map(len, run.problem.specs))},
-            "budgets": budgets, "rows": run.rows,
-            "correlation": {"spearman": spearman(*zip(*before)) if before else float("nan"), "n": len(before),
-                            "points": [{"predicted_drop": d, "top1_before_ft": a, "method": m} for d, a, m in run.points],
-                            "teacher_top1": teacher_before, "images": w.corr_images, "score": run.problem.score},
-            "additivity": _additivity(run), "wall_s": time.perf_counter() - start,
+            "workload": asdict(w),
+            "teacher": {k: v for k, v in run.teacher_info.items() if k != "config"},
+            "teacher_ms": teacher_ms,
+            "teacher_ms_measured": measured_ms,
+            "library": {
+                **run.library,
+                "layers": len(run.problem.layers),
+                "candidates": sum(map(len, run.problem.specs)),
+            },
+            "budgets": budgets,
+            "rows": run.rows,
+            "correlation": {
+                "spearman": spearman(*zip(*before)) if before else float("nan"),
+                "n": len(before),
+                "points": [{"predicted_drop": d, "top1_before_ft": a, "method": m} for d, a, m in run.points],
+                "teacher_top1": teacher_before,
+                "images": w.corr_images,
+                "score": run.problem.score,
+            },
+            "additivity": _additivity(run),
+            "wall_s": time.perf_counter() - start,
         }
         result["analysis"] = analyse(run.library["path"], w.budget_table)  # seconds: solves only
     finally:
@@ -273,8 +376,15 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
     return result
 
 
-def run_bench(names, out: str | os.PathLike = "runs/bench", smoke: bool = False, report: str | os.PathLike | None = None,
-              budgets=None, argv: str = "python3 -m bench", full: bool = False) -> Path:
+def run_bench(
+    names,
+    out: str | os.PathLike = "runs/bench",
+    smoke: bool = False,
+    report: str | os.PathLike | None = None,
+    budgets=None,
+    argv: str = "python3 -m bench",
+    full: bool = False,
+) -> Path:
     """Run the workloads ``names`` (``W1``, ``W2``) and write the report; returns its path.
 
     Args:
@@ -329,10 +439,14 @@ def rewrite_report(out: str | os.PathLike = "runs/bench", report: str | os.PathL
     out = Path(out)
     saved = read_json(out / "results.json")
     if saved is None:
-        raise FileNotFoundError(f"{out / 'results.json'} is missing or unreadable: run the benchmark first (python3 -m bench)")
+        raise FileNotFoundError(
+            f"{out / 'results.json'} is missing or unreadable: run the benchmark first (python3 -m bench)"
+        )
     for result in saved["results"]:
         if "analysis" not in result:
             result["analysis"] = analyse(result["library"]["path"], result["workload"]["budget_table"])
     write_json(out / "results.json", saved)
     report = Path(report) if report else (out if saved["smoke"] else Path(".")) / "BENCHMARKS.md"
-    return write_report(saved["results"], report, smoke=saved["smoke"], wall_s=saved["wall_s"], command=saved["command"])
+    return write_report(
+        saved["results"], report, smoke=saved["smoke"], wall_s=saved["wall_s"], command=saved["command"]
+    )

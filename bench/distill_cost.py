@@ -76,9 +76,14 @@ def main(argv=None) -> dict:
     teacher_s, distill_s = statistics.median(times["teacher"]), statistics.median(times["distill"])
     trained = len(chunk.modules)
     result = {
-        "model": args.model, "img_size": args.img_size, "space": args.space, "batch_size": args.batch_size,
-        "threads": torch.get_num_threads(), "trained_candidates": trained,
-        "teacher_step_s": teacher_s, "distill_step_s": distill_s,
+        "model": args.model,
+        "img_size": args.img_size,
+        "space": args.space,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "trained_candidates": trained,
+        "teacher_step_s": teacher_s,
+        "distill_step_s": distill_s,
         "teacher_steps_per_candidate": distill_s / teacher_s / trained,
     }
     print(json.dumps(result, indent=1))

@@ -57,8 +57,16 @@ def compare(library, specs, batch: int = 64, rounds: int = 5, repeats: int = 10)
                     times[name].append(_median_ms(module, inputs, repeats))
             error = quantization_error(fp32, int8, [inputs])
             fp, q = statistics.median(times["fp32"]), statistics.median(times["int8"])
-            rows.append({"layer": layer.name, "spec": spec, "fp32_ms": fp, "int8_ms": q, "ratio": q / fp,
-                         "relative_rms": error.relative_rms})
+            rows.append(
+                {
+                    "layer": layer.name,
+                    "spec": spec,
+                    "fp32_ms": fp,
+                    "int8_ms": q,
+                    "ratio": q / fp,
+                    "relative_rms": error.relative_rms,
+                }
+            )
     return rows
 
 
@@ -77,7 +85,9 @@ def main(argv=None) -> int:
     print("| layer | spec | fp32 ms | int8 ms | int8 / fp32 | int8 relative RMS error |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['layer']} | {r['spec']} | {r['fp32_ms']:.3f} | {r['int8_ms']:.3f} | {r['ratio']:.2f} | {r['relative_rms']:.4f} |")
+        print(
+            f"| {r['layer']} | {r['spec']} | {r['fp32_ms']:.3f} | {r['int8_ms']:.3f} | {r['ratio']:.2f} | {r['relative_rms']:.4f} |"
+        )
     return 0
 
 

@@ -44,9 +44,9 @@ import torch
 from torch import nn
 
 from lana.candidates import build_candidate, space_for
-from lana.layers import find_layers, replace_layer
 from lana.latency import LatencyTable, make_meter, measure_table, predict_ms
 from lana.latency_check import check_latency, random_choices, teacher_choices
+from lana.layers import find_layers, replace_layer
 
 VARIANTS = ("block_sum", "isolated", "in_network")
 
@@ -105,9 +105,7 @@ def measure_variants(
         )
         teacher_blocks = predict_ms(unscaled, teacher_choices(unscaled)) - unscaled.fixed_ms
         tables["in_network_unscaled"] = unscaled
-        tables["in_network_anchored"] = dataclasses.replace(
-            unscaled, fixed_ms=table.teacher_ms - teacher_blocks
-        )
+        tables["in_network_anchored"] = dataclasses.replace(unscaled, fixed_ms=table.teacher_ms - teacher_blocks)
     return tables
 
 
@@ -181,9 +179,7 @@ def main(argv=None) -> None:
             measured = np.median(measured, axis=0)
             choices = [row.choices for row in report.rows]
         else:  # as a user runs it: the table, then the check
-            meter = make_meter(
-                args.device, args.backend, batch_size, args.threads, repeats=args.repeats
-            )
+            meter = make_meter(args.device, args.backend, batch_size, args.threads, repeats=args.repeats)
             tables = measure_variants(variants, *common, meter, input_shape, args.rounds, None,
                                       args.seed, log=print)  # fmt: skip
             reference = next(iter(tables.values()))

@@ -45,8 +45,10 @@ def family(spec: str) -> str:
 
 def _without(problem, families) -> object:
     """The problem with every candidate of ``families`` made unusable (NaN score)."""
-    scores = tuple(np.where([family(s) in families for s in specs], np.nan, np.asarray(row, float))
-                   for specs, row in zip(problem.specs, problem.scores))
+    scores = tuple(
+        np.where([family(s) in families for s in specs], np.nan, np.asarray(row, float))
+        for specs, row in zip(problem.specs, problem.scores)
+    )
     return dataclasses.replace(problem, scores=scores)
 
 
@@ -65,8 +67,11 @@ def family_picks(problem, factors=PICK_FACTORS) -> dict:
     out = {}
     for factor in factors:
         solution = _solve(problem, factor * teacher)
-        out[f"{factor:g}x"] = (None if solution is None else
-                               dict(Counter(family(problem.specs[l][c]) for l, c in enumerate(solution.choice))))
+        out[f"{factor:g}x"] = (
+            None
+            if solution is None
+            else dict(Counter(family(problem.specs[l][c]) for l, c in enumerate(solution.choice)))
+        )
     return out
 
 
@@ -110,7 +115,9 @@ def space_pruning(problem, factors=PICK_FACTORS, repeats: int = 5) -> list[dict]
     rows = []
     for factor in factors:
         budget = factor * teacher
-        full = Model(layers=problem.layers, cost=problem.scores, constraints=_constraints(problem, budget, None, None, {}))
+        full = Model(
+            layers=problem.layers, cost=problem.scores, constraints=_constraints(problem, budget, None, None, {})
+        )
         kept = presolve.usable(full)
         usable = presolve.take(full, kept)
         dominated = presolve.undominated(usable)
@@ -129,14 +136,22 @@ def space_pruning(problem, factors=PICK_FACTORS, repeats: int = 5) -> list[dict]
             except Exception:  # noqa: BLE001 - infeasible: both agree if raw is infeasible too
                 solution = None
             pre.append(time.perf_counter() - t0)
-        raw_choice = (None if raw.status != "optimal" else
-                      tuple(int(k[c]) for k, c in zip(kept, raw.choice)))
+        raw_choice = None if raw.status != "optimal" else tuple(int(k[c]) for k, c in zip(kept, raw.choice))
         same = (raw_choice is None) == (solution is None) and (
-            solution is None or abs(problem.predicted_drop(raw_choice) - solution.objective) <= 1e-9)
-        rows.append({"budget": f"{factor:g}x", "candidates": sum(map(len, problem.specs)), "usable": sum(map(len, kept)),
-                     "after_dominance": after_dominance, "after_bound": after_bound,
-                     "whole_s": statistics.median(whole), "presolved_s": statistics.median(pre),
-                     "same_optimum": bool(same)})
+            solution is None or abs(problem.predicted_drop(raw_choice) - solution.objective) <= 1e-9
+        )
+        rows.append(
+            {
+                "budget": f"{factor:g}x",
+                "candidates": sum(map(len, problem.specs)),
+                "usable": sum(map(len, kept)),
+                "after_dominance": after_dominance,
+                "after_bound": after_bound,
+                "whole_s": statistics.median(whole),
+                "presolved_s": statistics.median(pre),
+                "same_optimum": bool(same),
+            }
+        )
     return rows
 
 
@@ -145,13 +160,21 @@ def analyse(path, table: str | None = None) -> dict:
     from lana.problem import load_problem
 
     problem = load_problem(path, table)
-    return {"table": problem.table, "score": problem.score, "picks": family_picks(problem), "fronts": fronts(problem),
-            "pruning": space_pruning(problem)}
+    return {
+        "table": problem.table,
+        "score": problem.score,
+        "picks": family_picks(problem),
+        "fronts": fronts(problem),
+        "pruning": space_pruning(problem),
+    }
 
 
 def markdown(analysis: dict) -> list[str]:
     """The analysis as Markdown lines (tables), for BENCHMARKS.md and the command line."""
-    lines = [f"Family picks of the ILP (layers per family; budget on {analysis['table']}, score {analysis['score']}):", ""]
+    lines = [
+        f"Family picks of the ILP (layers per family; budget on {analysis['table']}, score {analysis['score']}):",
+        "",
+    ]
     picks = analysis["picks"]
     families = sorted({f for counts in picks.values() if counts for f in counts})
     lines += ["| budget | " + " | ".join(families) + " |", "|---|" + "---:|" * len(families)]
@@ -159,21 +182,33 @@ def markdown(analysis: dict) -> list[str]:
         cells = ["infeasible"] * len(families) if counts is None else [str(counts.get(f, 0)) for f in families]
         lines.append(f"| {budget} | " + " | ".join(cells) + " |")
     front = analysis["fronts"]
-    lines += ["", ("Predicted front (summed score of the ILP's plan; lower is better; — = infeasible) with every family, "
-                   "without the families of issue 10 present here (" + (", ".join(front["present"]) or "none") + "), and "
-                   "without each alone:"), ""]
+    lines += [
+        "",
+        (
+            "Predicted front (summed score of the ILP's plan; lower is better; — = infeasible) with every family, "
+            "without the families of issue 10 present here (" + (", ".join(front["present"]) or "none") + "), and "
+            "without each alone:"
+        ),
+        "",
+    ]
     names = list(front["fronts"])
     lines += ["| budget | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for i, factor in enumerate(front["factors"]):
         cells = ["—" if front["fronts"][n][i] is None else f"{front['fronts'][n][i]:.3f}" for n in names]
         lines.append(f"| {factor:g}x | " + " | ".join(cells) + " |")
-    lines += ["", "Exact presolve (dominance, then Lagrangian bound) and the ILP's time with HiGHS, median of 5:", "",
-              "| budget | candidates | usable | after dominance | after bound | whole model s | presolved s | speed-up | same optimum |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [
+        "",
+        "Exact presolve (dominance, then Lagrangian bound) and the ILP's time with HiGHS, median of 5:",
+        "",
+        "| budget | candidates | usable | after dominance | after bound | whole model s | presolved s | speed-up | same optimum |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in analysis["pruning"]:
-        lines.append(f"| {r['budget']} | {r['candidates']} | {r['usable']} | {r['after_dominance']} | {r['after_bound']} | "
-                     f"{r['whole_s']:.4f} | {r['presolved_s']:.4f} | {r['whole_s'] / max(r['presolved_s'], 1e-9):.1f}x | "
-                     f"{'yes' if r['same_optimum'] else 'NO'} |")
+        lines.append(
+            f"| {r['budget']} | {r['candidates']} | {r['usable']} | {r['after_dominance']} | {r['after_bound']} | "
+            f"{r['whole_s']:.4f} | {r['presolved_s']:.4f} | {r['whole_s'] / max(r['presolved_s'], 1e-9):.1f}x | "
+            f"{'yes' if r['same_optimum'] else 'NO'} |"
+        )
     return lines
 
 

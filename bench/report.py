@@ -16,12 +16,26 @@ from bench.library_analysis import markdown
 __all__ = ["findings", "goals", "plot_fronts", "plot_workload", "write_report"]
 
 _ORDER = ("teacher", "lana", "random", "greedy", "prune", "sibling")
-_LABEL = {"teacher": "teacher", "lana": "lana (ILP)", "random": "random plans (best of N)",
-          "greedy": "greedy plan", "prune": "Torch-Pruning", "sibling": "smaller sibling"}
+_LABEL = {
+    "teacher": "teacher",
+    "lana": "lana (ILP)",
+    "random": "random plans (best of N)",
+    "greedy": "greedy plan",
+    "prune": "Torch-Pruning",
+    "sibling": "smaller sibling",
+}
 
 
 def _ms(value: float) -> str:
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    return (
+        f"{value:.0f}"
+        if value >= 100
+        else f"{value:.1f}"
+        if value >= 10
+        else f"{value:.2f}"
+        if value >= 1
+        else f"{value:.3f}"
+    )
 
 
 def _num(value, fmt: str = "{:.2f}", missing: str = "—") -> str:
@@ -48,28 +62,50 @@ def _results_table(result: dict) -> list[str]:
     w = result["workload"]
     tables = w["tables"]
     teacher = _by(result, "teacher", "-")
-    head = (["method", "budget", "top-1 %", "Δ top-1", "before FT %"] + [f"{t} ms (IQR)" for t in tables]
-            + [f"speed-up {t}" for t in tables] + [f"latency / lana ({w['budget_table']})", "params M", "MMACs", "search s", "train s"])
+    head = (
+        ["method", "budget", "top-1 %", "Δ top-1", "before FT %"]
+        + [f"{t} ms (IQR)" for t in tables]
+        + [f"speed-up {t}" for t in tables]
+        + [f"latency / lana ({w['budget_table']})", "params M", "MMACs", "search s", "train s"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in _rows(result):
-        cells = [r["method"], r["budget"], f"{r['top1']:.2f}", f"{r['top1'] - teacher['top1']:+.2f}",
-                 _num(r.get("top1_before_ft"))]
+        cells = [
+            r["method"],
+            r["budget"],
+            f"{r['top1']:.2f}",
+            f"{r['top1'] - teacher['top1']:+.2f}",
+            _num(r.get("top1_before_ft")),
+        ]
         cells += [f"{_ms(r['latency'][t]['median_ms'])} ({_ms(r['latency'][t]['spread_ms'])})" for t in tables]
         cells += [f"{r['speedup'][t]:.2f}x" for t in tables]
-        cells += [_num(r.get("latency_vs_lana"), "{:.3f}"), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.1f}",
-                  _num(r.get("search_s"), "{:.1f}"), _num(r.get("train_s"), "{:.0f}")]
+        cells += [
+            _num(r.get("latency_vs_lana"), "{:.3f}"),
+            f"{r['params'] / 1e6:.3f}",
+            f"{r['macs'] / 1e6:.1f}",
+            _num(r.get("search_s"), "{:.1f}"),
+            _num(r.get("train_s"), "{:.0f}"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     cached = [f"{r['method']}@{r['budget']}" for r in _rows(result) if r.get("cached")]
     if cached:
-        lines += ["", (f"Reused from an earlier run's cache (trained then; top-1 and times from then, latency measured "
-                      f"now): {', '.join(cached)}.")]
+        lines += [
+            "",
+            (
+                f"Reused from an earlier run's cache (trained then; top-1 and times from then, latency measured "
+                f"now): {', '.join(cached)}."
+            ),
+        ]
     return lines
 
 
 def _stages_table(result: dict) -> list[str]:
     teacher, library = result["teacher"], result["library"]
-    lines = ["| stage | wall s | note |", "|---|---:|---|",
-             f"| teacher training | {60 * teacher['minutes']:.0f} | {'cached' if teacher['cached'] else 'this run'} |"]
+    lines = [
+        "| stage | wall s | note |",
+        "|---|---:|---|",
+        f"| teacher training | {60 * teacher['minutes']:.0f} | {'cached' if teacher['cached'] else 'this run'} |",
+    ]
     note = "cached" if library["cached"] else "this run"
     for stage, seconds in library["stages_s"].items():
         lines.append(f"| library: {stage} | {seconds:.0f} | {note} |")
@@ -78,13 +114,21 @@ def _stages_table(result: dict) -> list[str]:
         if lana is None:
             lines.append(f"| {budget}: infeasible | — | {info.get('infeasible', 'no lana student')} |")
             continue
-        lines += [(f"| {budget}: ILP solve | {info['solve_s']:.3f} | {lana.get('solver', '')}, {result['library']['layers']} layers x "
-                  f"{result['library']['candidates']} candidates |"),
-                  (f"| {budget}: lana solve + assemble | {lana['search_s']:.1f} | library load, re-solve rounds: "
-                  f"{len(lana['resolve_rounds'])} |"),
-                  f"| {budget}: lana fine-tune | {lana['train_s']:.0f} | {result['workload']['finetune_epochs']:g} epoch(s) KD |",
-                  (f"| {budget}: all methods | {info['wall_s']:.0f} | lana + 4 baselines, searches included"
-                  f"{'; cached rows reused' if any(r.get('cached') for r in result['rows'] if r['budget'] == budget) else ''} |")]
+        lines += [
+            (
+                f"| {budget}: ILP solve | {info['solve_s']:.3f} | {lana.get('solver', '')}, {result['library']['layers']} layers x "
+                f"{result['library']['candidates']} candidates |"
+            ),
+            (
+                f"| {budget}: lana solve + assemble | {lana['search_s']:.1f} | library load, re-solve rounds: "
+                f"{len(lana['resolve_rounds'])} |"
+            ),
+            f"| {budget}: lana fine-tune | {lana['train_s']:.0f} | {result['workload']['finetune_epochs']:g} epoch(s) KD |",
+            (
+                f"| {budget}: all methods | {info['wall_s']:.0f} | lana + 4 baselines, searches included"
+                f"{'; cached rows reused' if any(r.get('cached') for r in result['rows'] if r['budget'] == budget) else ''} |"
+            ),
+        ]
     return lines
 
 
@@ -100,50 +144,70 @@ def findings(result: dict) -> list[str]:
             continue
         others = [r for r in result["rows"] if r["budget"] == budget and r["method"] not in ("lana", "teacher")]
         best = max(others, key=lambda r: r["top1"], default=None)
-        head = (f"**{budget}** (lana {_ms(lana['latency'][table]['median_ms'])} ms on {table}, "
-                f"{lana['speedup'][table]:.2f}x): ")
+        head = (
+            f"**{budget}** (lana {_ms(lana['latency'][table]['median_ms'])} ms on {table}, "
+            f"{lana['speedup'][table]:.2f}x): "
+        )
         if best is None:
             out.append(head + "no baseline ran.")
             continue
         margin = lana["top1"] - best["top1"]
         verdict = "lana wins" if margin > 0 else "lana loses" if margin < 0 else "a tie"
-        text = (head + f"lana {lana['top1']:.2f}% vs the best baseline, {_LABEL[best['method']]}, {best['top1']:.2f}%: "
-                f"{verdict} by {abs(margin):.2f} points.")
+        text = (
+            head + f"lana {lana['top1']:.2f}% vs the best baseline, {_LABEL[best['method']]}, {best['top1']:.2f}%: "
+            f"{verdict} by {abs(margin):.2f} points."
+        )
         if margin < 0:
             why = []
             if best["method"] == "sibling":
-                why.append(f"the sibling trained {w['sibling_epochs']:g} epochs from scratch, lana's student "
-                           f"{w['finetune_epochs']:g} epoch(s) of fine-tuning after {w['build_epochs']:g} of block distillation")
+                why.append(
+                    f"the sibling trained {w['sibling_epochs']:g} epochs from scratch, lana's student "
+                    f"{w['finetune_epochs']:g} epoch(s) of fine-tuning after {w['build_epochs']:g} of block distillation"
+                )
             if lana.get("top1_before_ft") is not None:
-                why.append(f"lana's student stood at {lana['top1_before_ft']:.2f}% before fine-tuning "
-                           f"(predicted drop {lana['predicted_drop']:.3f} {result['correlation']['score']})")
+                why.append(
+                    f"lana's student stood at {lana['top1_before_ft']:.2f}% before fine-tuning "
+                    f"(predicted drop {lana['predicted_drop']:.3f} {result['correlation']['score']})"
+                )
             used = lana["latency"][table]["median_ms"] / lana["budget_ms"]
             if used < 0.9:
                 why.append(f"it used only {100 * used:.0f}% of its {_ms(lana['budget_ms'])} ms budget as measured")
             text += " Bearing on why: " + "; ".join(why) + "." if why else ""
-        off = [f"{r['method']} {r['latency_vs_lana']:.2f}x" for r in others
-               if r["method"] in ("prune", "sibling") and abs(r["latency_vs_lana"] - 1) > tolerance]
+        off = [
+            f"{r['method']} {r['latency_vs_lana']:.2f}x"
+            for r in others
+            if r["method"] in ("prune", "sibling") and abs(r["latency_vs_lana"] - 1) > tolerance
+        ]
         if off:
             text += f" Latency match missed (> {100 * tolerance:.0f}% from lana's, final pass): {', '.join(off)}."
         out.append(text)
         library = [r for r in others if r["method"] in ("random", "greedy")]
         if library:
-            parts = [f"{r['method']} {r['predicted_drop']:.3f} → {r['top1']:.2f}% ({r['latency_vs_lana']:.2f}x lana's latency)"
-                     for r in library]
+            parts = [
+                f"{r['method']} {r['predicted_drop']:.3f} → {r['top1']:.2f}% ({r['latency_vs_lana']:.2f}x lana's latency)"
+                for r in library
+            ]
             gain = lana["top1"] - max(r["top1"] for r in library)
-            out.append(f"{budget}, what the exact ILP adds inside the same library: predicted drop → top-1, "
-                       f"lana {lana['predicted_drop']:.3f} → {lana['top1']:.2f}%, " + ", ".join(parts)
-                       + f"; lana {'+' if gain >= 0 else ''}{gain:.2f} points over the better heuristic.")
+            out.append(
+                f"{budget}, what the exact ILP adds inside the same library: predicted drop → top-1, "
+                f"lana {lana['predicted_drop']:.3f} → {lana['top1']:.2f}%, "
+                + ", ".join(parts)
+                + f"; lana {'+' if gain >= 0 else ''}{gain:.2f} points over the better heuristic."
+            )
     corr = result["correlation"]
     if corr["n"]:
         rho = corr["spearman"]
         strength = "n/a" if math.isnan(rho) else "strong" if rho >= 0.7 else "moderate" if rho >= 0.4 else "weak"
-        out.append(f"The {corr['score']} score ranks the pre-fine-tune accuracy drop of {corr['n']} library plans with "
-                   f"Spearman ρ = {_num(rho)} ({strength}), on {corr['images']} test images.")
+        out.append(
+            f"The {corr['score']} score ranks the pre-fine-tune accuracy drop of {corr['n']} library plans with "
+            f"Spearman ρ = {_num(rho)} ({strength}), on {corr['images']} test images."
+        )
     for t, e in result["additivity"].items():
-        out.append(f"Latency model on {t}: the library's predictions are off by {e['median_abs_pct']:.1f}% (median; "
-                   f"max {e['max_abs_pct']:.1f}%, mean signed {e['mean_signed_pct']:+.1f}%) over {e['n']} models, "
-                   "measured end to end now (the library was timed when it was built).")
+        out.append(
+            f"Latency model on {t}: the library's predictions are off by {e['median_abs_pct']:.1f}% (median; "
+            f"max {e['max_abs_pct']:.1f}%, mean signed {e['mean_signed_pct']:+.1f}%) over {e['n']} models, "
+            "measured end to end now (the library was timed when it was built)."
+        )
     return out
 
 
@@ -156,13 +220,17 @@ def goals(results: list[dict]) -> list[str]:
             lana = _by(result, "lana", budget)
             others = [r for r in result["rows"] if r["budget"] == budget and r["method"] not in ("lana", "teacher")]
             if lana is None or not others:
-                why = "infeasible for lana's library" if "infeasible" in result["budgets"].get(budget, {}) else "not run"
+                why = (
+                    "infeasible for lana's library" if "infeasible" in result["budgets"].get(budget, {}) else "not run"
+                )
                 lines.append(f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {why} | no |")
                 continue
             best = max(others, key=lambda r: r["top1"])
             margin = lana["top1"] - best["top1"]
-            lines.append(f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {margin:+.2f} "
-                         f"(vs {best['method']}) | {'yes' if margin >= 1 else 'no'} |")
+            lines.append(
+                f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {margin:+.2f} "
+                f"(vs {best['method']}) | {'yes' if margin >= 1 else 'no'} |"
+            )
         teacher = _by(result, "teacher", "-")
         batch = {t: int(t.rsplit("-b", 1)[1]) for t in w["tables"]}
         b1 = next((t for t, b in batch.items() if b == 1), None)
@@ -174,11 +242,17 @@ def goals(results: list[dict]) -> list[str]:
         if close:
             fastest = max(close, key=lambda r: r["speedup"][big])
             met = fastest["speedup"][b1] >= 3 and fastest["speedup"][big] >= 2
-            lines.append(f"| {goal} | {w['name']} | {fastest['budget']}: {fastest['top1'] - teacher['top1']:+.2f} points, "
-                         f"{fastest['speedup'][b1]:.2f}x {b1}, {fastest['speedup'][big]:.2f}x {big} | {'yes' if met else 'no'} |")
+            lines.append(
+                f"| {goal} | {w['name']} | {fastest['budget']}: {fastest['top1'] - teacher['top1']:+.2f} points, "
+                f"{fastest['speedup'][b1]:.2f}x {b1}, {fastest['speedup'][big]:.2f}x {big} | {'yes' if met else 'no'} |"
+            )
         else:
             nearest = max((r for r in result["rows"] if r["method"] == "lana"), key=lambda r: r["top1"], default=None)
-            detail = f"closest {nearest['budget']}: {nearest['top1'] - teacher['top1']:+.2f} points" if nearest else "no lana row"
+            detail = (
+                f"closest {nearest['budget']}: {nearest['top1'] - teacher['top1']:+.2f} points"
+                if nearest
+                else "no lana row"
+            )
             lines.append(f"| {goal} | {w['name']} | no lana student within 0.5 points ({detail}) | no |")
     return lines
 
@@ -206,13 +280,18 @@ def plot_workload(result: dict, png: Path) -> Path:
     for i, table in enumerate(w["tables"]):
         axes = figure.add_subplot(1, len(w["tables"]), i + 1)
         for method in _ORDER:
-            rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["latency"][table]["median_ms"])
+            rows = sorted(
+                (r for r in result["rows"] if r["method"] == method), key=lambda r: r["latency"][table]["median_ms"]
+            )
             if not rows:
                 continue
             x = [r["latency"][table]["median_ms"] for r in rows]
             y = [r["top1"] for r in rows]
-            style = ({"marker": "*", "markersize": 14, "linestyle": "none", "color": "black"} if method == "teacher"
-                     else {"marker": "o"})
+            style = (
+                {"marker": "*", "markersize": 14, "linestyle": "none", "color": "black"}
+                if method == "teacher"
+                else {"marker": "o"}
+            )
             axes.plot(x, y, label=_LABEL[method], **style)
             for r, xi, yi in zip(rows, x, y):
                 if r["budget"] != "-":
@@ -260,60 +339,138 @@ def _machine() -> list[str]:
         except PackageNotFoundError:
             versions.append(f"{package} (not installed)")
     load = os.getloadavg()
-    return [(f"- Machine: {info['cpu']}, {info['cpu_count']} cores usable; {info['platform']}; load average at the end "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)."),
-            f"- Versions: Python {info['python']}, " + ", ".join(versions) + "."]
+    return [
+        (
+            f"- Machine: {info['cpu']}, {info['cpu_count']} cores usable; {info['platform']}; load average at the end "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)."
+        ),
+        f"- Versions: Python {info['python']}, " + ", ".join(versions) + ".",
+    ]
 
 
-def write_report(results: list[dict], path: str | os.PathLike, smoke: bool = False, wall_s: float = 0.0,
-                 command: str = "python3 -m bench") -> Path:
+def write_report(
+    results: list[dict],
+    path: str | os.PathLike,
+    smoke: bool = False,
+    wall_s: float = 0.0,
+    command: str = "python3 -m bench",
+) -> Path:
     """Write ``path`` (Markdown) and one PNG per workload next to it, atomically; returns ``path``."""
     path = Path(path)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = ["# lana benchmarks", "",
-             f"Generated by `{command}` on {now}; the workloads ran {wall_s / 60:.1f} min in all (cached stages excluded).",
-             "Reproduce with `make bench` (teachers and libraries are cached under `runs/bench/`).", "", *_machine(), ""]
+    lines = [
+        "# lana benchmarks",
+        "",
+        f"Generated by `{command}` on {now}; the workloads ran {wall_s / 60:.1f} min in all (cached stages excluded).",
+        "Reproduce with `make bench` (teachers and libraries are cached under `runs/bench/`).",
+        "",
+        *_machine(),
+        "",
+    ]
     if smoke:
-        lines += [("> **Smoke run**: a few hundred images and a handful of steps per stage. The numbers exercise the "
-                  "harness end to end and say nothing about lana."), ""]
-    lines += [("Methods, all fine-tuned by KD from the teacher with lana's recipe for the same epochs (the sibling, from "
-              "random weights, with the teacher's recipe plus KD):"), ""]
-    lines += [f"- **{m}**: {d}" for m, d in (
-        ("lana", "`lana accelerate` at the budget: exact ILP over the library, re-solved if measured over budget."),
-        ("random", "the best, by predicted score, of N random plans of the same library that meet the same predicted budget."),
-        ("greedy", "from the teacher, repeatedly the swap with the least score added per ms saved, until under the budget."),
-        ("prune", "Torch-Pruning (DepGraph, L2 group magnitude, same ratio per layer), ratio bisected to lana's measured latency."),
-        ("sibling", "a narrower network of the family (W1: the teacher at reduced width; W2: LCNet), width bisected to lana's latency."))]
-    lines += ["", ("Budgets are factors of the teacher's latency (each workload says which timing). Latency: torch eager on "
-              "the CPU, median (and interquartile range) over interleaved rounds of 20 calls, all models of a workload "
-              "in one pass. `before FT`: top-1 before fine-tuning, on the first test images (the correlation set). "
-              "`search s`: ILP solve + assembly (lana), sampling (random, greedy) or latency bisection (prune, sibling)."), ""]
+        lines += [
+            (
+                "> **Smoke run**: a few hundred images and a handful of steps per stage. The numbers exercise the "
+                "harness end to end and say nothing about lana."
+            ),
+            "",
+        ]
+    lines += [
+        (
+            "Methods, all fine-tuned by KD from the teacher with lana's recipe for the same epochs (the sibling, from "
+            "random weights, with the teacher's recipe plus KD):"
+        ),
+        "",
+    ]
+    lines += [
+        f"- **{m}**: {d}"
+        for m, d in (
+            ("lana", "`lana accelerate` at the budget: exact ILP over the library, re-solved if measured over budget."),
+            (
+                "random",
+                "the best, by predicted score, of N random plans of the same library that meet the same predicted budget.",
+            ),
+            (
+                "greedy",
+                "from the teacher, repeatedly the swap with the least score added per ms saved, until under the budget.",
+            ),
+            (
+                "prune",
+                "Torch-Pruning (DepGraph, L2 group magnitude, same ratio per layer), ratio bisected to lana's measured latency.",
+            ),
+            (
+                "sibling",
+                "a narrower network of the family (W1: the teacher at reduced width; W2: LCNet), width bisected to lana's latency.",
+            ),
+        )
+    ]
+    lines += [
+        "",
+        (
+            "Budgets are factors of the teacher's latency (each workload says which timing). Latency: torch eager on "
+            "the CPU, median (and interquartile range) over interleaved rounds of 20 calls, all models of a workload "
+            "in one pass. `before FT`: top-1 before fine-tuning, on the first test images (the correlation set). "
+            "`search s`: ILP solve + assembly (lana), sampling (random, greedy) or latency bisection (prune, sibling)."
+        ),
+        "",
+    ]
     for result in results:
         w = result["workload"]
         teacher = _by(result, "teacher", "-")
         png = path.with_name(f"{path.stem}-{w['name']}.png")
         plot_workload(result, png)
-        lines += [(f"## {w['name']}: {w['model']}{' (ImageNet-pretrained)' if w['pretrained'] else ''} on {w['dataset']} "
-                  f"at {w['img_size']} px"), "",
-                  (f"Teacher top-1 {teacher['top1']:.2f}% ({w['teacher_epochs']:g} epoch(s)); library: "
-                  f"{result['library']['layers']} layers, {result['library']['candidates']} candidates (space "
-                  f"`{w['space']}`); budgets on {w['budget_table']} ({_ms(result['teacher_ms'])} ms for the teacher, "
-                  + (f"the lesser of its timing at the start ({_ms(result['teacher_ms_measured'])} ms) and the library's "
-                     "prediction, as load only adds time" if "teacher_ms_measured" in result else
-                     "its timing at the start of the run") + "); "
-                  f"fine-tuning {w['finetune_epochs']:g} epoch(s), sibling {w['sibling_epochs']:g} epoch(s); "
-                  f"training images per stage: {w['limit'] or 'all'}; "
-                  f"workload wall time {result['wall_s'] / 60:.1f} min."), "",
-                  "### Results", "", *_results_table(result), "", f"![{w['name']}: top-1 vs measured latency]({png.name})", "",
-                  "### Pipeline stages", "", *_stages_table(result), "",
-                  "### What this shows", "", *[f"- {line}" for line in findings(result)], ""]
+        lines += [
+            (
+                f"## {w['name']}: {w['model']}{' (ImageNet-pretrained)' if w['pretrained'] else ''} on {w['dataset']} "
+                f"at {w['img_size']} px"
+            ),
+            "",
+            (
+                f"Teacher top-1 {teacher['top1']:.2f}% ({w['teacher_epochs']:g} epoch(s)); library: "
+                f"{result['library']['layers']} layers, {result['library']['candidates']} candidates (space "
+                f"`{w['space']}`); budgets on {w['budget_table']} ({_ms(result['teacher_ms'])} ms for the teacher, "
+                + (
+                    f"the lesser of its timing at the start ({_ms(result['teacher_ms_measured'])} ms) and the library's "
+                    "prediction, as load only adds time"
+                    if "teacher_ms_measured" in result
+                    else "its timing at the start of the run"
+                )
+                + "); "
+                f"fine-tuning {w['finetune_epochs']:g} epoch(s), sibling {w['sibling_epochs']:g} epoch(s); "
+                f"training images per stage: {w['limit'] or 'all'}; "
+                f"workload wall time {result['wall_s'] / 60:.1f} min."
+            ),
+            "",
+            "### Results",
+            "",
+            *_results_table(result),
+            "",
+            f"![{w['name']}: top-1 vs measured latency]({png.name})",
+            "",
+            "### Pipeline stages",
+            "",
+            *_stages_table(result),
+            "",
+            "### What this shows",
+            "",
+            *[f"- {line}" for line in findings(result)],
+            "",
+        ]
         if result.get("analysis"):
             fronts_png = plot_fronts(result, path.with_name(f"{path.stem}-{w['name']}-families.png"))
-            lines += ["### Candidate families (issue 10)", "",
-                      ("From the library alone (ILP solves, no training): predicted numbers, not measured ones. The "
-                       "measured students above used the plans of the `all` column."), "",
-                      *markdown(result["analysis"]), "",
-                      f"![{w['name']}: predicted fronts with and without the families of issue 10]({fronts_png.name})", ""]
+            lines += [
+                "### Candidate families (issue 10)",
+                "",
+                (
+                    "From the library alone (ILP solves, no training): predicted numbers, not measured ones. The "
+                    "measured students above used the plans of the `all` column."
+                ),
+                "",
+                *markdown(result["analysis"]),
+                "",
+                f"![{w['name']}: predicted fronts with and without the families of issue 10]({fronts_png.name})",
+                "",
+            ]
     lines += ["## Goals of issue 8", "", *goals(results), ""]
     _atomic_write(path, "\n".join(lines))
     return path

@@ -80,9 +80,11 @@ def _cli_wall(backend: str, library: Path, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "lana.cli_solve", "solve", str(library),
-                        "--budget", "0.5x", "--solver", backend], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "lana.cli_solve", "solve", str(library), "--budget", "0.5x", "--solver", backend],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -104,14 +106,16 @@ def main(argv=None) -> int:
     library = _libraries(folder)["50x200"][0]
     table = {}
     for backend in args.backends:
-        done = subprocess.run([sys.executable, __file__, "--worker", backend, "--dir", str(folder),
-                               "--repeats", str(args.repeats)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", backend, "--dir", str(folder), "--repeats", str(args.repeats)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             sys.exit(f"{backend} worker failed:\n{done.stderr}")
         table[backend] = json.loads(done.stdout)
         table[backend]["lana solve wall"] = _cli_wall(backend, library, max(args.repeats, 5))
-        print(f"{backend}: " + ", ".join(f"{k} {v:.3f} s" for k, v in table[backend].items()),
-              file=sys.stderr)
+        print(f"{backend}: " + ", ".join(f"{k} {v:.3f} s" for k, v in table[backend].items()), file=sys.stderr)
     print("| backend | " + " | ".join(WORKLOADS) + " |")
     print("|---|" + "---:|" * len(WORKLOADS))
     for backend, medians in table.items():

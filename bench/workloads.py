@@ -20,8 +20,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-__all__ = ["FULL", "WORKLOADS", "Workload", "WorkloadRun", "library_stages", "prepare_library", "prepare_teacher",
-           "read_json", "smoke", "write_json"]
+__all__ = [
+    "FULL",
+    "WORKLOADS",
+    "Workload",
+    "WorkloadRun",
+    "library_stages",
+    "prepare_library",
+    "prepare_teacher",
+    "read_json",
+    "smoke",
+    "write_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +111,19 @@ WORKLOADS: dict[str, Workload] = {
     # step than W1's resnet18 at 32 px and has 16 layers to W1's 8, so on a 2-core CPU every stage
     # sees 15,000 of the 55,000 training images (the test set stays whole). timm has no offline
     # ImageNet weights for LCNet, so the sibling trains from scratch, like W1's.
-    "W2": Workload(name="W2", model="tf_efficientnet_lite0", pretrained=True, img_size=64, teacher_epochs=2.0,
-                   space="compact", build_epochs=0.5, finetune_epochs=0.5, sibling="lcnet", sibling_epochs=3.0,
-                   limit=15000),
+    "W2": Workload(
+        name="W2",
+        model="tf_efficientnet_lite0",
+        pretrained=True,
+        img_size=64,
+        teacher_epochs=2.0,
+        space="compact",
+        build_epochs=0.5,
+        finetune_epochs=0.5,
+        sibling="lcnet",
+        sibling_epochs=3.0,
+        limit=15000,
+    ),
 }
 
 # The settings the library was designed for (default space, 1 epoch of distillation and of
@@ -115,15 +135,31 @@ def smoke(workload: Workload) -> Workload:
     """The workload at tiny scale: every stage runs, in about a minute on 2 cores."""
     tiny_model = {"resnet18": "resnet10t"}.get(workload.model, workload.model)
     return replace(
-        workload, name=f"{workload.name}-smoke", model=tiny_model,
+        workload,
+        name=f"{workload.name}-smoke",
+        model=tiny_model,
         sibling=tiny_model if workload.sibling == workload.model else workload.sibling,
-        img_size=32, teacher_epochs=1.0, space="tiny", build_epochs=1.0, score_images=64, limit=256, max_steps=2,
-        eval_limit=128, corr_images=64, random_plans=20, search_iters=3, search_rounds=1, latency_rounds=1,
-        sibling_epochs=1.0, threads=1,
+        img_size=32,
+        teacher_epochs=1.0,
+        space="tiny",
+        build_epochs=1.0,
+        score_images=64,
+        limit=256,
+        max_steps=2,
+        eval_limit=128,
+        corr_images=64,
+        random_plans=20,
+        search_iters=3,
+        search_rounds=1,
+        latency_rounds=1,
+        sibling_epochs=1.0,
+        threads=1,
         # batch 8, not 64: a 1-thread resnet10t takes ~140 ms a batch of 64 on a loaded 2-core CPU
-        tables=("cpu-b8", "cpu-b1"), budget_table="cpu-b8",
+        tables=("cpu-b8", "cpu-b1"),
+        budget_table="cpu-b8",
         # resnet10t's 4 blocks in the tiny space bottom out near 0.37x (stem and head stay)
-        budgets=("0.7x", "0.5x"))
+        budgets=("0.7x", "0.5x"),
+    )
 
 
 def read_json(path: Path) -> dict | None:
@@ -151,16 +187,34 @@ def prepare_teacher(workload: Workload, out: Path) -> dict:
     """
     from lana.teacher import train_teacher
 
-    wanted = {"model": workload.model, "dataset": workload.dataset, "img_size": workload.img_size,
-              "epochs": workload.teacher_epochs, "pretrained": workload.pretrained, "lr": workload.teacher_lr,
-              "max_steps": workload.max_steps, "limit": workload.limit, "seed": workload.seed}
+    wanted = {
+        "model": workload.model,
+        "dataset": workload.dataset,
+        "img_size": workload.img_size,
+        "epochs": workload.teacher_epochs,
+        "pretrained": workload.pretrained,
+        "lr": workload.teacher_lr,
+        "max_steps": workload.max_steps,
+        "limit": workload.limit,
+        "seed": workload.seed,
+    }
     sidecar = read_json(out / "teacher" / "teacher.json")
     if sidecar and Path(sidecar["path"]).is_file() and all(sidecar["config"].get(k) == v for k, v in wanted.items()):
         log.info("%s: reusing teacher %s (top-1 %.2f%%)", workload.name, sidecar["path"], sidecar["top1"])
         return {**sidecar, "cached": True}
-    result = train_teacher(workload.model, workload.dataset, workload.img_size, workload.teacher_epochs, out / "teacher",
-                           pretrained=workload.pretrained, lr=workload.teacher_lr, max_steps=workload.max_steps,
-                           device=workload.device, seed=workload.seed, limit=workload.limit)
+    result = train_teacher(
+        workload.model,
+        workload.dataset,
+        workload.img_size,
+        workload.teacher_epochs,
+        out / "teacher",
+        pretrained=workload.pretrained,
+        lr=workload.teacher_lr,
+        max_steps=workload.max_steps,
+        device=workload.device,
+        seed=workload.seed,
+        limit=workload.limit,
+    )
     return {**asdict(result), "cached": False}
 
 
@@ -168,11 +222,22 @@ def _build_config(workload: Workload, checkpoint: str):
     from lana.pipeline import BuildConfig
 
     # pretrained=False: the teacher's weights (ImageNet ones included) are in the checkpoint
-    return BuildConfig(model=workload.model, checkpoint=checkpoint, dataset=workload.dataset, img_size=workload.img_size,
-                       space=workload.space, epochs=workload.build_epochs, max_steps=workload.max_steps,
-                       device=workload.device, seed=workload.seed, limit=workload.limit,
-                       score_images=workload.score_images, tables=workload.tables, threads=workload.threads,
-                       latency_rounds=workload.latency_rounds)
+    return BuildConfig(
+        model=workload.model,
+        checkpoint=checkpoint,
+        dataset=workload.dataset,
+        img_size=workload.img_size,
+        space=workload.space,
+        epochs=workload.build_epochs,
+        max_steps=workload.max_steps,
+        device=workload.device,
+        seed=workload.seed,
+        limit=workload.limit,
+        score_images=workload.score_images,
+        tables=workload.tables,
+        threads=workload.threads,
+        latency_rounds=workload.latency_rounds,
+    )
 
 
 def _library_is_current(path: Path, config) -> bool:
@@ -183,8 +248,20 @@ def _library_is_current(path: Path, config) -> bool:
     if built is None:
         return False
     wanted = {**asdict(config), "checkpoint_sha256": file_sha256(config.checkpoint), "tables": list(config.tables)}
-    keys = ("model", "checkpoint_sha256", "dataset", "img_size", "space", "epochs", "max_steps", "limit",
-            "score_images", "tables", "latency_rounds", "seed")
+    keys = (
+        "model",
+        "checkpoint_sha256",
+        "dataset",
+        "img_size",
+        "space",
+        "epochs",
+        "max_steps",
+        "limit",
+        "score_images",
+        "tables",
+        "latency_rounds",
+        "seed",
+    )
     return all(built.get(k) == wanted[k] for k in keys)
 
 
@@ -246,12 +323,16 @@ class WorkloadRun:
         self.ctx = context_from_library(self.library["path"])
         self.teacher = self.ctx.teacher.eval()
         self.problem = load_problem(self.library["path"], workload.budget_table)
-        self.train_set = load_dataset(workload.dataset, "train", workload.img_size, seed=workload.seed, limit=workload.limit)
+        self.train_set = load_dataset(
+            workload.dataset, "train", workload.img_size, seed=workload.seed, limit=workload.limit
+        )
         self.test_set = load_dataset(workload.dataset, "test", workload.img_size, limit=workload.eval_limit)
         self.models, self.rows, self.points = {}, [], []  # points: (predicted drop, top-1 before FT, method)
-        self.key = {"workload": {k: v for k, v in asdict(workload).items() if k != "budgets"},
-                    "teacher_sha256": file_sha256(self.teacher_info["path"]),
-                    "library_sha256": file_sha256(self.library["path"])}
+        self.key = {
+            "workload": {k: v for k, v in asdict(workload).items() if k != "budgets"},
+            "teacher_sha256": file_sha256(self.teacher_info["path"]),
+            "library_sha256": file_sha256(self.library["path"]),
+        }
 
     def evaluate(self, model, limit: int | None = None) -> float:
         """Test top-1 (%) on the first ``limit`` test images (all of ``eval_limit`` by default)."""
@@ -268,8 +349,16 @@ class WorkloadRun:
         for p in model.parameters():  # copies of the teacher inherit its parameters, frozen by KD
             p.requires_grad_(True)
         start = time.perf_counter()
-        finetune(model, self.teacher, self.train_set, epochs=epochs, recipe=recipe or FINETUNE_RECIPE,
-                 device=self.device, max_steps=self.w.max_steps, desc=desc)
+        finetune(
+            model,
+            self.teacher,
+            self.train_set,
+            epochs=epochs,
+            recipe=recipe or FINETUNE_RECIPE,
+            device=self.device,
+            max_steps=self.w.max_steps,
+            desc=desc,
+        )
         model.cpu().eval()
         self.teacher.cpu().eval()
         return time.perf_counter() - start

@@ -23,8 +23,8 @@ from torch import nn
 
 from .blocks import CandidateBlock, ConvBnAct, Crop, SqueezeExcite, init_weights, make_divisible
 from .ghost import GHOST_EXPANSION, GhostOp
-from .rep import RepConvBnAct, RepOp
 from .quant import float_parent, is_int8
+from .rep import RepConvBnAct, RepOp
 from .spec import decode_spec
 
 if TYPE_CHECKING:

@@ -77,11 +77,7 @@ def count_params_macs(module: nn.Module, in_shape: tuple[int, ...]) -> tuple[int
     def hook(mod, _inputs, output):
         total[0] += module_macs(mod, output)
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in module.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     modes = {m: m.training for m in module.modules()}
     try:
         module.eval()
@@ -97,9 +93,7 @@ def count_params_macs(module: nn.Module, in_shape: tuple[int, ...]) -> tuple[int
     return params, total[0]
 
 
-def _conv_cost(
-    op: ConvOp, height: int, width: int, inference: bool = False
-) -> tuple[int, int, int, int]:
+def _conv_cost(op: ConvOp, height: int, width: int, inference: bool = False) -> tuple[int, int, int, int]:
     """``(params, macs, out_h, out_w)`` of one conv -> BN -> act unit (BN folded into a bias
     when ``inference``)."""
     out_h, out_w = math.ceil(height / op.stride), math.ceil(width / op.stride)

@@ -102,11 +102,7 @@ def _sequential_pairs(module: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(sequential.named_children())
         for (conv_name, conv), (bn_name, bn) in itertools.pairwise(children):
-            if (
-                isinstance(conv, nn.Conv2d)
-                and _foldable_bn(bn)
-                and conv.out_channels == bn.num_features
-            ):
+            if isinstance(conv, nn.Conv2d) and _foldable_bn(bn) and conv.out_channels == bn.num_features:
                 prefix = f"{name}." if name else ""
                 pairs.append((prefix + conv_name, prefix + bn_name))
     return pairs

@@ -98,9 +98,7 @@ class GhostModule(nn.Module):
     # TorchScript constants: the scripted graph keeps only the branch this module takes
     __constants__ = ["out_chs", "trim"]
 
-    def __init__(
-        self, in_chs: int, out_chs: int, ratio: int, kernel_size: int, act: str | None = "relu"
-    ):
+    def __init__(self, in_chs: int, out_chs: int, ratio: int, kernel_size: int, act: str | None = "relu"):
         super().__init__()
         primary_chs = math.ceil(out_chs / ratio)
         self.out_chs = out_chs
@@ -109,9 +107,7 @@ class GhostModule(nn.Module):
         # quantization runs a channel slice in float.
         self.trim = primary_chs * ratio != out_chs
         self.primary = ConvBnAct(in_chs, primary_chs, 1, act=act)
-        self.cheap = ConvBnAct(
-            primary_chs, primary_chs * (ratio - 1), kernel_size, groups=primary_chs, act=act
-        )
+        self.cheap = ConvBnAct(primary_chs, primary_chs * (ratio - 1), kernel_size, groups=primary_chs, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.primary(x)

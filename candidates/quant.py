@@ -146,9 +146,7 @@ def quantize_int8(
     try:
         traced = _strip_identities(fx.symbolic_trace(form))
     except Exception as error:  # any tracer failure gets the same explanation
-        raise RuntimeError(
-            f"cannot quantize {type(module).__name__}: torch.fx cannot trace it ({error})"
-        ) from error
+        raise RuntimeError(f"cannot quantize {type(module).__name__}: torch.fx cannot trace it ({error})") from error
     # weights are packed for the engine in use, which must stay the same when the module runs
     backend = torch.backends.quantized.engine
     if backend not in ("x86", "fbgemm", "onednn"):
@@ -161,9 +159,7 @@ def quantize_int8(
         # eager int8 path on CPU here; see the module docstring
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        prepared = prepare_fx(
-            traced, get_default_qconfig_mapping(backend), (example_input.cpu().float(),)
-        )
+        prepared = prepare_fx(traced, get_default_qconfig_mapping(backend), (example_input.cpu().float(),))
         for batch in calibration_inputs:
             prepared(batch.cpu().float())
         quantized = convert_fx(prepared)
@@ -171,9 +167,7 @@ def quantize_int8(
 
 
 @torch.no_grad()
-def quantization_error(
-    reference: nn.Module, quantized: nn.Module, inputs: Iterable[torch.Tensor]
-) -> QuantizationError:
+def quantization_error(reference: nn.Module, quantized: nn.Module, inputs: Iterable[torch.Tensor]) -> QuantizationError:
     """Compare ``quantized`` with the float ``reference`` (run in eval mode on a copy).
 
     Args:

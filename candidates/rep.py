@@ -54,9 +54,7 @@ class RepOp:
     act: str | None = None
 
     def build(self) -> RepConvBnAct:
-        return RepConvBnAct(
-            self.in_chs, self.out_chs, self.kernel_size, self.stride, self.groups, self.act
-        )
+        return RepConvBnAct(self.in_chs, self.out_chs, self.kernel_size, self.stride, self.groups, self.act)
 
     def cost(self, height: int, width: int, inference: bool = False) -> tuple[int, int, int, int]:
         """``(params, macs, out_h, out_w)`` at an input of ``height x width``.
@@ -170,9 +168,7 @@ class RepConvBnAct(nn.Module):
 
 def _fold(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``(kernel, bias)`` of ``bn(conv(x))`` for a bias-free conv of ``weight``."""
-    kernel, bias = fuse_conv_bn_weights(
-        weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
-    )
+    kernel, bias = fuse_conv_bn_weights(weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
     return kernel.detach(), bias.detach()
 
 

@@ -112,8 +112,7 @@ def _resolve(space: str) -> tuple[str, ...]:
                 chosen.add(encode_spec(*decode_spec(pattern)))
             except ValueError as error:
                 raise ValueError(
-                    f"{error}; a space is a preset ({', '.join(PRESETS)}) or comma-separated "
-                    "specs and patterns"
+                    f"{error}; a space is a preset ({', '.join(PRESETS)}) or comma-separated specs and patterns"
                 ) from None
             continue
         matched = fnmatch.filter(registry, pattern)

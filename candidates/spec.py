@@ -101,9 +101,7 @@ KINDS: dict[str, KindInfo] = {
     "ghost": KindInfo("ghost bottleneck (GhostNet)", {"k": (3, 5), "r": (2, 4)}, se=True),
     # one kernel: RepVGG's 3x3 (a 5x5 rep conv costs 2.8x more and RepVGG/MobileOne never use it)
     "rep": KindInfo("RepVGG block, fused into one conv for inference", {"k": (3,)}, act=True),
-    "repdw": KindInfo(
-        "MobileOne-style depthwise-separable rep block, fused for inference", {"k": (3,)}, act=True
-    ),
+    "repdw": KindInfo("MobileOne-style depthwise-separable rep block, fused for inference", {"k": (3,)}, act=True),
 }
 
 
@@ -130,10 +128,7 @@ def _parse_value(spec: str, key: str, text: str, allowed: tuple[float, ...]) -> 
         value = None
     if value not in allowed:
         allowed_text = ", ".join(_format_number(v) for v in allowed)
-        raise ValueError(
-            f"bad value {text!r} for {key} ({_KEY_NAMES[key][1]}) in {spec!r}; "
-            f"allowed: {allowed_text}"
-        )
+        raise ValueError(f"bad value {text!r} for {key} ({_KEY_NAMES[key][1]}) in {spec!r}; allowed: {allowed_text}")
     return int(value) if key in _INT_KEYS else value
 
 
@@ -204,8 +199,7 @@ def _decode_option(spec: str, info: KindInfo, option: str) -> tuple[str, object]
         # a whole word (``gelu``, ``se`` on a kind without it) reads better as a flag
         what, bad = ("flag", option) if option.isalpha() and len(option) > 1 else ("key", key)
         raise ValueError(
-            f"unknown {what} {bad!r} in {spec!r}; keys are {_keys_help(info)}; "
-            f"flags are {_flags_help(info)}"
+            f"unknown {what} {bad!r} in {spec!r}; keys are {_keys_help(info)}; flags are {_flags_help(info)}"
         )
     if not value:
         allowed = ", ".join(_format_number(v) for v in info.keys[key])

@@ -54,9 +54,7 @@ class SpaceSummary:
         ]
         for row in self.rows:
             layer = row.layer
-            shapes = (
-                f"{'x'.join(map(str, layer.in_shape))} -> {'x'.join(map(str, layer.out_shape))}"
-            )
+            shapes = f"{'x'.join(map(str, layer.in_shape))} -> {'x'.join(map(str, layer.out_shape))}"
             lines.append(
                 f"{layer.name:<22} {layer.kind:<24} {shapes:<30} {layer.stride:>6} "
                 f"{row.n_candidates:>5} {_si(layer.params):>9} {_si(layer.macs):>9}"

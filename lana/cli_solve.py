@@ -13,8 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["add_solve_parser", "add_pareto_parser", "run_solve", "run_pareto", "parse_budgets",
-           "main"]
+__all__ = ["add_solve_parser", "add_pareto_parser", "run_solve", "run_pareto", "parse_budgets", "main"]
 
 _SOLVERS = ("highs", "cbc", "pulp-highs", "cpsat")
 _SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9}
@@ -23,18 +22,23 @@ _SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9}
 def add_solve_parser(subparsers) -> argparse.ArgumentParser:
     """Adds ``lana solve`` to an argparse subparsers object; sets ``func`` to `run_solve`."""
     parser = subparsers.add_parser(
-        "solve", help="the best plan of a library under a latency budget",
+        "solve",
+        help="the best plan of a library under a latency budget",
         description="Pick one candidate per layer: least summed score under the latency budget "
-                    "(an integer linear program, solved exactly).")
+        "(an integer linear program, solved exactly).",
+    )
     parser.add_argument("library", help="the library .h5 file")
-    parser.add_argument("--budget", required=True,
-                        help="0.5x (of the teacher's predicted latency on the table) or 3.2ms")
+    parser.add_argument(
+        "--budget", required=True, help="0.5x (of the teacher's predicted latency on the table) or 3.2ms"
+    )
     _add_common(parser)
-    parser.add_argument("--diverse", type=int, default=1, metavar="K",
-                        help="the K best plans that differ pairwise in >= D layers")
+    parser.add_argument(
+        "--diverse", type=int, default=1, metavar="K", help="the K best plans that differ pairwise in >= D layers"
+    )
     parser.add_argument("--min-diff", type=int, default=1, metavar="D", help="see --diverse")
-    parser.add_argument("--out", metavar="PLAN.json",
-                        help="write the plan JSON (with --diverse K: PLAN_1.json .. PLAN_K.json)")
+    parser.add_argument(
+        "--out", metavar="PLAN.json", help="write the plan JSON (with --diverse K: PLAN_1.json .. PLAN_K.json)"
+    )
     parser.set_defaults(func=run_solve)
     return parser
 
@@ -42,12 +46,17 @@ def add_solve_parser(subparsers) -> argparse.ArgumentParser:
 def add_pareto_parser(subparsers) -> argparse.ArgumentParser:
     """Adds ``lana pareto`` to an argparse subparsers object; sets ``func`` to `run_pareto`."""
     parser = subparsers.add_parser(
-        "pareto", help="the predicted accuracy-latency front of a library",
-        description="Solve at many budgets: a table of predicted latency and drop, and a plot.")
+        "pareto",
+        help="the predicted accuracy-latency front of a library",
+        description="Solve at many budgets: a table of predicted latency and drop, and a plot.",
+    )
     parser.add_argument("library", help="the library .h5 file")
-    parser.add_argument("--budgets", required=True,
-                        help="START:STOP:STEP as factors of the teacher's latency (0.2:1.0:0.05), "
-                             "in ms with a unit (2ms:5ms:0.5ms), or a list (0.3x,0.5x,4ms)")
+    parser.add_argument(
+        "--budgets",
+        required=True,
+        help="START:STOP:STEP as factors of the teacher's latency (0.2:1.0:0.05), "
+        "in ms with a unit (2ms:5ms:0.5ms), or a list (0.3x,0.5x,4ms)",
+    )
     _add_common(parser)
     parser.add_argument("--plot", metavar="PNG", help="draw the front into this PNG")
     parser.set_defaults(func=run_pareto)
@@ -56,27 +65,48 @@ def add_pareto_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_common(parser) -> None:
     parser.add_argument("--table", help="latency table of the budget (default: the first)")
-    parser.add_argument("--score", help="score kind: top1_drop, ce_delta or kl (default: the "
-                                        "build's default_score, else kl)")
-    parser.add_argument("--max-params", type=_count, metavar="N",
-                        help="limit on the total params of the replaceable layers (11.2M)")
+    parser.add_argument(
+        "--score", help="score kind: top1_drop, ce_delta or kl (default: the build's default_score, else kl)"
+    )
+    parser.add_argument(
+        "--max-params", type=_count, metavar="N", help="limit on the total params of the replaceable layers (11.2M)"
+    )
     parser.add_argument("--max-macs", type=_count, metavar="N", help="limit on their MACs (1.8G)")
-    parser.add_argument("--extra-budget", action="append", default=[], metavar="TABLE=BUDGET",
-                        help="a budget on another table, met at the same time (gpu-b64=0.6x; "
-                             "repeatable)")
-    parser.add_argument("--solver", choices=_SOLVERS, default="highs",
-                        help="highs (default), cbc or pulp-highs (PuLP), cpsat (OR-Tools)")
-    parser.add_argument("--keep", action="append", default=[], metavar="LAYERS",
-                        help="layers whose name matches this pattern keep the teacher "
-                             "(layer4.*; repeatable)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="SPECS",
-                        help="forbid candidates whose spec matches (ir_*_se), or only in some "
-                             "layers: LAYERS:SPECS (layer1.*:dw_*); repeatable")
-    parser.add_argument("--allow-incomplete", action="store_true",
-                        help="solve a library whose build has not finished")
-    parser.add_argument("--json", action="store_true",
-                        help="print the plan JSON (schema: lana/plan.py) instead of a table; a "
-                             "list of plans for lana pareto and for --diverse K > 1")
+    parser.add_argument(
+        "--extra-budget",
+        action="append",
+        default=[],
+        metavar="TABLE=BUDGET",
+        help="a budget on another table, met at the same time (gpu-b64=0.6x; repeatable)",
+    )
+    parser.add_argument(
+        "--solver",
+        choices=_SOLVERS,
+        default="highs",
+        help="highs (default), cbc or pulp-highs (PuLP), cpsat (OR-Tools)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="LAYERS",
+        help="layers whose name matches this pattern keep the teacher (layer4.*; repeatable)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="SPECS",
+        help="forbid candidates whose spec matches (ir_*_se), or only in some "
+        "layers: LAYERS:SPECS (layer1.*:dw_*); repeatable",
+    )
+    parser.add_argument("--allow-incomplete", action="store_true", help="solve a library whose build has not finished")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the plan JSON (schema: lana/plan.py) instead of a table; a "
+        "list of plans for lana pareto and for --diverse K > 1",
+    )
 
 
 def run_solve(args) -> int:
@@ -86,15 +116,18 @@ def run_solve(args) -> int:
     def call():
         if args.diverse == 1:
             return [solve_library(args.library, args.budget, **_options(args))]
-        return solve_diverse(args.library, args.budget, args.diverse, args.min_diff,
-                             **_options(args))
+        return solve_diverse(args.library, args.budget, args.diverse, args.min_diff, **_options(args))
+
     plans = _guarded("solve", call)
     if isinstance(plans, int):
         return plans
     if args.out:
         out = Path(args.out)
-        paths = [out] if len(plans) == 1 else [out.with_name(f"{out.stem}_{rank}{out.suffix}")
-                                               for rank in range(1, len(plans) + 1)]
+        paths = (
+            [out]
+            if len(plans) == 1
+            else [out.with_name(f"{out.stem}_{rank}{out.suffix}") for rank in range(1, len(plans) + 1)]
+        )
         for plan, path in zip(plans, paths):
             plan.save(path)
     if args.json:
@@ -104,8 +137,10 @@ def run_solve(args) -> int:
     for rank, plan in enumerate(plans, 1):
         if args.diverse > 1:
             differ = sum(a != b for a, b in zip(plan.choices, plans[0].choices))
-            print(f"== plan {rank} of {len(plans)}" + (f" (differs from plan 1 in {differ} layers)"
-                                                       if rank > 1 else " (the best)"))
+            print(
+                f"== plan {rank} of {len(plans)}"
+                + (f" (differs from plan 1 in {differ} layers)" if rank > 1 else " (the best)")
+            )
         _print_plan(plan)
     if len(plans) < args.diverse:
         print(f"only {len(plans)} plans differ pairwise in >= {args.min_diff} layers")
@@ -133,15 +168,18 @@ def run_pareto(args) -> int:
         return 0
     first = plans[0]
     teacher = first.config.get("teacher_ms", {}).get(first.table)
-    print(f"{first.model} on {first.table}, score {first.score}, solver {first.solver}"
-          + (f", teacher {teacher:.4f} ms" if teacher else ""))
-    print(f"{'budget':>10} {'budget_ms':>10} {'latency_ms':>11} {'drop':>12} {'replaced':>9}"
-          f" {'solve_s':>8}")
+    print(
+        f"{first.model} on {first.table}, score {first.score}, solver {first.solver}"
+        + (f", teacher {teacher:.4f} ms" if teacher else "")
+    )
+    print(f"{'budget':>10} {'budget_ms':>10} {'latency_ms':>11} {'drop':>12} {'replaced':>9} {'solve_s':>8}")
     for plan in plans:
         replaced = sum(spec != "teacher" for _, spec in plan.choices)
-        print(f"{plan.config['budget']:>10} {plan.budget_ms:>10.4f} "
-              f"{plan.predicted_latency_ms:>11.4f} {plan.predicted_drop:>12.6g} "
-              f"{replaced:>5}/{len(plan.choices):<3} {plan.solve_time_s:>8.3f}")
+        print(
+            f"{plan.config['budget']:>10} {plan.budget_ms:>10.4f} "
+            f"{plan.predicted_latency_ms:>11.4f} {plan.predicted_drop:>12.6g} "
+            f"{replaced:>5}/{len(plan.choices):<3} {plan.solve_time_s:>8.3f}"
+        )
     skipped = [b for b in budgets if b not in {p.config["budget"] for p in plans}]
     if skipped:
         print(f"infeasible, skipped: {', '.join(skipped)}")
@@ -160,8 +198,7 @@ def parse_budgets(text: str) -> list[str]:
     try:
         start, stop, step = (float(part.removesuffix("ms").removesuffix("x")) for part in parts)
     except ValueError:
-        raise ValueError(f"--budgets {text!r}: expected START:STOP:STEP such as 0.2:1.0:0.05"
-                         ) from None
+        raise ValueError(f"--budgets {text!r}: expected START:STOP:STEP such as 0.2:1.0:0.05") from None
     if step <= 0 or stop < start:
         raise ValueError(f"--budgets {text!r}: need STEP > 0 and STOP >= START")
     count = math.floor((stop - start) / step + 1e-9) + 1
@@ -177,9 +214,17 @@ def _options(args) -> dict:
         if not sep:
             raise ValueError(f"--extra-budget {item!r}: expected TABLE=BUDGET (gpu-b64=0.6x)")
         extra[table.strip()] = budget.strip()
-    return {"table": args.table, "score": args.score, "solver": args.solver,
-            "max_params": args.max_params, "max_macs": args.max_macs, "extra_budgets": extra,
-            "keep": args.keep, "exclude": args.exclude, "allow_incomplete": args.allow_incomplete}
+    return {
+        "table": args.table,
+        "score": args.score,
+        "solver": args.solver,
+        "max_params": args.max_params,
+        "max_macs": args.max_macs,
+        "extra_budgets": extra,
+        "keep": args.keep,
+        "exclude": args.exclude,
+        "allow_incomplete": args.allow_incomplete,
+    }
 
 
 def _guarded(command: str, call):
@@ -198,8 +243,7 @@ def _guarded(command: str, call):
 
 def _print_plan(plan) -> None:
     teacher = plan.config.get("teacher_ms", {}).get(plan.table)
-    relative = f" ({plan.budget_ms / teacher:.3f}x of the teacher's {teacher:.4f} ms)" \
-        if teacher else ""
+    relative = f" ({plan.budget_ms / teacher:.3f}x of the teacher's {teacher:.4f} ms)" if teacher else ""
     print(f"{plan.model} on {plan.table}, score {plan.score}, solver {plan.solver}")
     print(f"budget {plan.budget_ms:.4f} ms{relative}")
     width = max([len("layer")] + [len(layer) for layer, _ in plan.choices])
@@ -208,11 +252,15 @@ def _print_plan(plan) -> None:
     for (layer, spec), ms, score in zip(plan.choices, plan.layer_latency_ms, plan.layer_score):
         print(f"{layer:<{width}}  {spec:<{spec_width}}  {ms:>10.4f}  {score:>12.6g}")
     ratio = f" ({plan.predicted_latency_ms / teacher:.3f}x teacher)" if teacher else ""
-    print(f"predicted latency {plan.predicted_latency_ms:.4f} ms{ratio}, "
-          f"predicted drop {plan.predicted_drop:.6g} ({plan.score})")
+    print(
+        f"predicted latency {plan.predicted_latency_ms:.4f} ms{ratio}, "
+        f"predicted drop {plan.predicted_drop:.6g} ({plan.score})"
+    )
     others = [f"{t} {ms:.4f} ms" for t, ms in plan.latency_ms.items() if t != plan.table]
-    print(f"params {_human(plan.params)}, MACs {_human(plan.macs)}"
-          + (f"; on other tables: {', '.join(others)}" if others else ""))
+    print(
+        f"params {_human(plan.params)}, MACs {_human(plan.macs)}"
+        + (f"; on other tables: {', '.join(others)}" if others else "")
+    )
     print(f"solve time {plan.solve_time_s:.3f} s")
 
 
@@ -223,8 +271,7 @@ def _count(text: str) -> int:
     try:
         value = float(text[:-1] if factor != 1 else text) * factor
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count such as 11200000 or 11.2M"
-                                         ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count such as 11200000 or 11.2M") from None
     return int(value)
 
 

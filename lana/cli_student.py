@@ -24,7 +24,9 @@ def _cmd_assemble(args) -> int:
         with h5py.File(args.library, "r") as f:
             built = json.loads(f.attrs["config"])
         train_set = load_dataset(built["dataset"], "train", built["img_size"], limit=built.get("limit"))
-        finetune(student, ctx.teacher, train_set, epochs=args.finetune_epochs, device=args.device, max_steps=args.max_steps)
+        finetune(
+            student, ctx.teacher, train_set, epochs=args.finetune_epochs, device=args.device, max_steps=args.max_steps
+        )
     out = save_student(student.cpu().eval(), plan, ctx, args.out)
     print(f"student written to {out} (student.safetensors, plan.json, student.json)")
     return 0
@@ -45,13 +47,30 @@ def _cmd_accelerate(args) -> int:
     from lana.accelerate import AccelerateConfig, accelerate, format_report
 
     config = AccelerateConfig(
-        model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, dataset=args.dataset,
-        img_size=args.img_size, space=args.space, budget=args.budget, table=args.table, library=args.library,
-        build_epochs=args.build_epochs, finetune_epochs=args.finetune_epochs, max_steps=args.max_steps,
-        device=args.device, diverse=args.diverse, min_diff=args.min_diff, limit=args.limit,
-        score_images=args.score_images, eval_limit=args.eval_limit, export=not args.no_export, seed=args.seed,
-        tables=tuple(args.tables.split(",")) if args.tables else None, latency_rounds=args.latency_rounds,
-        threads=args.threads, int8=args.int8,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+        dataset=args.dataset,
+        img_size=args.img_size,
+        space=args.space,
+        budget=args.budget,
+        table=args.table,
+        library=args.library,
+        build_epochs=args.build_epochs,
+        finetune_epochs=args.finetune_epochs,
+        max_steps=args.max_steps,
+        device=args.device,
+        diverse=args.diverse,
+        min_diff=args.min_diff,
+        limit=args.limit,
+        score_images=args.score_images,
+        eval_limit=args.eval_limit,
+        export=not args.no_export,
+        seed=args.seed,
+        tables=tuple(args.tables.split(",")) if args.tables else None,
+        latency_rounds=args.latency_rounds,
+        threads=args.threads,
+        int8=args.int8,
     )
     report = accelerate(config, args.out)
     print(format_report(report))
@@ -79,9 +98,12 @@ def add_accelerate_parser(sub) -> None:
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the final top-1 (default: all)")
     p.add_argument("--latency-rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: all cores)")
-    p.add_argument("--int8", action="store_true",
-                   help="add an int8 twin of every candidate (post-training static quantization on training images), "
-                        "so that the plan may run layers in int8; CPU only: needs --device cpu and cpu-b* tables")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="add an int8 twin of every candidate (post-training static quantization on training images), "
+        "so that the plan may run layers in int8; CPU only: needs --device cpu and cpu-b* tables",
+    )
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_accelerate)
@@ -95,7 +117,9 @@ def _cmd_demo(args) -> int:
 
 
 def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the whole story on Fashion-MNIST with resnet18 at 32 px (cached after the first run)")
+    p = sub.add_parser(
+        "demo", help="the whole story on Fashion-MNIST with resnet18 at 32 px (cached after the first run)"
+    )
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--teacher-epochs", type=float, default=None)
     p.add_argument("--max-steps", type=int, default=None, help="limit every stage (smoke runs)")

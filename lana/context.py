@@ -49,8 +49,9 @@ class LibraryContext:
         self._calibration_inputs: dict[str, list[torch.Tensor]] | None = None
 
     @classmethod
-    def for_space(cls, teacher, img_size: int, space: str, max_macs_ratio=2.0, int8: bool = False,
-                  calibration=None) -> "LibraryContext":
+    def for_space(
+        cls, teacher, img_size: int, space: str, max_macs_ratio=2.0, int8: bool = False, calibration=None
+    ) -> LibraryContext:
         """The teacher's layers (found by tracing) with the candidates of ``space`` that fit each."""
         from lana.candidates import space_for
         from lana.layers import find_layers
@@ -86,12 +87,17 @@ class LibraryContext:
 
         if self._calibration_inputs is None:
             if self.calibration is None:
-                raise ValueError("int8 candidates need calibration images: this context has no CalibrationSet "
-                                 "(a library built with int8 records its data set; pass calibration= otherwise)")
+                raise ValueError(
+                    "int8 candidates need calibration images: this context has no CalibrationSet "
+                    "(a library built with int8 records its data set; pass calibration= otherwise)"
+                )
             images = self.calibration.images()
             self._calibration_inputs = capture_inputs(self.teacher, [layer.name for layer in self.layers], images)
-            log.info("int8 calibration: the teacher's inputs at %d layers on %d training images",
-                     len(self.layers), len(images))
+            log.info(
+                "int8 calibration: the teacher's inputs at %d layers on %d training images",
+                len(self.layers),
+                len(images),
+            )
         return self._calibration_inputs
 
     def load(self, li: int, spec: str):
@@ -131,5 +137,11 @@ def context_from_library(path: str | os.PathLike) -> LibraryContext:
             for spec, group in f["layers"][key].get("weights", {}).items():
                 weights[f"{index}/{spec}"] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in group.items()}
     layers = [Layer(r.name, r.kind, r.in_shape, r.out_shape, r.stride, r.params, r.macs) for r in records]
-    return LibraryContext(teacher, (3, meta["img_size"], meta["img_size"]), layers, [r.specs for r in records], weights,
-                          calibration=CalibrationSet.of(config) if "dataset" in config else None)
+    return LibraryContext(
+        teacher,
+        (3, meta["img_size"], meta["img_size"]),
+        layers,
+        [r.specs for r in records],
+        weights,
+        calibration=CalibrationSet.of(config) if "dataset" in config else None,
+    )

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 def spearman(a, b) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
+
     def ranks(x):
         x = np.asarray(x, dtype=float)
         order = np.argsort(x, kind="mergesort")
@@ -48,12 +49,21 @@ class CorrelationReport:
     def to_text(self) -> str:
         lines = [f"{'score':<10} {'Spearman(top-1, -sum)':>22}"]
         lines += [f"{k:<10} {v:>22.3f}" for k, v in sorted(self.spearman.items(), key=lambda kv: -kv[1])]
-        lines.append(f"{self.students} random students, top-1 {min(self.top1):.2f}..{max(self.top1):.2f}%; best: {self.best()}")
+        lines.append(
+            f"{self.students} random students, top-1 {min(self.top1):.2f}..{max(self.top1):.2f}%; best: {self.best()}"
+        )
         return "\n".join(lines)
 
 
-def score_correlation(library, count: int = 20, dataset_split: str = "score", seed: int = 0, device="cpu",
-                      max_replaced: float = 0.6, limit: int | None = None) -> CorrelationReport:
+def score_correlation(
+    library,
+    count: int = 20,
+    dataset_split: str = "score",
+    seed: int = 0,
+    device="cpu",
+    max_replaced: float = 0.6,
+    limit: int | None = None,
+) -> CorrelationReport:
     """Assemble ``count`` random students, measure top-1, correlate with each summed score.
 
     Each student replaces each layer with probability ``max_replaced`` by a random non-teacher
@@ -71,20 +81,29 @@ def score_correlation(library, count: int = 20, dataset_split: str = "score", se
     with h5py.File(library, "r") as f:
         built = json.loads(f.attrs["config"])
         scores = [{k: v[()] for k, v in f["layers"][key]["scores"].items()} for key in sorted(f["layers"])]
-    data = load_dataset(built["dataset"], dataset_split, built["img_size"], seed=built.get("seed", 0),
-                        limit=limit if limit is not None else built.get("score_images"))
+    data = load_dataset(
+        built["dataset"],
+        dataset_split,
+        built["img_size"],
+        seed=built.get("seed", 0),
+        limit=limit if limit is not None else built.get("score_images"),
+    )
     rng = np.random.default_rng(seed)
     kinds = sorted(scores[0])
     top1, summed = [], {k: [] for k in kinds}
     for i in range(count):
         choices = []
-        for li, specs in enumerate(ctx.specs):
+        for specs in ctx.specs:
             index = 0
             if rng.random() < max_replaced and len(specs) > 1:
                 index = int(rng.integers(1, len(specs)))
             choices.append(index)
-        plan = Plan(ctx.teacher.default_cfg.get("architecture", "model"),
-                    tuple((layer.name, ctx.specs[li][c]) for li, (layer, c) in enumerate(zip(ctx.layers, choices))), 0.0, 0.0)
+        plan = Plan(
+            ctx.teacher.default_cfg.get("architecture", "model"),
+            tuple((layer.name, ctx.specs[li][c]) for li, (layer, c) in enumerate(zip(ctx.layers, choices))),
+            0.0,
+            0.0,
+        )
         student = student_from_context(ctx, plan)
         top1.append(evaluate(student, data, device=device))
         for k in kinds:

@@ -43,8 +43,16 @@ _FMNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -84,7 +92,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def img_size(self) -> int:
         return int(self.images.shape[-1])
 
-    def subset(self, count: int) -> "ImageDataset":
+    def subset(self, count: int) -> ImageDataset:
         """The first ``count`` images (the splits are already shuffled deterministically)."""
         return ImageDataset(self.name, self.split, self.images[:count], self.labels[:count], self.classes)
 
@@ -194,7 +202,9 @@ def _resize(images: np.ndarray, img_size: int) -> torch.Tensor:
         return tensor
     out = []
     for chunk in tensor.split(4096):  # bounded memory for large sets
-        resized = F.interpolate(chunk.float(), size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+        resized = F.interpolate(
+            chunk.float(), size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False
+        )
         out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
 

@@ -53,8 +53,15 @@ def _teacher(config: DemoConfig, out: Path) -> dict:
             return info
     epochs = config.teacher_epochs or DEFAULT_TEACHER_EPOCHS
     print(f"[1/4] training the teacher: {config.model} on Fashion-MNIST at {config.img_size} px, {epochs:g} epochs")
-    result = train_teacher(config.model, "fashion-mnist", config.img_size, epochs, out / "teacher",
-                           max_steps=config.max_steps, device=config.device)
+    result = train_teacher(
+        config.model,
+        "fashion-mnist",
+        config.img_size,
+        epochs,
+        out / "teacher",
+        max_steps=config.max_steps,
+        device=config.device,
+    )
     print(f"      teacher top-1 {result.top1:.2f}% in {result.minutes:.1f} min")
     return asdict(result)
 
@@ -65,8 +72,10 @@ def summary_table(rows: list[dict]) -> str:
     head = f"{'model':<16} {'top-1 %':>8} {'Δtop-1':>7} {'b1 ms':>8} {'b64 ms':>8} {'speed-up b1':>11} {'b64':>6} {'params':>11}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['name']:<16} {r['top1']:>8.2f} {r['top1'] - base['top1']:>+7.2f} {r['b1']:>8.3f} {r['b64']:>8.2f} "
-                     f"{base['b1'] / r['b1']:>10.2f}x {base['b64'] / r['b64']:>5.2f}x {r['params']:>11,}")
+        lines.append(
+            f"{r['name']:<16} {r['top1']:>8.2f} {r['top1'] - base['top1']:>+7.2f} {r['b1']:>8.3f} {r['b64']:>8.2f} "
+            f"{base['b1'] / r['b1']:>10.2f}x {base['b64'] / r['b64']:>5.2f}x {r['params']:>11,}"
+        )
     return "\n".join(lines)
 
 
@@ -82,29 +91,56 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     library = out / "library.h5"
     print(f"[2/4] library {library}: distilling, scoring and timing every candidate (reused when present)")
     rows, reports = [], {}
-    for i, budget in enumerate(config.budgets):
+    for budget in config.budgets:
         student_dir = out / f"student-{budget}"
         report_path = student_dir / "report.json"
-        acfg = AccelerateConfig(model=config.model, checkpoint=teacher["path"], dataset="fashion-mnist",
-                                img_size=config.img_size, space=config.space, budget=budget, table=config.table,
-                                library=str(library), build_epochs=config.build_epochs, finetune_epochs=config.finetune_epochs,
-                                max_steps=config.max_steps, device=config.device, latency_rounds=config.latency_rounds)
+        acfg = AccelerateConfig(
+            model=config.model,
+            checkpoint=teacher["path"],
+            dataset="fashion-mnist",
+            img_size=config.img_size,
+            space=config.space,
+            budget=budget,
+            table=config.table,
+            library=str(library),
+            build_epochs=config.build_epochs,
+            finetune_epochs=config.finetune_epochs,
+            max_steps=config.max_steps,
+            device=config.device,
+            latency_rounds=config.latency_rounds,
+        )
         cached = json.loads(report_path.read_text()) if report_path.exists() else None
         if cached and cached.get("config") == json.loads(json.dumps(asdict(acfg))):
             report = cached
             print(f"[3/4] student at {budget} (cached)")
         else:
-            print(f"[3/4] student at {budget}: solve, assemble, fine-tune {config.finetune_epochs:g} epoch(s), measure, export")
+            print(
+                f"[3/4] student at {budget}: solve, assemble, fine-tune {config.finetune_epochs:g} epoch(s), measure, export"
+            )
             report = accelerate(acfg, student_dir)
         reports[budget] = report
     first = next(iter(reports.values()))
     t = first["teacher"]
-    rows.append({"name": "teacher", "top1": t["top1"], "b1": t["latency_ms_by_table"].get("cpu-b1", float("nan")),
-                 "b64": t["latency_ms_by_table"].get("cpu-b64", float("nan")), "params": t["params"]})
+    rows.append(
+        {
+            "name": "teacher",
+            "top1": t["top1"],
+            "b1": t["latency_ms_by_table"].get("cpu-b1", float("nan")),
+            "b64": t["latency_ms_by_table"].get("cpu-b64", float("nan")),
+            "params": t["params"],
+        }
+    )
     for budget, report in reports.items():
         s = report["student"]
-        rows.append({"name": f"lana {budget}", "top1": s["top1"], "b1": s["latency_ms_by_table"].get("cpu-b1", float("nan")),
-                     "b64": s["latency_ms_by_table"].get("cpu-b64", float("nan")), "params": s["params"]})
+        rows.append(
+            {
+                "name": f"lana {budget}",
+                "top1": s["top1"],
+                "b1": s["latency_ms_by_table"].get("cpu-b1", float("nan")),
+                "b64": s["latency_ms_by_table"].get("cpu-b64", float("nan")),
+                "params": s["params"],
+            }
+        )
     print("[4/4] summary (test top-1 on the 10,000 official test images; latency = median, measured end to end)")
     print(summary_table(rows))
     budgets = [f"{b:.2f}x" for b in [0.2 + 0.05 * i for i in range(17)]]
@@ -117,8 +153,10 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     t0 = time.perf_counter()
     plan = solve_library(library, config.extra_budget, table=config.table)
     seconds = time.perf_counter() - t0
-    print(f"re-solved a new budget ({config.extra_budget} = {plan.budget_ms:.2f} ms on {config.table}) from the library in "
-          f"{seconds * 1000:.0f} ms: predicted {plan.predicted_latency_ms:.2f} ms, predicted drop {plan.predicted_drop:.4f}")
+    print(
+        f"re-solved a new budget ({config.extra_budget} = {plan.budget_ms:.2f} ms on {config.table}) from the library in "
+        f"{seconds * 1000:.0f} ms: predicted {plan.predicted_latency_ms:.2f} ms, predicted drop {plan.predicted_drop:.4f}"
+    )
     print(f"demo done in {time.perf_counter() - start:.0f} s; outputs in {out}/")
     (out / "summary.json").write_text(json.dumps({"rows": rows, "resolve_s": seconds}, indent=1))
     return {"rows": rows, "resolve_s": seconds}

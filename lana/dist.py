@@ -37,7 +37,7 @@ class DistContext:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls, device: torch.device) -> "DistContext":
+    def from_env(cls, device: torch.device) -> DistContext:
         """Join the process group torchrun describes in the environment (a no-op without it).
 
         NCCL on CUDA, gloo on CPU. The timeout is long because rank 0 times latency alone while

@@ -19,9 +19,9 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,16 @@ from lana.data import ImageDataset, augment, to_model_input
 from lana.layers import Layer, get_layer
 from lana.train import model_norm, warmup_cosine
 
-__all__ = ["DistillConfig", "ChunkResult", "capture_io", "plan_chunks", "distill", "untrained_specs", "candidate_seed", "chunk_plan"]
+__all__ = [
+    "DistillConfig",
+    "ChunkResult",
+    "capture_io",
+    "plan_chunks",
+    "distill",
+    "untrained_specs",
+    "candidate_seed",
+    "chunk_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +90,9 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def capture_io(teacher: nn.Module, names: Sequence[str], x: torch.Tensor, stop_early: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def capture_io(
+    teacher: nn.Module, names: Sequence[str], x: torch.Tensor, stop_early: bool = True
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Run the teacher once and return ``{layer name: (input, output)}`` for ``names``.
 
     With ``stop_early`` the forward stops after the last of ``names`` has run.
@@ -156,7 +167,9 @@ class _Chunk:
                 torch.manual_seed(candidate_seed(config.seed, layers[li].name, spec))
                 self.modules[f"{li}/{spec}"] = build(li, spec).to(device).train()
         params = [p for m in self.modules.values() for p in m.parameters()]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True) if params else None
+        self.optimizer = (
+            torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True) if params else None
+        )
 
     def state(self) -> dict:
         return {
@@ -176,7 +189,9 @@ def _normalised_mse(pred: torch.Tensor, target: torch.Tensor, variance: torch.Te
 
 
 @torch.no_grad()
-def _held_out_losses(chunk: _Chunk, teacher, layers, eval_set: ImageDataset, device, batch_size: int, norm: dict) -> dict:
+def _held_out_losses(
+    chunk: _Chunk, teacher, layers, eval_set: ImageDataset, device, batch_size: int, norm: dict
+) -> dict:
     """Normalised MSE of each candidate over the held-out images (eval mode)."""
     names = [layers[li].name for li in chunk.layer_ids]
     sq_err = {k: 0.0 for k in chunk.modules}
@@ -253,8 +268,26 @@ def distill(
         if done_file.exists():
             results.append(ChunkResult(**{**json.loads(done_file.read_text()), "layers": tuple(chunk_layers)}))
             continue
-        results.append(_distill_chunk(k, len(chunks), chunk_layers, teacher, layers, specs, build, train_set, eval_subset,
-                                      work, config, device, norm, channels_last, total, batches_per_epoch))
+        results.append(
+            _distill_chunk(
+                k,
+                len(chunks),
+                chunk_layers,
+                teacher,
+                layers,
+                specs,
+                build,
+                train_set,
+                eval_subset,
+                work,
+                config,
+                device,
+                norm,
+                channels_last,
+                total,
+                batches_per_epoch,
+            )
+        )
     return results
 
 
@@ -276,7 +309,24 @@ def layer_param_estimate(li, layers, specs) -> list[int]:
     return [0 if untrained_specs(s) else int(estimate_cost(s, layers[li]).params) for s in specs[li]]
 
 
-def _distill_chunk(k, n_chunks, chunk_layers, teacher, layers, specs, build, train_set, eval_set, work, config, device, norm, channels_last, total, batches_per_epoch) -> ChunkResult:
+def _distill_chunk(
+    k,
+    n_chunks,
+    chunk_layers,
+    teacher,
+    layers,
+    specs,
+    build,
+    train_set,
+    eval_set,
+    work,
+    config,
+    device,
+    norm,
+    channels_last,
+    total,
+    batches_per_epoch,
+) -> ChunkResult:
     names = [layers[li].name for li in chunk_layers]
     chunk = _Chunk(chunk_layers, layers, specs, build, config, device)
     ckpt = work / f"chunk_{k}.ckpt.pt"
@@ -323,7 +373,9 @@ def _distill_chunk(k, n_chunks, chunk_layers, teacher, layers, specs, build, tra
     bar.close()
     seconds = time.perf_counter() - start
     losses = _held_out_losses(chunk, teacher, layers, eval_set, device, config.batch_size, norm)
-    weights = {key: {p: t.detach().cpu().contiguous() for p, t in m.state_dict().items()} for key, m in chunk.modules.items()}
+    weights = {
+        key: {p: t.detach().cpu().contiguous() for p, t in m.state_dict().items()} for key, m in chunk.modules.items()
+    }
     _atomic_torch_save(weights, work / f"chunk_{k}.weights.pt")
     result = ChunkResult(tuple(chunk_layers), step, seconds, losses)
     _atomic_json({k2: v for k2, v in asdict(result).items() if k2 != "layers"}, work / f"chunk_{k}.json")
@@ -333,7 +385,14 @@ def _distill_chunk(k, n_chunks, chunk_layers, teacher, layers, specs, build, tra
         if layer_losses:
             best = min(layer_losses, key=layer_losses.get)
             worst = max(layer_losses, key=layer_losses.get)
-            log.info("%-16s best %s %.4f, worst %s %.4f", layers[li].name, best, layer_losses[best], worst, layer_losses[worst])
+            log.info(
+                "%-16s best %s %.4f, worst %s %.4f",
+                layers[li].name,
+                best,
+                layer_losses[best],
+                worst,
+                layer_losses[worst],
+            )
     return result
 
 

@@ -39,7 +39,9 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: float = 1e-4, opset: int = 17) -> ExportResult:
+def export_onnx(
+    model: nn.Module, input_shape, path: str | os.PathLike, atol: float = 1e-4, opset: int = 17
+) -> ExportResult:
     """Export to ONNX with a dynamic batch and check onnxruntime's output against torch's.
 
     Raises:
@@ -56,9 +58,19 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: fl
     model = inference_form(reference)  # what ships: BN folded, rep branches fused
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter: the dynamo one needs onnxscript graphs
-        torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # the legacy exporter: the dynamo one needs onnxscript graphs
+        torch.onnx.export(
+            model,
+            (x,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = reference(x).numpy()
@@ -67,7 +79,9 @@ def export_onnx(model: nn.Module, input_shape, path: str | os.PathLike, atol: fl
     scale = max(1.0, float(np.max(np.abs(expected))))
     if diff > atol * scale:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ONNX export of {type(model).__name__} differs from torch by {diff:.2e} (> {atol * scale:.1e})")
+        raise RuntimeError(
+            f"ONNX export of {type(model).__name__} differs from torch by {diff:.2e} (> {atol * scale:.1e})"
+        )
     os.replace(tmp, path)
     log.info("ONNX: %s (max |diff| vs torch %.2e)", path, diff)
     return ExportResult(str(path), diff)

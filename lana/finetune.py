@@ -22,11 +22,25 @@ __all__ = ["kd_loss", "finetune", "FINETUNE_RECIPE"]
 FINETUNE_RECIPE = Recipe(epochs=1.0, batch_size=128, lr=5e-4, optimizer="adamw", weight_decay=0.01, label_smoothing=0.0)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 2.0, alpha: float = 0.9) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.9,
+) -> torch.Tensor:
     """Hinton's distillation loss."""
     t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits.float() / t, 1), F.log_softmax(teacher_logits.float() / t, 1),
-                  log_target=True, reduction="batchmean") * t * t
+    kl = (
+        F.kl_div(
+            F.log_softmax(student_logits.float() / t, 1),
+            F.log_softmax(teacher_logits.float() / t, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
     return alpha * kl + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
 
 

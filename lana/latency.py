@@ -31,8 +31,8 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,11 +54,11 @@ __all__ = [
 
 from lana.meters import (  # noqa: F401  (re-exported: lana.latency is the public entry point)
     BACKENDS,
+    CudaMeter,
     LatencyMeter,
     OnnxRuntimeMeter,
     Timing,
     TorchMeter,
-    CudaMeter,
     _all_cores,
     fingerprint,
     make_meter,
@@ -149,12 +149,7 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def _build_candidates(teacher, layers, specs_per_layer, build) -> list[list[nn.Module]]:
     """Every candidate module; ``teacher`` is a copy of the teacher's own block."""
     return [
-        [
-            copy.deepcopy(teacher.get_submodule(layer.name))
-            if spec == "teacher"
-            else build(i, spec)
-            for spec in specs
-        ]
+        [copy.deepcopy(teacher.get_submodule(layer.name)) if spec == "teacher" else build(i, spec) for spec in specs]
         for i, (layer, specs) in enumerate(zip(layers, specs_per_layer))
     ]
 
@@ -215,9 +210,7 @@ def _round_meter(meter: LatencyMeter, rounds: int, first: bool) -> LatencyMeter:
     """The meter for one call in a round: its repeats spread over the rounds; after the first
     round the modules are warm, so one warm-up call is enough."""
     repeats = max(1, math.ceil(meter.repeats / rounds))
-    return dataclasses.replace(
-        meter, repeats=repeats, warmup=meter.warmup if first else min(meter.warmup, 1)
-    )
+    return dataclasses.replace(meter, repeats=repeats, warmup=meter.warmup if first else min(meter.warmup, 1))
 
 
 def _in_network_round(teacher, layers, candidates, meter, input_shape, rounds, rng):
@@ -353,9 +346,7 @@ def measure_table(
                            np.random.default_rng(seed))  # fmt: skip
     with _progress(rounds, progress, f"latency {name}") as bar:
         samples, quiet = _quiet_rounds(run_round, rounds, max_rounds or 2 * rounds, tolerance, bar)
-    stats = [
-        [Timing.of(samples[i, c]) for c in range(len(row))] for i, row in enumerate(candidates)
-    ]
+    stats = [[Timing.of(samples[i, c]) for c in range(len(row))] for i, row in enumerate(candidates)]
     latency = [np.array([t.median_ms for t in row]) for row in stats]
     spread = [np.array([t.spread_ms for t in row]) for row in stats]
     teacher_timing = Timing.of(samples["teacher"])

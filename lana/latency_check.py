@@ -9,8 +9,8 @@ machine load hits every model alike, and compares each median with the table's p
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -88,9 +88,7 @@ class CheckReport:
 
     def to_text(self) -> str:
         """A table of the models, then a one-line summary as the last line."""
-        lines = [
-            f"{'model':<12} {'predicted ms':>12} {'measured ms':>12} {'iqr ms':>8} {'error':>8}"
-        ]
+        lines = [f"{'model':<12} {'predicted ms':>12} {'measured ms':>12} {'iqr ms':>8} {'error':>8}"]
         for row in self.rows:
             lines.append(
                 f"{row.name:<12} {row.predicted_ms:>12.3f} {row.measured_ms:>12.3f} "
@@ -110,9 +108,7 @@ def teacher_choices(table: LatencyTable) -> list[int]:
     try:
         return [specs.index("teacher") for specs in table.specs]
     except ValueError:
-        raise ValueError(
-            f"table {table.name!r} lacks the 'teacher' candidate in some layer"
-        ) from None
+        raise ValueError(f"table {table.name!r} lacks the 'teacher' candidate in some layer") from None
 
 
 def random_choices(table: LatencyTable, count: int, seed: int = 0) -> list[list[int]]:
@@ -126,9 +122,7 @@ def _indices(table: LatencyTable, layers: Sequence, plan) -> list[int]:
     if isinstance(plan, Mapping):
         plan = [plan.get(layer.name, "teacher") for layer in layers]
     if len(plan) != len(table.latency_ms):
-        raise ValueError(
-            f"a plan of {len(plan)} choices for a table of {len(table.latency_ms)} layers"
-        )
+        raise ValueError(f"a plan of {len(plan)} choices for a table of {len(table.latency_ms)} layers")
     return [int(c) if isinstance(c, (int, np.integer)) else specs.index(c)
             for c, specs in zip(plan, table.specs)]  # fmt: skip
 

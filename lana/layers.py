@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from lana.candidates import space_for
-from lana.candidates.summary import SpaceRow, SpaceSummary
 from lana.candidates.count import module_macs
+from lana.candidates.summary import SpaceRow, SpaceSummary
 
 __all__ = [
     "SUPPORTED_KINDS",
@@ -141,8 +141,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, _Trace]:
         return hook
 
     handles = [
-        module.register_forward_hook(make_hook(name), with_kwargs=True)
-        for name, module in model.named_modules()
+        module.register_forward_hook(make_hook(name), with_kwargs=True) for name, module in model.named_modules()
     ]
     # per-module modes: model.train(flag) would also flip modules the caller froze in eval mode
     modes = {module: module.training for module in model.modules()}
@@ -154,8 +153,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, _Trace]:
         model(torch.randn(1, *input_shape, device=device, dtype=dtype))
     except Exception as error:  # e.g. a ViT asserts its input size; say which input failed
         raise ValueError(
-            f"cannot trace {type(model).__name__} on one input of shape {tuple(input_shape)}: "
-            f"{error}"
+            f"cannot trace {type(model).__name__} on one input of shape {tuple(input_shape)}: {error}"
         ) from error
     finally:
         for module, mode in modes.items():
@@ -186,9 +184,7 @@ def _is_container(name: str, module: nn.Module, traces: dict[str, _Trace]) -> bo
     return tags_in == tags_out
 
 
-def _called_children(
-    name: str, module: nn.Module, traces: dict[str, _Trace]
-) -> list[tuple[_Trace, nn.Module]]:
+def _called_children(name: str, module: nn.Module, traces: dict[str, _Trace]) -> list[tuple[_Trace, nn.Module]]:
     """The children that ran, looking through ModuleLists / ModuleDicts, which never run
     themselves: a block that loops over ``self.branches`` calls those branches directly."""
     called = []
@@ -267,9 +263,7 @@ def find_layers(model: nn.Module, input_shape: tuple[int, int, int] | None = Non
     def walk(name: str, module: nn.Module, in_container: bool) -> None:
         # the root is a container only if it is an nn.Sequential: a model's own children are
         # its stem, stages and head, not blocks
-        container = (
-            _is_container(name, module, traces) if name else isinstance(module, nn.Sequential)
-        )
+        container = _is_container(name, module, traces) if name else isinstance(module, nn.Sequential)
         if in_container and not container and _is_block(module, traces[name], input_shape):
             found.append(name)
             return

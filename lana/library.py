@@ -14,10 +14,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -147,9 +148,15 @@ def write_library(
         group = f.create_group("layers")
         for index, record in enumerate(layers):
             g = group.create_group(f"{index:03d}")
-            g.attrs.update(name=record.name, kind=record.kind, in_shape=_json_attr(list(record.in_shape)),
-                           out_shape=_json_attr(list(record.out_shape)), stride=record.stride,
-                           params=record.params, macs=record.macs)
+            g.attrs.update(
+                name=record.name,
+                kind=record.kind,
+                in_shape=_json_attr(list(record.in_shape)),
+                out_shape=_json_attr(list(record.out_shape)),
+                stride=record.stride,
+                params=record.params,
+                macs=record.macs,
+            )
             g.create_dataset("specs", data=np.array(record.specs, dtype=object), dtype=_STR)
             g.create_dataset("params", data=np.asarray(record.cand_params, dtype=np.int64))
             g.create_dataset("macs", data=np.asarray(record.cand_macs, dtype=np.int64))
@@ -158,7 +165,9 @@ def write_library(
                 g.create_dataset(f"scores/{kind}", data=np.asarray(values, dtype=np.float64))
             for table, values in record.latency.items():
                 g.create_dataset(f"latency/{table}", data=np.asarray(values, dtype=np.float64))
-                g.create_dataset(f"latency_spread/{table}", data=np.asarray(record.latency_spread[table], dtype=np.float64))
+                g.create_dataset(
+                    f"latency_spread/{table}", data=np.asarray(record.latency_spread[table], dtype=np.float64)
+                )
             w = g.create_group("weights")
             for spec in record.specs:
                 state = weights.get((index, spec))
@@ -200,12 +209,16 @@ def write_latency_table(path: str | os.PathLike, table: dict, latency_ms: list, 
         for key, values, spread in zip(keys, latency_ms, spread_ms):
             g = layers[key]
             if len(values) != g["specs"].shape[0]:
-                raise LibraryError(f"table {name!r}: layer {g.attrs['name']} has {g['specs'].shape[0]} candidates, got {len(values)} times")
+                raise LibraryError(
+                    f"table {name!r}: layer {g.attrs['name']} has {g['specs'].shape[0]} candidates, got {len(values)} times"
+                )
             for sub, data in (("latency", values), ("latency_spread", spread)):
                 if f"{sub}/{name}" in g:
                     del g[f"{sub}/{name}"]
                 g.create_dataset(f"{sub}/{name}", data=np.asarray(data, dtype=np.float64))
-        _write_table_attrs(f.require_group("latency_tables"), {**table, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _write_table_attrs(
+            f.require_group("latency_tables"), {**table, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        )
         stages = json.loads(_text(f.attrs.get("stages", "{}")))
         f.attrs["complete"] = bool(stages.get("distill") and stages.get("score"))
 
@@ -241,15 +254,24 @@ def layer_records(f: h5py.File) -> list[LayerRecord]:
     for key in sorted(f["layers"]):
         g = f["layers"][key]
         a = {k: attr_value(v) for k, v in g.attrs.items()}
-        out.append(LayerRecord(
-            name=a["name"], kind=a["kind"], in_shape=tuple(a["in_shape"]), out_shape=tuple(a["out_shape"]),
-            stride=int(a["stride"]), params=int(a["params"]), macs=int(a["macs"]),
-            specs=[_text(s) for s in g["specs"][()]],
-            cand_params=g["params"][()], cand_macs=g["macs"][()], distill_loss=g["distill_loss"][()],
-            scores={k: v[()] for k, v in g.get("scores", {}).items()},
-            latency={k: v[()] for k, v in g.get("latency", {}).items()},
-            latency_spread={k: v[()] for k, v in g.get("latency_spread", {}).items()},
-        ))
+        out.append(
+            LayerRecord(
+                name=a["name"],
+                kind=a["kind"],
+                in_shape=tuple(a["in_shape"]),
+                out_shape=tuple(a["out_shape"]),
+                stride=int(a["stride"]),
+                params=int(a["params"]),
+                macs=int(a["macs"]),
+                specs=[_text(s) for s in g["specs"][()]],
+                cand_params=g["params"][()],
+                cand_macs=g["macs"][()],
+                distill_loss=g["distill_loss"][()],
+                scores={k: v[()] for k, v in g.get("scores", {}).items()},
+                latency={k: v[()] for k, v in g.get("latency", {}).items()},
+                latency_spread={k: v[()] for k, v in g.get("latency_spread", {}).items()},
+            )
+        )
     return out
 
 
@@ -265,19 +287,36 @@ def read_info(path: str | os.PathLike) -> dict:
     with h5py.File(path, "r") as f:
         root = {k: attr_value(v) for k, v in f.attrs.items()}
         records = layer_records(f)
-        tables = [{"name": name, **{k: attr_value(v) for k, v in g.attrs.items()}} for name, g in f.get("latency_tables", {}).items()]
+        tables = [
+            {"name": name, **{k: attr_value(v) for k, v in g.attrs.items()}}
+            for name, g in f.get("latency_tables", {}).items()
+        ]
     layers = []
     for r in records:
         cands = []
         for i, spec in enumerate(r.specs):
-            cands.append({
-                "spec": spec, "params": int(r.cand_params[i]), "macs": int(r.cand_macs[i]),
-                "distill_loss": _finite(r.distill_loss[i]),
-                "scores": {k: _finite(v[i]) for k, v in r.scores.items()},
-                "latency_ms": {k: _finite(v[i]) for k, v in r.latency.items()},
-            })
-        layers.append({"name": r.name, "kind": r.kind, "in_shape": list(r.in_shape), "out_shape": list(r.out_shape),
-                       "stride": r.stride, "params": r.params, "macs": r.macs, "candidates": cands})
+            cands.append(
+                {
+                    "spec": spec,
+                    "params": int(r.cand_params[i]),
+                    "macs": int(r.cand_macs[i]),
+                    "distill_loss": _finite(r.distill_loss[i]),
+                    "scores": {k: _finite(v[i]) for k, v in r.scores.items()},
+                    "latency_ms": {k: _finite(v[i]) for k, v in r.latency.items()},
+                }
+            )
+        layers.append(
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "in_shape": list(r.in_shape),
+                "out_shape": list(r.out_shape),
+                "stride": r.stride,
+                "params": r.params,
+                "macs": r.macs,
+                "candidates": cands,
+            }
+        )
     return {
         "path": str(path),
         "complete": bool(root.get("complete", False)),
@@ -301,26 +340,39 @@ def format_info(info: dict) -> str:
         f"space={info['config'].get('space')}  dataset={info['config'].get('dataset')}",
     ]
     for table in info["latency_tables"]:
-        lines.append(f"latency table {table['name']}: {table.get('device')}/{table.get('backend')} batch {table.get('batch_size')}, "
-                     f"fixed {table.get('fixed_ms', float('nan')):.3f} ms, teacher {table.get('teacher_ms', float('nan')):.3f} ms")
+        lines.append(
+            f"latency table {table['name']}: {table.get('device')}/{table.get('backend')} batch {table.get('batch_size')}, "
+            f"fixed {table.get('fixed_ms', float('nan')):.3f} ms, teacher {table.get('teacher_ms', float('nan')):.3f} ms"
+        )
     score = info.get("default_score") or "kl"
     table = info["latency_tables"][0]["name"] if info["latency_tables"] else None
     lines.append("")
     header = f"{'layer':<22} {'in -> out':<24} {'cands':>5}  {'best loss':>9} {'worst loss':>10}  {'best ' + score:>12}  {'fastest ms':>10}"
     lines += [header, "-" * len(header)]
     for layer in info["layers"]:
-        losses = [c["distill_loss"] for c in layer["candidates"] if c["distill_loss"] is not None and c["spec"] != "teacher"]
-        scores = [c["scores"].get(score) for c in layer["candidates"] if c["scores"].get(score) is not None and c["spec"] != "teacher"]
-        times = [c["latency_ms"].get(table) for c in layer["candidates"] if table and c["latency_ms"].get(table) is not None]
+        losses = [
+            c["distill_loss"] for c in layer["candidates"] if c["distill_loss"] is not None and c["spec"] != "teacher"
+        ]
+        scores = [
+            c["scores"].get(score)
+            for c in layer["candidates"]
+            if c["scores"].get(score) is not None and c["spec"] != "teacher"
+        ]
+        times = [
+            c["latency_ms"].get(table) for c in layer["candidates"] if table and c["latency_ms"].get(table) is not None
+        ]
         shape = f"{'x'.join(map(str, layer['in_shape']))} -> {'x'.join(map(str, layer['out_shape']))}"
         fmt = lambda v, spec="9.4f": format(v, spec) if v is not None else "-"
-        lines.append(f"{layer['name']:<22} {shape:<24} {len(layer['candidates']):>5}  {fmt(min(losses) if losses else None):>9} "
-                     f"{fmt(max(losses) if losses else None):>10}  {fmt(min(scores) if scores else None, '12.4f'):>12}  "
-                     f"{fmt(min(times) if times else None, '10.3f'):>10}")
+        lines.append(
+            f"{layer['name']:<22} {shape:<24} {len(layer['candidates']):>5}  {fmt(min(losses) if losses else None):>9} "
+            f"{fmt(max(losses) if losses else None):>10}  {fmt(min(scores) if scores else None, '12.4f'):>12}  "
+            f"{fmt(min(times) if times else None, '10.3f'):>10}"
+        )
     return "\n".join(lines)
 
 
 # ---- torch side: modules back from the library -------------------------------------------
+
 
 def load_library_teacher(path: str | os.PathLike):
     """The teacher (eval mode) exactly as the library was built from it."""
@@ -372,8 +424,20 @@ def load_candidate(path: str | os.PathLike, layer: int | str, spec: str, teacher
         if spec not in specs:
             raise LibraryError(f"layer {_text(g.attrs['name'])} has no candidate {spec!r}; it has {', '.join(specs)}")
         a = {k: attr_value(v) for k, v in g.attrs.items()}
-        record = Layer(a["name"], a["kind"], tuple(a["in_shape"]), tuple(a["out_shape"]), int(a["stride"]), int(a["params"]), int(a["macs"]))
-        state = {k: torch.from_numpy(np.asarray(v[()])) for k, v in g["weights"][spec].items()} if spec in g.get("weights", {}) else None
+        record = Layer(
+            a["name"],
+            a["kind"],
+            tuple(a["in_shape"]),
+            tuple(a["out_shape"]),
+            int(a["stride"]),
+            int(a["params"]),
+            int(a["macs"]),
+        )
+        state = (
+            {k: torch.from_numpy(np.asarray(v[()])) for k, v in g["weights"][spec].items()}
+            if spec in g.get("weights", {})
+            else None
+        )
     if is_int8(spec):  # the distilled parent, quantized on the teacher's inputs: needs the whole context
         from lana.pipeline import context_from_library
 

@@ -13,14 +13,23 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "Timing", "LatencyMeter", "TorchMeter", "CudaMeter", "OnnxRuntimeMeter", "make_meter", "fingerprint"]
+__all__ = [
+    "BACKENDS",
+    "Timing",
+    "LatencyMeter",
+    "TorchMeter",
+    "CudaMeter",
+    "OnnxRuntimeMeter",
+    "make_meter",
+    "fingerprint",
+]
 
 BACKENDS = ("torch", "onnxruntime")
 
@@ -45,7 +54,7 @@ class Timing:
     samples_ms: tuple[float, ...]
 
     @classmethod
-    def of(cls, samples_ms: Sequence[float]) -> "Timing":
+    def of(cls, samples_ms: Sequence[float]) -> Timing:
         """Summarise samples (ms) by their median and interquartile range."""
         values = np.asarray(samples_ms, dtype=np.float64)
         q25, q50, q75 = np.percentile(values, [25, 50, 75])

@@ -28,9 +28,10 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from lana.problem import TEACHER, Problem, load_problem, parse_budget, restrict
 
@@ -65,14 +66,23 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """The plan JSON's content (schema in the module docstring)."""
         layers = [layer for layer, _ in self.choices]
-        return {"model": self.model, "table": self.table, "score": self.score,
-                "budget_ms": self.budget_ms, "choices": dict(self.choices),
-                "predicted_latency_ms": self.predicted_latency_ms,
-                "predicted_drop": self.predicted_drop, "solver": self.solver,
-                "solve_time_s": self.solve_time_s, "latency_ms": dict(self.latency_ms),
-                "params": self.params, "macs": self.macs,
-                "layer_latency_ms": dict(zip(layers, self.layer_latency_ms)),
-                "layer_score": dict(zip(layers, self.layer_score)), "config": dict(self.config)}
+        return {
+            "model": self.model,
+            "table": self.table,
+            "score": self.score,
+            "budget_ms": self.budget_ms,
+            "choices": dict(self.choices),
+            "predicted_latency_ms": self.predicted_latency_ms,
+            "predicted_drop": self.predicted_drop,
+            "solver": self.solver,
+            "solve_time_s": self.solve_time_s,
+            "latency_ms": dict(self.latency_ms),
+            "params": self.params,
+            "macs": self.macs,
+            "layer_latency_ms": dict(zip(layers, self.layer_latency_ms)),
+            "layer_score": dict(zip(layers, self.layer_score)),
+            "config": dict(self.config),
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         """The plan JSON as text."""
@@ -82,16 +92,27 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Reads plan JSON content; only the keys of ARCHITECTURE.md's example are required."""
         choices = tuple((str(layer), str(spec)) for layer, spec in data["choices"].items())
-        per_layer = {key: tuple(float(data[key][layer]) for layer, _ in choices)
-                     for key in ("layer_latency_ms", "layer_score")
-                     if all(layer in data.get(key, {}) for layer, _ in choices)}
-        return cls(model=data["model"], choices=choices,
-                   predicted_latency_ms=float(data["predicted_latency_ms"]),
-                   predicted_drop=float(data["predicted_drop"]), table=data.get("table", ""),
-                   score=data.get("score", ""), budget_ms=data.get("budget_ms"),
-                   solver=data.get("solver", ""), solve_time_s=data.get("solve_time_s", 0.0),
-                   latency_ms=dict(data.get("latency_ms", {})), params=data.get("params"),
-                   macs=data.get("macs"), config=dict(data.get("config", {})), **per_layer)
+        per_layer = {
+            key: tuple(float(data[key][layer]) for layer, _ in choices)
+            for key in ("layer_latency_ms", "layer_score")
+            if all(layer in data.get(key, {}) for layer, _ in choices)
+        }
+        return cls(
+            model=data["model"],
+            choices=choices,
+            predicted_latency_ms=float(data["predicted_latency_ms"]),
+            predicted_drop=float(data["predicted_drop"]),
+            table=data.get("table", ""),
+            score=data.get("score", ""),
+            budget_ms=data.get("budget_ms"),
+            solver=data.get("solver", ""),
+            solve_time_s=data.get("solve_time_s", 0.0),
+            latency_ms=dict(data.get("latency_ms", {})),
+            params=data.get("params"),
+            macs=data.get("macs"),
+            config=dict(data.get("config", {})),
+            **per_layer,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -117,12 +138,20 @@ class Plan:
         return cls.from_json(Path(path).read_text())
 
 
-def solve_library(path, budget: str | float, *, table: str | None = None,
-                  score: str | None = None, solver: str = "highs", max_params: int | None = None,
-                  max_macs: int | None = None,
-                  extra_budgets: Mapping[str, str | float] | None = None,
-                  keep: Iterable[str] = (), exclude: Iterable[str] = (),
-                  allow_incomplete: bool = False) -> Plan:
+def solve_library(
+    path,
+    budget: str | float,
+    *,
+    table: str | None = None,
+    score: str | None = None,
+    solver: str = "highs",
+    max_params: int | None = None,
+    max_macs: int | None = None,
+    extra_budgets: Mapping[str, str | float] | None = None,
+    keep: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    allow_incomplete: bool = False,
+) -> Plan:
     """The best plan of a library under a latency budget (``lana solve``).
 
     Args:
@@ -142,40 +171,57 @@ def solve_library(path, budget: str | float, *, table: str | None = None,
         lana.solver.InfeasibleBudget: no plan meets the constraints; it carries the minimum
             achievable latency and the binding constraints.
     """
-    problem, settings = _setup(path, table, score, keep, exclude, allow_incomplete, solver,
-                               max_params, max_macs, extra_budgets)
+    problem, settings = _setup(
+        path, table, score, keep, exclude, allow_incomplete, solver, max_params, max_macs, extra_budgets
+    )
     return _solve(problem, budget, settings)[0]
 
 
-def _solve(problem: Problem, budget: str | float, settings: Mapping[str, Any],
-           avoid: Sequence[Sequence[int]] = (), min_diff: int = 1) -> tuple[Plan, tuple[int, ...]]:
+def _solve(
+    problem: Problem,
+    budget: str | float,
+    settings: Mapping[str, Any],
+    avoid: Sequence[Sequence[int]] = (),
+    min_diff: int = 1,
+) -> tuple[Plan, tuple[int, ...]]:
     """Solves a loaded, restricted problem; returns the plan and its candidate indices."""
     from lana import solver as ilp
 
     teacher_ms = settings["teacher_ms"]
     budget_ms = parse_budget(budget, teacher_ms.get(problem.table))
     extra_ms = {t: parse_budget(b, teacher_ms.get(t)) for t, b in settings["extra_budgets"].items()}
-    solution = ilp.solve(problem, budget_ms, solver=settings["solver"],
-                         max_params=settings["max_params"], max_macs=settings["max_macs"],
-                         extra_budgets_ms=extra_ms, avoid=avoid, min_diff=min_diff)
+    solution = ilp.solve(
+        problem,
+        budget_ms,
+        solver=settings["solver"],
+        max_params=settings["max_params"],
+        max_macs=settings["max_macs"],
+        extra_budgets_ms=extra_ms,
+        avoid=avoid,
+        min_diff=min_diff,
+    )
     choice = solution.choice
     plan = Plan(
-        model=problem.model, table=problem.table, score=problem.score, budget_ms=budget_ms,
-        choices=tuple((layer, problem.specs[l][c]) for l, (layer, c)
-                      in enumerate(zip(problem.layers, choice))),
+        model=problem.model,
+        table=problem.table,
+        score=problem.score,
+        budget_ms=budget_ms,
+        choices=tuple((layer, problem.specs[l][c]) for l, (layer, c) in enumerate(zip(problem.layers, choice))),
         predicted_latency_ms=solution.latency_ms[problem.table],
-        predicted_drop=solution.objective, solver=solution.solver,
-        solve_time_s=solution.solve_time_s, latency_ms=dict(solution.latency_ms),
-        params=solution.params, macs=solution.macs,
-        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c])
-                               for l, c in enumerate(choice)),
+        predicted_drop=solution.objective,
+        solver=solution.solver,
+        solve_time_s=solution.solve_time_s,
+        latency_ms=dict(solution.latency_ms),
+        params=solution.params,
+        macs=solution.macs,
+        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
         layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)),
-        config={**settings, "budget": str(budget), "extra_budgets_ms": extra_ms})
+        config={**settings, "budget": str(budget), "extra_budgets_ms": extra_ms},
+    )
     return plan, choice
 
 
-def solve_diverse(path, budget: str | float, k: int = 3, min_diff: int = 1,
-                  **options) -> list[Plan]:
+def solve_diverse(path, budget: str | float, k: int = 3, min_diff: int = 1, **options) -> list[Plan]:
     """The ``k`` best plans that differ pairwise in at least ``min_diff`` layers (``--diverse``).
 
     Solves once, then again with a cut ``sum_l x[l, plan_l] <= L - min_diff`` per plan found, so
@@ -193,8 +239,7 @@ def solve_diverse(path, budget: str | float, k: int = 3, min_diff: int = 1,
             plan, choice = _solve(problem, budget, settings, avoid, min_diff)
         except NoMorePlans:
             break
-        plans.append(dataclasses.replace(plan, config={**plan.config, "diverse_rank": rank,
-                                                       "min_diff": min_diff}))
+        plans.append(dataclasses.replace(plan, config={**plan.config, "diverse_rank": rank, "min_diff": min_diff}))
         avoid.append(choice)
     return plans
 
@@ -247,19 +292,36 @@ def plot_pareto(plans: Sequence[Plan], png_path) -> Path:
 
 
 def _setup_from(path, options: Mapping[str, Any]):
-    known = {"table", "score", "solver", "max_params", "max_macs", "extra_budgets", "keep",
-             "exclude", "allow_incomplete"}
+    known = {
+        "table",
+        "score",
+        "solver",
+        "max_params",
+        "max_macs",
+        "extra_budgets",
+        "keep",
+        "exclude",
+        "allow_incomplete",
+    }
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unexpected options {sorted(unknown)}")
     get = options.get
-    return _setup(path, get("table"), get("score"), get("keep", ()), get("exclude", ()),
-                  get("allow_incomplete", False), get("solver", "highs"), get("max_params"),
-                  get("max_macs"), get("extra_budgets"))
+    return _setup(
+        path,
+        get("table"),
+        get("score"),
+        get("keep", ()),
+        get("exclude", ()),
+        get("allow_incomplete", False),
+        get("solver", "highs"),
+        get("max_params"),
+        get("max_macs"),
+        get("extra_budgets"),
+    )
 
 
-def _setup(path, table, score, keep, exclude, allow_incomplete, solver, max_params, max_macs,
-           extra_budgets):
+def _setup(path, table, score, keep, exclude, allow_incomplete, solver, max_params, max_macs, extra_budgets):
     """Loads the problem, records the teacher's latencies (before --exclude may drop `teacher`)
     and restricts it; returns it with the run's settings."""
     full = load_problem(path, table, score, allow_incomplete=allow_incomplete)
@@ -274,7 +336,14 @@ def _settings(problem, solver, max_params, max_macs, extra_budgets) -> dict[str,
     from lana import __version__
 
     has_teacher = all(TEACHER in specs for specs in problem.specs)
-    return {"library": problem.source, "solver": solver, "max_params": max_params,
-            "max_macs": max_macs, "extra_budgets": dict(extra_budgets or {}),
-            "teacher_ms": {t: problem.teacher_ms(t) for t in problem.tables} if has_teacher else {},
-            "keep": [], "exclude": [], "lana_version": __version__}
+    return {
+        "library": problem.source,
+        "solver": solver,
+        "max_params": max_params,
+        "max_macs": max_macs,
+        "extra_budgets": dict(extra_budgets or {}),
+        "teacher_ms": {t: problem.teacher_ms(t) for t in problem.tables} if has_teacher else {},
+        "keep": [],
+        "exclude": [],
+        "lana_version": __version__,
+    }

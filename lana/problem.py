@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -63,8 +63,10 @@ class Problem:
         total = self.fixed_ms[table]
         for l, specs in enumerate(self.specs):
             if TEACHER not in specs:
-                raise ValueError(f"layer {self.layers[l]} has no {TEACHER!r} candidate, so a "
-                                 "budget relative to the teacher (0.5x) is undefined: use ms")
+                raise ValueError(
+                    f"layer {self.layers[l]} has no {TEACHER!r} candidate, so a "
+                    "budget relative to the teacher (0.5x) is undefined: use ms"
+                )
             total += float(self.latency[table][l][specs.index(TEACHER)])
         return total
 
@@ -104,8 +106,10 @@ def parse_budget(budget: str | float, teacher_ms: float | None) -> float:
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(f"budget {budget!r} is not understood: give a factor of the teacher's "
-                         "latency such as 0.5x, or milliseconds such as 3.2ms") from None
+        raise ValueError(
+            f"budget {budget!r} is not understood: give a factor of the teacher's "
+            "latency such as 0.5x, or milliseconds such as 3.2ms"
+        ) from None
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"budget {budget!r} must be a positive number")
     if relative:
@@ -115,8 +119,9 @@ def parse_budget(budget: str | float, teacher_ms: float | None) -> float:
     return value
 
 
-def load_problem(path, table: str | None = None, score: str | None = None, *,
-                 allow_incomplete: bool = False) -> Problem:
+def load_problem(
+    path, table: str | None = None, score: str | None = None, *, allow_incomplete: bool = False
+) -> Problem:
     """Reads the data of the ILP from a library file (no weights are read).
 
     Args:
@@ -162,9 +167,19 @@ def load_problem(path, table: str | None = None, score: str | None = None, *,
         sizes |= {len(latency[t][l]) for t in tables}
         if len(sizes) != 1:
             raise ValueError(f"{path}: layer {names[l]} has arrays of different lengths {sizes}")
-    return Problem(model=model, table=table, score=score, layers=tuple(names), specs=tuple(specs),
-                   scores=tuple(scores), latency={t: tuple(v) for t, v in latency.items()},
-                   fixed_ms=fixed_ms, params=tuple(params), macs=tuple(macs), source=str(path))
+    return Problem(
+        model=model,
+        table=table,
+        score=score,
+        layers=tuple(names),
+        specs=tuple(specs),
+        scores=tuple(scores),
+        latency={t: tuple(v) for t, v in latency.items()},
+        fixed_ms=fixed_ms,
+        params=tuple(params),
+        macs=tuple(macs),
+        source=str(path),
+    )
 
 
 def restrict(problem: Problem, keep: Iterable[str] = (), exclude: Iterable[str] = ()) -> Problem:
@@ -208,12 +223,18 @@ def restrict(problem: Problem, keep: Iterable[str] = (), exclude: Iterable[str] 
 
 def subset(problem: Problem, index: Sequence[np.ndarray]) -> Problem:
     """The same problem with only candidates ``index[l]`` in each layer l."""
+
     def take(rows):
         return tuple(_frozen(row[i]) for row, i in zip(rows, index))
+
     return dataclasses.replace(
-        problem, specs=tuple(tuple(s[j] for j in i) for s, i in zip(problem.specs, index)),
-        scores=take(problem.scores), params=take(problem.params), macs=take(problem.macs),
-        latency={t: take(rows) for t, rows in problem.latency.items()})
+        problem,
+        specs=tuple(tuple(s[j] for j in i) for s, i in zip(problem.specs, index)),
+        scores=take(problem.scores),
+        params=take(problem.params),
+        macs=take(problem.macs),
+        latency={t: take(rows) for t, rows in problem.latency.items()},
+    )
 
 
 def _check_header(f, path, allow_incomplete: bool) -> None:
@@ -224,8 +245,10 @@ def _check_header(f, path, allow_incomplete: bool) -> None:
         raise ValueError(f"{path}: library format_version {version}, this lana reads version 1")
     if not bool(f.attrs.get("complete", False)) and not allow_incomplete:
         stages = _text(f.attrs.get("stages", "{}"))
-        raise ValueError(f"{path} is incomplete (stages {stages}; it needs distill, scores and a "
-                         "latency table): finish it with `lana build`, or pass allow_incomplete")
+        raise ValueError(
+            f"{path} is incomplete (stages {stages}; it needs distill, scores and a "
+            "latency table): finish it with `lana build`, or pass allow_incomplete"
+        )
 
 
 def _pick(wanted: str | None, available: list[str], what: str, path, default: str | None) -> str:
@@ -234,8 +257,7 @@ def _pick(wanted: str | None, available: list[str], what: str, path, default: st
     if wanted is None:
         return default
     if wanted not in available:
-        raise ValueError(f"{what} {wanted!r} is not in {path}: available {what}s are "
-                         + ", ".join(available))
+        raise ValueError(f"{what} {wanted!r} is not in {path}: available {what}s are " + ", ".join(available))
     return wanted
 
 

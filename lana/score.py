@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,9 @@ class LogitScorer(Scorer):
         teacher_top1 = (teacher_logits.argmax(1) == labels).float().mean() * 100
         ce = F.cross_entropy(logits, labels)
         teacher_ce = F.cross_entropy(teacher_logits, labels)
-        kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean")
+        kl = F.kl_div(
+            F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean"
+        )
         return {"top1_drop": float(teacher_top1 - top1), "ce_delta": float(ce - teacher_ce), "kl": float(kl)}
 
 
@@ -144,7 +146,9 @@ def score_candidates(
             bar.update(len(specs[li]))
             continue
         scored = [s for s in specs[li] if s != "teacher"]
-        values = score_layer(teacher, layers[li], [load(li, s) for s in scored], dataset, teacher_logits, device, batch_size)
+        values = score_layer(
+            teacher, layers[li], [load(li, s) for s in scored], dataset, teacher_logits, device, batch_size
+        )
         by_spec = dict(zip(scored, values))
         zero = {k: 0.0 for k in SCORE_KINDS}
         row = {k: [by_spec.get(s, zero)[k] for s in specs[li]] for k in SCORE_KINDS}
@@ -155,6 +159,12 @@ def score_candidates(
         bar.update(len(specs[li]))
         best = min((s for s in scored), key=lambda s: by_spec[s]["kl"], default=None)
         if best:
-            log.info("%-16s best by KL: %s (kl %.4f, top-1 drop %.2f)", layers[li].name, best, by_spec[best]["kl"], by_spec[best]["top1_drop"])
+            log.info(
+                "%-16s best by KL: %s (kl %.4f, top-1 drop %.2f)",
+                layers[li].name,
+                best,
+                by_spec[best]["kl"],
+                by_spec[best]["top1_drop"],
+            )
     bar.close()
     return results

@@ -26,8 +26,15 @@ import torch.nn as nn
 
 from lana.plan import Plan
 
-__all__ = ["assemble", "save_student", "load_student", "student_from_context", "quantize_layers", "int8_layers",
-           "model_stats"]
+__all__ = [
+    "assemble",
+    "save_student",
+    "load_student",
+    "student_from_context",
+    "quantize_layers",
+    "int8_layers",
+    "model_stats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,9 @@ log = logging.getLogger(__name__)
 def _check_plan(plan: Plan, layer_names: list[str], specs: list[list[str]]) -> None:
     unknown = [layer for layer, _ in plan.choices if layer not in layer_names]
     if unknown:
-        raise ValueError(f"plan names layers the library does not have: {', '.join(unknown)}; layers are {', '.join(layer_names)}")
+        raise ValueError(
+            f"plan names layers the library does not have: {', '.join(unknown)}; layers are {', '.join(layer_names)}"
+        )
     index = {name: i for i, name in enumerate(layer_names)}
     bad = [f"{layer}: {spec}" for layer, spec in plan.choices if spec not in specs[index[layer]]]
     if bad:
@@ -123,8 +132,9 @@ def model_stats(model: nn.Module, input_shape) -> dict:
     return {"params": int(params), "macs": int(macs)}
 
 
-def save_student(student: nn.Module, plan: Plan, ctx, out: str | os.PathLike, extra: dict | None = None,
-                 calibration=None) -> Path:
+def save_student(
+    student: nn.Module, plan: Plan, ctx, out: str | os.PathLike, extra: dict | None = None, calibration=None
+) -> Path:
     """Write ``student.safetensors``, ``plan.json`` and ``student.json`` into ``out``.
 
     Args:
@@ -140,8 +150,10 @@ def save_student(student: nn.Module, plan: Plan, ctx, out: str | os.PathLike, ex
     from lana.teacher import save_state, write_json
 
     if any(is_quantized(module) for module in student.modules()):
-        raise ValueError("save_student takes the float student (before quantize_layers): int8 modules hold packed "
-                         "weights; student.json records how to quantize its int8 layers again")
+        raise ValueError(
+            "save_student takes the float student (before quantize_layers): int8 modules hold packed "
+            "weights; student.json records how to quantize its int8 layers again"
+        )
     quantized = int8_layers(plan)
     calibration = calibration or getattr(ctx, "calibration", None)
     if quantized and calibration is None:
@@ -153,8 +165,9 @@ def save_student(student: nn.Module, plan: Plan, ctx, out: str | os.PathLike, ex
     teacher_cfg = {"model": plan.model, "num_classes": _num_classes(ctx.teacher), "img_size": ctx.input_shape[-1]}
     layers = {layer.name: asdict(layer) for layer in ctx.layers if layer.name in plan.specs}
     int8 = {"int8_layers": quantized, "calibration": asdict(calibration)} if quantized else {}
-    write_json(out / "student.json", {"teacher": teacher_cfg, "choices": plan.specs, "layers": layers, **int8,
-                                      **(extra or {})})
+    write_json(
+        out / "student.json", {"teacher": teacher_cfg, "choices": plan.specs, "layers": layers, **int8, **(extra or {})}
+    )
     return out
 
 
@@ -183,7 +196,9 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
         if float_parent(spec) == "teacher":  # the model's own block (int8 ones are quantized below)
             continue
         a = config["layers"][name]
-        layer = Layer(a["name"], a["kind"], tuple(a["in_shape"]), tuple(a["out_shape"]), a["stride"], a["params"], a["macs"])
+        layer = Layer(
+            a["name"], a["kind"], tuple(a["in_shape"]), tuple(a["out_shape"]), a["stride"], a["params"], a["macs"]
+        )
         replace_layer(model, name, build_candidate(spec, layer))
     state = load_state_file(directory / "student.safetensors")
     model.load_state_dict(state, strict=True)

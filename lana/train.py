@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -90,7 +90,14 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, dataset: ImageDataset, batch_size: int = 256, device="cpu", in_chans: int = 3, limit: int | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module,
+    dataset: ImageDataset,
+    batch_size: int = 256,
+    device="cpu",
+    in_chans: int = 3,
+    limit: int | None = None,
+) -> torch.Tensor:
     """Logits of ``model`` on the first ``limit`` images of ``dataset`` (all by default), on the CPU."""
     device = torch.device(device)
     model.eval().to(device)
@@ -105,7 +112,9 @@ def predict_logits(model: nn.Module, dataset: ImageDataset, batch_size: int = 25
     return torch.cat(outs)
 
 
-def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 256, device="cpu", limit: int | None = None) -> float:
+def evaluate(
+    model: nn.Module, dataset: ImageDataset, batch_size: int = 256, device="cpu", limit: int | None = None
+) -> float:
     """Top-1 accuracy in percent."""
     logits = predict_logits(model, dataset, batch_size, device, limit=limit)
     labels = dataset.labels[: logits.shape[0]]
@@ -136,19 +145,35 @@ def fit(
     channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = make_loader(train_set, recipe.batch_size, shuffle=True, workers=recipe.workers, seed=recipe.seed, drop_last=True)
+    loader = make_loader(
+        train_set, recipe.batch_size, shuffle=True, workers=recipe.workers, seed=recipe.seed, drop_last=True
+    )
     steps_per_epoch = len(loader)
     total = max(1, math.ceil(recipe.epochs * steps_per_epoch))
     if recipe.max_steps is not None:
         total = min(total, recipe.max_steps)
     optimizer = _make_optimizer(model, recipe)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, max(1, int(recipe.warmup_frac * total))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total, max(1, int(recipe.warmup_frac * total)))
+    )
     if loss_fn is None:
+
         def loss_fn(logits, labels, _x):
             return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+
     norm = model_norm(model)
     generator = torch.Generator().manual_seed(recipe.seed)
-    log.info("%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d, on %s", desc, total, total / steps_per_epoch, steps_per_epoch, recipe.optimizer, recipe.lr, recipe.batch_size, device)
+    log.info(
+        "%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d, on %s",
+        desc,
+        total,
+        total / steps_per_epoch,
+        steps_per_epoch,
+        recipe.optimizer,
+        recipe.lr,
+        recipe.batch_size,
+        device,
+    )
     history, step, start = [], 0, time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     epoch = 0
@@ -176,7 +201,14 @@ def fit(
         entry = {"epoch": epoch, "loss": running / max(1, seen), "seconds": time.perf_counter() - start}
         if eval_set is not None:
             entry["top1"] = evaluate(model, eval_set, device=device)
-            log.info("%s epoch %d: loss %.4f, test top-1 %.2f%% (%.0f s)", desc, epoch, entry["loss"], entry["top1"], entry["seconds"])
+            log.info(
+                "%s epoch %d: loss %.4f, test top-1 %.2f%% (%.0f s)",
+                desc,
+                epoch,
+                entry["loss"],
+                entry["top1"],
+                entry["seconds"],
+            )
         history.append(entry)
         if on_epoch is not None:
             on_epoch(entry)

@@ -22,13 +22,24 @@ import importlib
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["solve", "solve_model", "Solution", "Model", "Constraint", "Result", "BACKENDS",
-           "InfeasibleBudget", "NoMorePlans", "SolverError", "LATENCY_SLACK"]
+__all__ = [
+    "solve",
+    "solve_model",
+    "Solution",
+    "Model",
+    "Constraint",
+    "Result",
+    "BACKENDS",
+    "InfeasibleBudget",
+    "NoMorePlans",
+    "SolverError",
+    "LATENCY_SLACK",
+]
 
 # backend name -> (module, function); the function maps a Model to a Result
 BACKENDS = {
@@ -117,8 +128,9 @@ class InfeasibleBudget(ValueError):
 
     exit_code = 2  # what `lana solve` and `lana pareto` exit with
 
-    def __init__(self, message: str, *, table: str, budget_ms: float,
-                 min_latency_ms: float | None, binding: tuple[str, ...]):
+    def __init__(
+        self, message: str, *, table: str, budget_ms: float, min_latency_ms: float | None, binding: tuple[str, ...]
+    ):
         super().__init__(message)
         self.table = table
         self.budget_ms = budget_ms
@@ -137,9 +149,17 @@ def solve_model(model: Model, solver: str = "highs") -> Result:
     return result
 
 
-def solve(problem, budget_ms: float, *, solver: str = "highs", max_params: int | None = None,
-          max_macs: int | None = None, extra_budgets_ms: Mapping[str, float] | None = None,
-          avoid: Sequence[Sequence[int]] = (), min_diff: int = 1) -> Solution:
+def solve(
+    problem,
+    budget_ms: float,
+    *,
+    solver: str = "highs",
+    max_params: int | None = None,
+    max_macs: int | None = None,
+    extra_budgets_ms: Mapping[str, float] | None = None,
+    avoid: Sequence[Sequence[int]] = (),
+    min_diff: int = 1,
+) -> Solution:
     """The plan of least summed score that meets every budget.
 
     Args:
@@ -161,11 +181,12 @@ def solve(problem, budget_ms: float, *, solver: str = "highs", max_params: int |
     from lana.solver import presolve
 
     # Data: the full model, then only the candidates an optimal plan may need
-    full = Model(layers=problem.layers, cost=problem.scores,
-                 constraints=_constraints(problem, budget_ms, max_params, max_macs,
-                                          extra_budgets_ms or {}),
-                 cuts=tuple(_difference_cut(i, plan, len(problem.layers) - min_diff, problem)
-                            for i, plan in enumerate(avoid)))
+    full = Model(
+        layers=problem.layers,
+        cost=problem.scores,
+        constraints=_constraints(problem, budget_ms, max_params, max_macs, extra_budgets_ms or {}),
+        cuts=tuple(_difference_cut(i, plan, len(problem.layers) - min_diff, problem) for i, plan in enumerate(avoid)),
+    )
     start = time.perf_counter()
     kept = presolve.usable(full)
     model = presolve.take(full, kept)
@@ -182,16 +203,22 @@ def solve(problem, budget_ms: float, *, solver: str = "highs", max_params: int |
 
     if result.status == "infeasible":
         if avoid:
-            raise NoMorePlans(f"no plan meets the budgets and differs from each of the {len(avoid)}"
-                              f" plans found so far in >= {min_diff} layers")
-        raise _infeasible(problem, full, {problem.table: budget_ms, **(extra_budgets_ms or {})},
-                          solver)
+            raise NoMorePlans(
+                f"no plan meets the budgets and differs from each of the {len(avoid)}"
+                f" plans found so far in >= {min_diff} layers"
+            )
+        raise _infeasible(problem, full, {problem.table: budget_ms, **(extra_budgets_ms or {})}, solver)
     choice = tuple(int(kept[l][c]) for l, c in enumerate(result.choice))
     _check(choice, full.rows, solver)
-    return Solution(choice=choice, objective=problem.predicted_drop(choice),
-                    latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
-                    params=problem.total_params(choice), macs=problem.total_macs(choice),
-                    solver=solver, solve_time_s=solve_time_s)
+    return Solution(
+        choice=choice,
+        objective=problem.predicted_drop(choice),
+        latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
+        params=problem.total_params(choice),
+        macs=problem.total_macs(choice),
+        solver=solver,
+        solve_time_s=solve_time_s,
+    )
 
 
 def _constraints(problem, budget_ms, max_params, max_macs, extra_budgets_ms) -> tuple:
@@ -202,11 +229,13 @@ def _constraints(problem, budget_ms, max_params, max_macs, extra_budgets_ms) -> 
     rows = []
     for table, budget in budgets.items():
         if table not in problem.latency:
-            raise ValueError(f"table {table!r} is not in the library: available tables are "
-                             + ", ".join(problem.tables))
+            raise ValueError(
+                f"table {table!r} is not in the library: available tables are " + ", ".join(problem.tables)
+            )
         slack = LATENCY_SLACK * max(1.0, abs(float(budget)))
-        rows.append(Constraint(f"latency_{table}", problem.latency[table],
-                               float(budget) - problem.fixed_ms[table] + slack))
+        rows.append(
+            Constraint(f"latency_{table}", problem.latency[table], float(budget) - problem.fixed_ms[table] + slack)
+        )
     if max_params is not None:
         rows.append(Constraint("params", problem.params, float(max_params)))
     if max_macs is not None:
@@ -217,8 +246,7 @@ def _constraints(problem, budget_ms, max_params, max_macs, extra_budgets_ms) -> 
 def _difference_cut(i: int, plan: Sequence[int], max_same: int, problem) -> Constraint:
     """``differ_{i}``: ``sum_l x[l, plan_l] <= max_same``, i.e. differ from plan in >= L - max_same
     layers."""
-    weights = tuple((np.arange(len(specs)) == c).astype(np.float64)
-                    for specs, c in zip(problem.specs, plan))
+    weights = tuple((np.arange(len(specs)) == c).astype(np.float64) for specs, c in zip(problem.specs, plan))
     return Constraint(f"differ_{i}", weights, float(max_same))
 
 
@@ -227,12 +255,10 @@ def _check(choice: Sequence[int], rows, solver: str) -> None:
     for con in rows:
         total = float(sum(con.weights[l][c] for l, c in enumerate(choice)))
         if total > con.limit + _CHECK_TOLERANCE * max(1.0, abs(con.limit)):
-            raise SolverError(f"{solver} returned a plan that breaks {con.name}: "
-                              f"{total:.9g} > {con.limit:.9g}")
+            raise SolverError(f"{solver} returned a plan that breaks {con.name}: {total:.9g} > {con.limit:.9g}")
 
 
-def _infeasible(problem, full: Model, budgets: Mapping[str, float],
-                solver: str) -> InfeasibleBudget:
+def _infeasible(problem, full: Model, budgets: Mapping[str, float], solver: str) -> InfeasibleBudget:
     """Why no plan exists: the binding constraints, and the least achievable latency.
 
     ``budgets`` are the latency budgets in ms by table, as given (without `LATENCY_SLACK`).
@@ -246,8 +272,7 @@ def _infeasible(problem, full: Model, budgets: Mapping[str, float],
 
     def describe(con):  # "latency_gpu-b1 <= 1.5000 ms" (fixed part included) or "params <= 1e+07"
         table = con.name.removeprefix("latency_")
-        return f"{con.name} <= {budgets[table]:.4f} ms" if table in budgets else \
-            f"{con.name} <= {con.limit:.6g}"
+        return f"{con.name} <= {budgets[table]:.4f} ms" if table in budgets else f"{con.name} <= {con.limit:.6g}"
 
     primary, others = full.constraints[0], full.constraints[1:]
     table, budget_ms, fixed_ms = problem.table, budgets[problem.table], problem.fixed_ms
@@ -261,32 +286,53 @@ def _infeasible(problem, full: Model, budgets: Mapping[str, float],
             return InfeasibleBudget(
                 f"latency budget {budgets[row_table]:.4f} ms on table {row_table!r} is infeasible:"
                 f" the minimum achievable latency is {lowest_ms:.4f} ms (constraint {con.name} "
-                "binds: every layer at its fastest allowed candidate)", table=row_table,
-                budget_ms=budgets[row_table], min_latency_ms=lowest_ms, binding=(con.name,))
+                "binds: every layer at its fastest allowed candidate)",
+                table=row_table,
+                budget_ms=budgets[row_table],
+                min_latency_ms=lowest_ms,
+                binding=(con.name,),
+            )
         return InfeasibleBudget(
             f"{describe(con)} is infeasible on its own: the least achievable is "
-            f"{least(con):.6g} (constraint {con.name} binds)", table=table, budget_ms=budget_ms,
-            min_latency_ms=None, binding=(con.name,))
+            f"{least(con):.6g} (constraint {con.name} binds)",
+            table=table,
+            budget_ms=budget_ms,
+            min_latency_ms=None,
+            binding=(con.name,),
+        )
     # 2. the least latency under all the other constraints, and which of them raise it
     lowest = _min_latency(full, kept, primary, others, solver)
     if lowest is None:
         names = tuple(con.name for con in others)
-        return InfeasibleBudget(f"no plan meets {' and '.join(map(describe, others))} together "
-                                f"(constraints {' + '.join(names)} bind)", table=table,
-                                budget_ms=budget_ms, min_latency_ms=None, binding=names)
+        return InfeasibleBudget(
+            f"no plan meets {' and '.join(map(describe, others))} together (constraints {' + '.join(names)} bind)",
+            table=table,
+            budget_ms=budget_ms,
+            min_latency_ms=None,
+            binding=names,
+        )
     if lowest <= primary.limit:
-        raise SolverError(f"{solver} found no plan, but one of {lowest + fixed_ms[table]:.6f} ms "
-                          f"meets the budget of {budget_ms:.6f} ms")
-    binding = tuple(con for i, con in enumerate(others)
-                    if _min_latency(full, kept, primary, others[:i] + others[i + 1:], solver)
-                    < lowest - 1e-9 * max(1.0, abs(lowest)))
+        raise SolverError(
+            f"{solver} found no plan, but one of {lowest + fixed_ms[table]:.6f} ms "
+            f"meets the budget of {budget_ms:.6f} ms"
+        )
+    binding = tuple(
+        con
+        for i, con in enumerate(others)
+        if _min_latency(full, kept, primary, others[:i] + others[i + 1 :], solver)
+        < lowest - 1e-9 * max(1.0, abs(lowest))
+    )
     under = " under " + " and ".join(map(describe, binding)) if binding else ""
     names = (primary.name,) + tuple(con.name for con in binding)
     return InfeasibleBudget(
         f"latency budget {budget_ms:.4f} ms on table {table!r} is infeasible: the minimum "
         f"achievable latency{under} is {lowest + fixed_ms[table]:.4f} ms (constraint "
-        f"{' + '.join(names)} binds)", table=table, budget_ms=budget_ms,
-        min_latency_ms=lowest + fixed_ms[table], binding=names)
+        f"{' + '.join(names)} binds)",
+        table=table,
+        budget_ms=budget_ms,
+        min_latency_ms=lowest + fixed_ms[table],
+        binding=names,
+    )
 
 
 def _min_latency(full: Model, kept, primary: Constraint, others, solver: str) -> float | None:
@@ -294,8 +340,7 @@ def _min_latency(full: Model, kept, primary: Constraint, others, solver: str) ->
     None if infeasible."""
     from lana.solver import presolve
 
-    model = presolve.take(Model(layers=full.layers, cost=primary.weights, constraints=others),
-                          kept)
+    model = presolve.take(Model(layers=full.layers, cost=primary.weights, constraints=others), kept)
     model = presolve.take(model, presolve.undominated(model))
     result = solve_model(model, solver)
     if result.status == "infeasible":

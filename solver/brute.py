@@ -19,8 +19,7 @@ def solve_model(model: Model) -> Result:
         raise ValueError(f"brute force over {count} plans: more than {MAX_PLANS}")
     best, best_cost = None, math.inf
     for choice in itertools.product(*(range(len(cost)) for cost in model.cost)):
-        feasible = all(sum(con.weights[l][c] for l, c in enumerate(choice)) <= con.limit
-                       for con in model.rows)
+        feasible = all(sum(con.weights[l][c] for l, c in enumerate(choice)) <= con.limit for con in model.rows)
         if not feasible:
             continue
         cost = sum(model.cost[l][c] for l, c in enumerate(choice))

@@ -46,12 +46,10 @@ def solve_model(model: Model) -> Result:
     model_cp = cp_model.CpModel()
 
     # Variables: x[l, c] = 1 if layer l takes candidate c
-    x = {(l, c): model_cp.new_bool_var(f"x[{l},{c}]")
-         for l, cs in enumerate(cost) for c in range(len(cs))}
+    x = {(l, c): model_cp.new_bool_var(f"x[{l},{c}]") for l, cs in enumerate(cost) for c in range(len(cs))}
 
     def weighted(weights):
-        pairs = [(x[l, c], int(w[c])) for l, w in enumerate(weights)
-                 for c in range(len(w)) if w[c] != 0]
+        pairs = [(x[l, c], int(w[c])) for l, w in enumerate(weights) for c in range(len(w)) if w[c] != 0]
         return cp_model.LinearExpr.weighted_sum([p[0] for p in pairs], [p[1] for p in pairs])
 
     # Constraints: one_of_{layer}, then the knapsack rows
@@ -77,8 +75,9 @@ def solve_model(model: Model) -> Result:
         raise SolverError(f"CP-SAT stopped with status {solver.status_name(status)}")
 
     # Solution: the candidate with x[l, c] = 1 in each layer
-    return Result("optimal", tuple(next(c for c in range(len(cs)) if solver.boolean_value(x[l, c]))
-                                   for l, cs in enumerate(cost)))
+    return Result(
+        "optimal", tuple(next(c for c in range(len(cs)) if solver.boolean_value(x[l, c])) for l, cs in enumerate(cost))
+    )
 
 
 def _integer_row(weights, limit: float, n_layers: int):

@@ -43,19 +43,30 @@ def solve_model(model: Model) -> Result:
 
     # Variables: x[l, c] = 1 if layer l takes candidate c
     _ok(highs.addVars(num_col, np.zeros(num_col), np.ones(num_col)), "add the variables")
-    _ok(highs.changeColsIntegrality(num_col, columns, np.full(
-        num_col, highspy.HighsVarType.kInteger, dtype=np.uint8)), "make the variables binary")
+    _ok(
+        highs.changeColsIntegrality(num_col, columns, np.full(num_col, highspy.HighsVarType.kInteger, dtype=np.uint8)),
+        "make the variables binary",
+    )
 
     # Constraints: one_of_{layer}: sum_c x[l, c] == 1
     num_layer = len(model.layers)
-    _ok(highs.addRows(num_layer, np.ones(num_layer), np.ones(num_layer), num_col,
-                      offset[:-1].astype(np.int32), columns, np.ones(num_col)), "add one_of rows")
+    _ok(
+        highs.addRows(
+            num_layer,
+            np.ones(num_layer),
+            np.ones(num_layer),
+            num_col,
+            offset[:-1].astype(np.int32),
+            columns,
+            np.ones(num_col),
+        ),
+        "add one_of rows",
+    )
     # ... and each knapsack row (latency_{table}, params, macs, differ_{i}): sum w x <= limit
     for con in model.rows:
         weights = np.concatenate(con.weights).astype(np.float64)
         nonzero = np.flatnonzero(weights).astype(np.int32)
-        _ok(highs.addRow(-highspy.kHighsInf, con.limit, len(nonzero), nonzero, weights[nonzero]),
-            f"add row {con.name}")
+        _ok(highs.addRow(-highspy.kHighsInf, con.limit, len(nonzero), nonzero, weights[nonzero]), f"add row {con.name}")
     names = [f"one_of_{layer}" for layer in model.layers] + [c.name for c in model.rows]
     for row, name in enumerate(names):
         _ok(highs.passRowName(row, name), f"name row {name}")
@@ -63,8 +74,7 @@ def solve_model(model: Model) -> Result:
     # Objective: minimise the summed score; scaled to max |cost| = 1 (the argmin is the same), as
     # KL scores of ~1e-6 trip HiGHS' "excessively small costs" and its absolute tolerances
     cost = np.concatenate(model.cost).astype(np.float64)
-    _ok(highs.changeColsCost(num_col, columns, cost / (float(np.abs(cost).max()) or 1.0)),
-        "set the objective")
+    _ok(highs.changeColsCost(num_col, columns, cost / (float(np.abs(cost).max()) or 1.0)), "set the objective")
 
     # Solve, from the presolve's feasible plan if there is one
     if model.start is not None:
@@ -82,7 +92,7 @@ def solve_model(model: Model) -> Result:
 
     # Solution: the candidate with x[l, c] = 1 in each layer
     values = np.asarray(highs.getSolution().col_value)
-    choice = tuple(int(np.argmax(values[offset[l]:offset[l + 1]])) for l in range(num_layer))
+    choice = tuple(int(np.argmax(values[offset[l] : offset[l + 1]])) for l in range(num_layer))
     return Result("optimal", choice)
 
 

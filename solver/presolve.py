@@ -12,7 +12,7 @@ On random 50 x 200 libraries (bench/solver_bench.py, 15 budgets) dominance leave
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,10 +27,16 @@ def take(model, kept: Sequence[np.ndarray]):
     from lana.solver import Constraint, Model
 
     def rows(constraints):
-        return tuple(Constraint(con.name, tuple(w[k] for w, k in zip(con.weights, kept)),
-                                con.limit) for con in constraints)
-    return Model(layers=model.layers, cost=tuple(c[k] for c, k in zip(model.cost, kept)),
-                 constraints=rows(model.constraints), cuts=rows(model.cuts))
+        return tuple(
+            Constraint(con.name, tuple(w[k] for w, k in zip(con.weights, kept)), con.limit) for con in constraints
+        )
+
+    return Model(
+        layers=model.layers,
+        cost=tuple(c[k] for c, k in zip(model.cost, kept)),
+        constraints=rows(model.constraints),
+        cuts=rows(model.cuts),
+    )
 
 
 def usable(model) -> list[np.ndarray]:
@@ -126,7 +132,7 @@ def bound_reduced(model) -> tuple[list[np.ndarray], tuple[int, ...]] | None:
     incumbent = cost[layer, choice].sum()
     margin = _TOLERANCE * max(1.0, abs(incumbent), lam * abs(limit))  # float error of bound
     keep = bound + (reduced - best[:, None]) <= incumbent + margin
-    kept = [np.flatnonzero(keep[l, :len(c)]) for l, c in enumerate(model.cost)]
+    kept = [np.flatnonzero(keep[l, : len(c)]) for l, c in enumerate(model.cost)]
     return kept, tuple(int(np.searchsorted(k, c)) for k, c in zip(kept, choice))
 
 
@@ -154,5 +160,5 @@ def _padded(arrays, fill: float) -> np.ndarray:
     """Ragged per-layer arrays as one (layers, max candidates) array, padded with ``fill``."""
     out = np.full((len(arrays), max(len(a) for a in arrays)), fill, dtype=np.float64)
     for l, a in enumerate(arrays):
-        out[l, :len(a)] = a
+        out[l, : len(a)] = a
     return out

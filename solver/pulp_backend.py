@@ -25,8 +25,9 @@ def solve_cbc(model: Model) -> Result:
     with warnings.catch_warnings():
         # TODO(limit): PuLP 3.3 deprecates its bundled CBC (gone in PuLP 4: use COIN_CMD then)
         warnings.simplefilter("ignore", DeprecationWarning)
-        engine = pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=1e-9,
-                                   warmStart=model.start is not None, options=_CBC_TOLERANCES)
+        engine = pulp.PULP_CBC_CMD(
+            msg=False, gapRel=0.0, gapAbs=1e-9, warmStart=model.start is not None, options=_CBC_TOLERANCES
+        )
     return _solve(model, engine, "CBC")
 
 
@@ -35,9 +36,13 @@ def solve_highs(model: Model) -> Result:
     import pulp
 
     with quiet_stdout():  # HiGHS prints its banner from C++, before PuLP can turn output off
-        return _solve(model, pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=1e-9,
-                                        mip_feasibility_tolerance=1e-9,
-                                        primal_feasibility_tolerance=1e-9), "HiGHS")
+        return _solve(
+            model,
+            pulp.HiGHS(
+                msg=False, gapRel=0.0, gapAbs=1e-9, mip_feasibility_tolerance=1e-9, primal_feasibility_tolerance=1e-9
+            ),
+            "HiGHS",
+        )
 
 
 def _solve(model: Model, engine, engine_name: str) -> Result:
@@ -55,14 +60,20 @@ def _solve(model: Model, engine, engine_name: str) -> Result:
     for l, layer in enumerate(model.layers):
         problem += pulp.lpSum(x[l, c] for c in candidates[l]) == 1, f"one_of_{layer}"
     for con in model.rows:
-        problem += pulp.LpAffineExpression(
-            [(x[l, c], float(w[c])) for l, w in enumerate(con.weights) for c in candidates[l]
-             if w[c] != 0]) <= con.limit, con.name
+        problem += (
+            pulp.LpAffineExpression(
+                [(x[l, c], float(w[c])) for l, w in enumerate(con.weights) for c in candidates[l] if w[c] != 0]
+            )
+            <= con.limit,
+            con.name,
+        )
 
     # Objective: minimise the summed score
-    problem.setObjective(pulp.LpAffineExpression(
-        [(x[l, c], float(cost[c]) / scale) for l, cost in enumerate(model.cost)
-         for c in candidates[l]]))
+    problem.setObjective(
+        pulp.LpAffineExpression(
+            [(x[l, c], float(cost[c]) / scale) for l, cost in enumerate(model.cost) for c in candidates[l]]
+        )
+    )
 
     # Solve, from the presolve's feasible plan if there is one (CBC only: PuLP's HiGHS ignores it)
     if model.start is not None:
@@ -74,12 +85,13 @@ def _solve(model: Model, engine, engine_name: str) -> Result:
     if status == pulp.LpStatusInfeasible:
         return Result("infeasible")
     if status != pulp.LpStatusOptimal or problem.sol_status != pulp.LpSolutionOptimal:
-        raise SolverError(f"PuLP/{engine_name} stopped with status {pulp.LpStatus[status]} "
-                          f"(solution status {pulp.LpSolution.get(problem.sol_status)})")
+        raise SolverError(
+            f"PuLP/{engine_name} stopped with status {pulp.LpStatus[status]} "
+            f"(solution status {pulp.LpSolution.get(problem.sol_status)})"
+        )
 
     # Solution: the candidate with x[l, c] = 1 in each layer
-    return Result("optimal", tuple(max(cs, key=lambda c: x[l, c].varValue or 0.0)
-                                   for l, cs in enumerate(candidates)))
+    return Result("optimal", tuple(max(cs, key=lambda c: x[l, c].varValue or 0.0) for l, cs in enumerate(candidates)))
 
 
 def _binary(problem, name: str):

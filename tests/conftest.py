@@ -6,8 +6,19 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at test time: fail fast, use offline weights
 
-TINY_BUILD = dict(model="resnet10t", img_size=32, space="tiny", max_steps=3, batch_size=32, limit=256, score_images=64,
-                  device="cpu", tables=("cpu-b1",), latency_rounds=1, threads=1)
+TINY_BUILD = dict(
+    model="resnet10t",
+    img_size=32,
+    space="tiny",
+    max_steps=3,
+    batch_size=32,
+    limit=256,
+    score_images=64,
+    device="cpu",
+    tables=("cpu-b1",),
+    latency_rounds=1,
+    threads=1,
+)
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,15 @@ def smoke_run(tmp_path_factory):
     # one thread: the 2-core CI/dev machines are shared, and oversubscribed tiny convs run ~50x slower
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out), "-q"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=840, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out), "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out, time.perf_counter() - start
 
@@ -61,8 +68,13 @@ def test_smoke_report_has_a_finite_row_per_method_and_budget(smoke_run):
     assert feasible[:1] == [workload.budgets[0]]
     rows = _results_table((out / "BENCHMARKS.md").read_text())
     assert [(r["method"], r["budget"]) for r in rows] == [("teacher", "-")] + [
-        (method, budget) for budget in feasible for method in METHODS]
-    numeric = ["top-1 %", "params M", "MMACs"] + [f"{t} ms (IQR)" for t in workload.tables] + [f"speed-up {t}" for t in workload.tables]
+        (method, budget) for budget in feasible for method in METHODS
+    ]
+    numeric = (
+        ["top-1 %", "params M", "MMACs"]
+        + [f"{t} ms (IQR)" for t in workload.tables]
+        + [f"speed-up {t}" for t in workload.tables]
+    )
     for row in rows:
         for column in numeric:
             value = _number(row[column])
@@ -103,8 +115,15 @@ def test_report_only_keeps_every_workload_and_fills_a_missing_analysis(smoke_run
     (copy / "results.json").write_text(json.dumps(saved))
     (copy / "BENCHMARKS.md").unlink()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "bench", "--report-only", "--out", str(copy)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--report-only", "--out", str(copy)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "analysis" in json.loads((copy / "results.json").read_text())["results"][0]
     assert "### Candidate families (issue 10)" in (copy / "BENCHMARKS.md").read_text()
@@ -148,15 +167,18 @@ def test_library_analysis_fronts_picks_and_pruning(tmp_path):
     from lana.problem import load_problem
     from lana.synthetic import write_random_library
 
-    assert [family(s) for s in ("ir_k3_e3_lin", "ghost_k3_r2_se", "dw_k3_int8", "repdw_k3", "teacher", "fir_k3_e1")] == [
-        "lin", "ghost", "int8", "repdw", "teacher", "fir"]
+    assert [
+        family(s) for s in ("ir_k3_e3_lin", "ghost_k3_r2_se", "dw_k3_int8", "repdw_k3", "teacher", "fir_k3_e1")
+    ] == ["lin", "ghost", "int8", "repdw", "teacher", "fir"]
     import dataclasses
 
     problem = load_problem(write_random_library(tmp_path / "lib.h5", n_layers=10, n_candidates=40, seed=5))
     # relabel a third of the candidates as families of issue 10 (the analysis reads names only)
     names = {0: "ghost_{}", 3: "rep_{}", 6: "{}_lin"}
     relabel = lambda i, spec: spec if spec in ("teacher", "id") or i % 9 not in names else names[i % 9].format(spec)
-    problem = dataclasses.replace(problem, specs=tuple(tuple(relabel(i, s) for i, s in enumerate(specs)) for specs in problem.specs))
+    problem = dataclasses.replace(
+        problem, specs=tuple(tuple(relabel(i, s) for i, s in enumerate(specs)) for specs in problem.specs)
+    )
     assert fronts(problem, factors=(0.5,))["present"] == ["ghost", "lin", "rep"]
     picks = family_picks(problem)
     assert all(counts is None or sum(counts.values()) == len(problem.layers) for counts in picks.values())

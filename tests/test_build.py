@@ -16,7 +16,6 @@ from lana.library import load_candidate, load_library_teacher, read_info
 from lana.pipeline import BuildConfig, build
 
 
-
 def test_tiny_build_is_complete_with_every_stage(tiny_library):
     out, result = tiny_library
     info = read_info(out)
@@ -61,7 +60,9 @@ def test_library_teacher_is_the_built_teacher(tiny_library):
 
 def test_info_json_schema(tiny_library):
     out, _ = tiny_library
-    result = subprocess.run([sys.executable, "-m", "lana", "info", str(out), "--json"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "lana", "info", str(out), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert isinstance(info["complete"], bool)
@@ -86,9 +87,36 @@ def test_info_without_torch(tiny_library):
 def test_killed_build_resumes_and_completes(tmp_path):
     out = tmp_path / "killed.h5"
     work = tmp_path / "killed.h5.work"
-    cmd = [sys.executable, "-m", "lana", "build", "--model", "resnet10t", "--space", "tiny", "--max-steps", "400",
-           "--batch-size", "16", "--limit", "256", "--score-images", "32", "--device", "cpu", "--tables", "cpu-b1",
-           "--latency-rounds", "1", "--threads", "1", "--checkpoint-every", "0", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lana",
+        "build",
+        "--model",
+        "resnet10t",
+        "--space",
+        "tiny",
+        "--max-steps",
+        "400",
+        "--batch-size",
+        "16",
+        "--limit",
+        "256",
+        "--score-images",
+        "32",
+        "--device",
+        "cpu",
+        "--tables",
+        "cpu-b1",
+        "--latency-rounds",
+        "1",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
@@ -102,8 +130,12 @@ def test_killed_build_resumes_and_completes(tmp_path):
     assert not out.exists(), "a killed build must not leave a library behind"
     step_at_kill = torch.load(work / "chunk_0.ckpt.pt", weights_only=True)["step"]
     assert 0 < step_at_kill < 400
-    resumed = subprocess.run(cmd[:cmd.index("--max-steps") + 1] + ["400"] + cmd[cmd.index("--max-steps") + 2:],
-                             capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        cmd[: cmd.index("--max-steps") + 1] + ["400"] + cmd[cmd.index("--max-steps") + 2 :],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at step" in resumed.stderr
     assert read_info(out)["complete"] is True

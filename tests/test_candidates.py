@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 
 from lana.candidates import (
@@ -21,8 +22,7 @@ from lana.candidates import (
     plan_candidate,
     space_for,
 )
-from lana.layers import Layer, find_layers, get_layer, replace_layer
-from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
+from lana.layers import Layer, get_layer, replace_layer
 
 MODELS = [
     "resnet18",
@@ -41,8 +41,6 @@ MODELS = [
 DOWN = Layer("down", "X", (16, 9, 9), (24, 5, 5), 2, 1, 10**12)
 KEEP = Layer("keep", "X", (24, 8, 8), (24, 8, 8), 1, 1, 10**12)
 ODD = Layer("odd", "X", (8, 15, 15), (16, 10, 10), 1, 1, 10**12)  # no integer stride gives 10
-
-
 
 
 # ---- decode ----------------------------------------------------------------------------------
@@ -192,9 +190,7 @@ def test_estimate_cost_equals_counting_the_built_module(layer):
             continue
         torch.manual_seed(0)
         block = build_candidate(spec, layer)
-        assert estimate_cost(spec, layer) == Candidate(
-            spec, *count_params_macs(block, layer.in_shape)
-        )
+        assert estimate_cost(spec, layer) == Candidate(spec, *count_params_macs(block, layer.in_shape))
 
 
 def test_estimate_cost_of_teacher_and_id():
@@ -309,9 +305,7 @@ def test_every_default_candidate_fits_every_layer(model_name):
                     assert torch.isfinite(out).all(), (layer.name, spec, mode)
 
 
-@pytest.mark.parametrize(
-    "model_name", ["resnet18", "efficientnet_b0", "regnetx_002", "convnext_atto"]
-)
+@pytest.mark.parametrize("model_name", ["resnet18", "efficientnet_b0", "regnetx_002", "convnext_atto"])
 def test_replacing_layers_with_candidates_keeps_the_model_output_shape(model_name):
     import copy
 

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 
 from lana.candidates import (
@@ -24,8 +25,7 @@ from lana.candidates import (
     space_for,
 )
 from lana.candidates.rep import RepConvBnAct
-from lana.layers import Layer, find_layers, get_layer
-from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
+from lana.layers import Layer, get_layer
 
 MODELS = ["resnet18", "efficientnet_b0", "mobilenetv3_large_100", "convnext_atto"]
 NEW_KINDS = list_candidates("ghost_*") + list_candidates("rep_*") + list_candidates("repdw_*")
@@ -50,8 +50,6 @@ DOWN = Layer("down", "X", (16, 9, 9), (24, 5, 5), 2, 1, 10**12)
 KEEP = Layer("keep", "X", (24, 8, 8), (24, 8, 8), 1, 1, 10**12)
 ODD = Layer("odd", "X", (8, 15, 15), (16, 10, 10), 1, 1, 10**12)  # cropped: 15 -> 10
 LAYERS = [DOWN, KEEP, ODD]
-
-
 
 
 def _layer(model_name: str, layer_name: str) -> tuple[nn.Module, Layer]:
@@ -420,9 +418,7 @@ def test_int8_candidates_run_and_stay_close_to_float(spec, layer):
     _check_int8(_random_bn(build_candidate(spec, layer)).eval(), layer)
 
 
-@pytest.mark.parametrize(
-    "model_name, layer_name", [("resnet18", "layer2.1"), ("efficientnet_b0", "blocks.2.1")]
-)
+@pytest.mark.parametrize("model_name, layer_name", [("resnet18", "layer2.1"), ("efficientnet_b0", "blocks.2.1")])
 def test_int8_teacher_blocks_run_and_stay_close_to_float(model_name, layer_name):
     _needs_x86_int8()
     teacher, layer = _layer(model_name, layer_name)

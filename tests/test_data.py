@@ -62,7 +62,9 @@ def test_image_folder_round_trip(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(3):
-                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
     train = load_dataset(str(tmp_path), "train", img_size=32, score_size=2)
     test = load_dataset(str(tmp_path), "test", img_size=32)
     assert train.classes == ("cat", "dog") and len(train) == 4 and len(test) == 6

@@ -9,8 +9,28 @@ import pytest
 
 from lana.library import read_info
 
-ARGS = ["--model", "resnet10t", "--space", "tiny", "--max-steps", "4", "--batch-size", "32", "--limit", "256",
-        "--score-images", "64", "--device", "cpu", "--tables", "cpu-b1", "--latency-rounds", "1", "--threads", "1"]
+ARGS = [
+    "--model",
+    "resnet10t",
+    "--space",
+    "tiny",
+    "--max-steps",
+    "4",
+    "--batch-size",
+    "32",
+    "--limit",
+    "256",
+    "--score-images",
+    "64",
+    "--device",
+    "cpu",
+    "--tables",
+    "cpu-b1",
+    "--latency-rounds",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 def _env():
@@ -21,12 +41,34 @@ def _env():
 def test_two_rank_gloo_build_equals_one_rank_build(tmp_path):
     single = tmp_path / "single.h5"
     double = tmp_path / "double.h5"
-    one = subprocess.run([sys.executable, "-m", "lana", "build", *ARGS, "--out", str(single)],
-                         capture_output=True, text=True, timeout=600, env=_env())
+    one = subprocess.run(
+        [sys.executable, "-m", "lana", "build", *ARGS, "--out", str(single)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "lana", "build", *ARGS, "--out", str(double)],
-                         capture_output=True, text=True, timeout=600, env=_env())
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lana",
+            "build",
+            *ARGS,
+            "--out",
+            str(double),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 1 of 2" in two.stderr and "backend gloo" in two.stderr
     a, b = read_info(single), read_info(double)
@@ -37,7 +79,10 @@ def test_two_rank_gloo_build_equals_one_rank_build(tmp_path):
         for ca, cb in zip(la["candidates"], lb["candidates"]):
             # per-candidate seeds and identical batches: the same numbers up to float reassociation
             if ca["distill_loss"] is not None:
-                assert np.isclose(ca["distill_loss"], cb["distill_loss"], rtol=1e-4, atol=1e-6), (la["name"], ca["spec"])
+                assert np.isclose(ca["distill_loss"], cb["distill_loss"], rtol=1e-4, atol=1e-6), (
+                    la["name"],
+                    ca["spec"],
+                )
             for kind, value in ca["scores"].items():
                 assert np.isclose(value, cb["scores"][kind], rtol=1e-3, atol=1e-5), (la["name"], ca["spec"], kind)
 
@@ -58,7 +103,18 @@ def test_killed_rank_fails_the_job_cleanly_and_a_relaunch_resumes(tmp_path):
     out = tmp_path / "lib.h5"
     work = tmp_path / "lib.h5.work"
     args = [a if a != "4" else "300" for a in ARGS] + ["--checkpoint-every", "0", "--out", str(out)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lana", "build", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lana",
+        "build",
+        *args,
+    ]
     launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     try:
         deadline = time.time() + 300

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import one_thread  # noqa: F401 (autouse: tiny convs, 1 thread)
+
 from lana.candidates import INT8_SUFFIX, estimate_cost, float_parent, int8_spec, is_int8, is_quantized, space_for
 from lana.plan import solve_library
 
@@ -114,8 +114,14 @@ def test_reloaded_int8_candidate_is_the_one_scored_and_timed(int8_library, int8_
 
     path, config = int8_library
     torch.manual_seed(config.seed)
-    as_built = LibraryContext.for_space(load_teacher(config.model, 10), config.img_size, config.space, config.max_macs_ratio,
-                              int8=True, calibration=CalibrationSet.of(vars(config)))
+    as_built = LibraryContext.for_space(
+        load_teacher(config.model, 10),
+        config.img_size,
+        config.space,
+        config.max_macs_ratio,
+        int8=True,
+        calibration=CalibrationSet.of(vars(config)),
+    )
     work = path.with_name(path.name + ".work")
     for k in range(len(list(work.glob("chunk_*.weights.pt")))):
         as_built.weights.update(load_chunk_weights(work, k))
@@ -212,10 +218,23 @@ def test_accelerate_with_int8_fine_tunes_float_and_ships_int8(int8_library, tiny
     from lana.student import load_student
 
     path, _ = int8_library
-    config = AccelerateConfig(model="resnet10t", img_size=32, space="tiny", budget="0.7x", table="cpu-b1",
-                              library=str(path), finetune_epochs=1, max_steps=2, limit=tiny_build["limit"],
-                              score_images=tiny_build["score_images"], eval_limit=100, device="cpu",
-                              latency_rounds=1, tables=TABLES, int8=True)
+    config = AccelerateConfig(
+        model="resnet10t",
+        img_size=32,
+        space="tiny",
+        budget="0.7x",
+        table="cpu-b1",
+        library=str(path),
+        finetune_epochs=1,
+        max_steps=2,
+        limit=tiny_build["limit"],
+        score_images=tiny_build["score_images"],
+        eval_limit=100,
+        device="cpu",
+        latency_rounds=1,
+        tables=TABLES,
+        int8=True,
+    )
     assert library_matches(path, config, None)
     assert not library_matches(path, AccelerateConfig(**{**vars(config), "int8": False}), None)
     report = accelerate(config, tmp_path)

@@ -98,9 +98,7 @@ def test_torch_meter_restores_training_mode_and_threads(meter):
 
 
 def test_onnxruntime_meter_times_a_tiny_conv():
-    timing = OnnxRuntimeMeter(batch_size=2, threads=1, repeats=3, warmup=1)(
-        nn.Conv2d(3, 8, 3), INPUT_SHAPE
-    )
+    timing = OnnxRuntimeMeter(batch_size=2, threads=1, repeats=3, warmup=1)(nn.Conv2d(3, 8, 3), INPUT_SHAPE)
     assert len(timing.samples_ms) == 3
     assert timing.median_ms > 0
 
@@ -201,9 +199,7 @@ def test_check_latency_reports_teacher_and_students(teacher, table, meter):
     assert len(lines) == 1 + len(report.rows) + 1
     assert lines[-1].startswith("latency check cpu-b2 (batch 2): 4 models, median |error| ")
     assert "max" in lines[-1] and "vs the table's" in lines[-1]
-    assert report.drift_pct == pytest.approx(
-        100 * (report.rows[0].measured_ms / table.teacher_ms - 1)
-    )
+    assert report.drift_pct == pytest.approx(100 * (report.rows[0].measured_ms / table.teacher_ms - 1))
 
 
 def test_check_latency_refuses_a_meter_that_does_not_match_the_table(teacher, table):

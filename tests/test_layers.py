@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
 from torch import nn
 
 from lana.candidates import build_candidate, count_params_macs
-from lana.layers import Layer, describe_space, find_layers, get_layer, replace_layer
-from helpers import IMG, one_thread, timm_model  # noqa: F401  (one_thread: autouse fixture)
-
+from lana.layers import describe_space, find_layers, get_layer, replace_layer
 
 # model -> (number of blocks, block classes): the architectures' published block counts
 EXPECTED = {
@@ -26,8 +25,6 @@ EXPECTED = {
     "regnetx_002": (13, {"Bottleneck"}),
     "convnext_atto": (12, {"ConvNeXtBlock"}),
 }
-
-
 
 
 @pytest.mark.parametrize("model_name", list(EXPECTED))
@@ -58,9 +55,7 @@ def test_layer_params_and_macs_are_those_of_the_teacher_block(model_name):
 
 def test_find_layers_uses_forward_order_and_consecutive_shapes_within_a_stage():
     _, layers = timm_model("resnet18")
-    assert [layer.name for layer in layers] == [
-        f"layer{i}.{j}" for i in range(1, 5) for j in range(2)
-    ]
+    assert [layer.name for layer in layers] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     for previous, layer in zip(layers, layers[1:], strict=False):
         assert previous.out_shape == layer.in_shape  # ResNet blocks follow each other directly
 
@@ -96,9 +91,7 @@ def test_a_model_that_cannot_run_at_the_shape_is_a_value_error():
     import timm
 
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMG, num_classes=10)
-    with pytest.raises(
-        ValueError, match=r"cannot trace VisionTransformer on one input of shape \(3, 32, 32\)"
-    ):
+    with pytest.raises(ValueError, match=r"cannot trace VisionTransformer on one input of shape \(3, 32, 32\)"):
         find_layers(vit, (3, 32, 32))
 
 
@@ -204,12 +197,8 @@ def test_unknown_layer_names_raise_key_error():
 
 def test_describe_space_table_ends_with_the_space_size():
     summary = describe_space("resnet18", "tiny", img_size=IMG, num_classes=10)
-    assert [row.layer.name for row in summary.rows] == [
-        layer.name for layer in timm_model("resnet18")[1]
-    ]
-    assert summary.log10_size == pytest.approx(
-        sum(math.log10(row.n_candidates) for row in summary.rows)
-    )
+    assert [row.layer.name for row in summary.rows] == [layer.name for layer in timm_model("resnet18")[1]]
+    assert summary.log10_size == pytest.approx(sum(math.log10(row.n_candidates) for row in summary.rows))
     text = summary.to_text()
     assert text.splitlines()[-1].endswith(f"space size: 10^{summary.log10_size:.1f}")
     assert "layer2.0" in text and "64x16x16 -> 128x8x8" in text

@@ -23,7 +23,9 @@ def test_import_lana_does_not_import_torch(tmp_path):
 
 
 def test_python_dash_m_lana_prints_help(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "lana", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "lana", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     assert "teacher" in result.stdout and "candidates" in result.stdout
 

@@ -20,12 +20,33 @@ from lana.solver import InfeasibleBudget
 from lana.synthetic import write_random_library
 
 ARCHITECTURE_EXAMPLE = {
-    "model": "resnet18", "table": "cpu-b64", "score": "kl", "budget_ms": 3.2,
-    "choices": {"layer1.0": "ir_k3_e2"}, "predicted_latency_ms": 3.1, "predicted_drop": 0.4,
-    "solver": "highs", "solve_time_s": 0.01}
-PLAN_KEYS = ["model", "table", "score", "budget_ms", "choices", "predicted_latency_ms",
-             "predicted_drop", "solver", "solve_time_s", "latency_ms", "params", "macs",
-             "layer_latency_ms", "layer_score", "config"]
+    "model": "resnet18",
+    "table": "cpu-b64",
+    "score": "kl",
+    "budget_ms": 3.2,
+    "choices": {"layer1.0": "ir_k3_e2"},
+    "predicted_latency_ms": 3.1,
+    "predicted_drop": 0.4,
+    "solver": "highs",
+    "solve_time_s": 0.01,
+}
+PLAN_KEYS = [
+    "model",
+    "table",
+    "score",
+    "budget_ms",
+    "choices",
+    "predicted_latency_ms",
+    "predicted_drop",
+    "solver",
+    "solve_time_s",
+    "latency_ms",
+    "params",
+    "macs",
+    "layer_latency_ms",
+    "layer_score",
+    "config",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +56,15 @@ def library(tmp_path_factory):
 
 
 def _cli(*args, check_rc=0):
-    done = subprocess.run([sys.executable, "-m", "lana.cli_solve", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lana.cli_solve", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == check_rc, done.stderr
     return done
 
 
 # -- the library as the ILP reads it ---------------------------------------------------------------
+
 
 def test_load_problem_defaults_to_the_first_table_and_the_kl_score(library):
     problem = load_problem(library)
@@ -91,16 +114,14 @@ def test_random_library_is_reproducible_and_in_the_documented_layout(tmp_path):
         assert bool(f.attrs["complete"]) and json.loads(f.attrs["stages"])["score"]
         assert {"fixed_ms", "teacher_ms", "device"} <= set(f["latency_tables/t2"].attrs)
         group = f["layers/000"]
-        assert {"name", "kind", "in_shape", "out_shape", "stride", "params", "macs"} <= \
-            set(group.attrs)
-        assert {"specs", "params", "macs", "distill_loss", "scores", "latency",
-                "latency_spread"} <= set(group)
+        assert {"name", "kind", "in_shape", "out_shape", "stride", "params", "macs"} <= set(group.attrs)
+        assert {"specs", "params", "macs", "distill_loss", "scores", "latency", "latency_spread"} <= set(group)
 
 
 # -- budgets ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, ms", [("0.5x", 5.0), ("3.2ms", 3.2), ("3.2", 3.2), (2, 2.0),
-                                      (" 1.5X ", 15.0)])
+
+@pytest.mark.parametrize("text, ms", [("0.5x", 5.0), ("3.2ms", 3.2), ("3.2", 3.2), (2, 2.0), (" 1.5X ", 15.0)])
 def test_parse_budget_reads_factors_and_milliseconds(text, ms):
     assert parse_budget(text, teacher_ms=10.0) == pytest.approx(ms)
 
@@ -122,7 +143,8 @@ def test_parse_budgets_expands_inclusive_ranges_and_lists():
 def test_relative_budget_is_a_fraction_of_the_teachers_predicted_latency(library):
     problem = load_problem(library)
     teacher_ms = problem.fixed_ms["cpu-b1"] + sum(
-        lat[specs.index("teacher")] for lat, specs in zip(problem.latency["cpu-b1"], problem.specs))
+        lat[specs.index("teacher")] for lat, specs in zip(problem.latency["cpu-b1"], problem.specs)
+    )
     plan = solve_library(library, "0.5x")
     assert plan.budget_ms == pytest.approx(0.5 * teacher_ms)
     assert plan.predicted_latency_ms <= plan.budget_ms
@@ -130,12 +152,12 @@ def test_relative_budget_is_a_fraction_of_the_teachers_predicted_latency(library
 
 # -- plans -----------------------------------------------------------------------------------------
 
+
 def test_plan_numbers_add_up_to_its_predictions(library):
     plan = solve_library(library, "0.6x")
     problem = load_problem(library)
     assert [layer for layer, _ in plan.choices] == list(problem.layers)  # network order
-    assert plan.predicted_latency_ms == pytest.approx(
-        problem.fixed_ms["cpu-b1"] + sum(plan.layer_latency_ms))
+    assert plan.predicted_latency_ms == pytest.approx(problem.fixed_ms["cpu-b1"] + sum(plan.layer_latency_ms))
     assert plan.predicted_drop == pytest.approx(sum(plan.layer_score))
     assert plan.latency_ms["cpu-b1"] == plan.predicted_latency_ms and "gpu-b64" in plan.latency_ms
 
@@ -161,8 +183,7 @@ def test_plan_reads_the_architecture_example():
 
 
 def test_keep_pins_layers_to_the_teacher_and_exclude_forbids_specs(library):
-    plan = solve_library(library, "0.4x", keep=["blocks.0.*"],
-                         exclude=["ir_*_se", "blocks.3.*:dw_*"])
+    plan = solve_library(library, "0.4x", keep=["blocks.0.*"], exclude=["ir_*_se", "blocks.3.*:dw_*"])
     for layer, spec in plan.choices:
         if layer.startswith("blocks.0."):
             assert spec == "teacher"
@@ -188,8 +209,7 @@ def test_patterns_that_match_nothing_are_errors(library):
 
 def test_params_macs_and_extra_table_limits_hold_and_bind(library):
     free = solve_library(library, "0.7x")
-    for option, value, total in [("max_params", free.params * 0.8, "params"),
-                                 ("max_macs", free.macs * 0.8, "macs")]:
+    for option, value, total in [("max_params", free.params * 0.8, "params"), ("max_macs", free.macs * 0.8, "macs")]:
         plan = solve_library(library, "0.7x", **{option: int(value)})
         assert getattr(plan, total) <= value and plan.predicted_drop >= free.predicted_drop
     gpu_ms = 0.9 * free.latency_ms["gpu-b64"]
@@ -208,7 +228,7 @@ def test_diverse_plans_differ_pairwise_and_come_best_first(library):
     assert len(plans) == 4
     assert plans[0].choices == solve_library(library, "0.5x").choices
     for i, a in enumerate(plans):
-        for b in plans[i + 1:]:
+        for b in plans[i + 1 :]:
             assert sum(x != y for x, y in zip(a.choices, b.choices)) >= 3
             assert a.predicted_drop <= b.predicted_drop + 1e-12
     assert [p.config["diverse_rank"] for p in plans] == [1, 2, 3, 4]
@@ -225,13 +245,13 @@ def test_pareto_drop_never_rises_with_the_budget_and_skips_infeasible_ones(libra
 
 # -- the commands ----------------------------------------------------------------------------------
 
+
 def test_solve_json_follows_the_documented_schema(library):
     data = json.loads(_cli("solve", library, "--budget", "0.5x", "--json").stdout)
     assert list(data) == PLAN_KEYS
     assert isinstance(data["choices"], dict) and len(data["choices"]) == 16
     assert list(data["layer_latency_ms"]) == list(data["choices"])
-    assert {type(data[k]) for k in ("budget_ms", "predicted_latency_ms", "predicted_drop",
-                                    "solve_time_s")} == {float}
+    assert {type(data[k]) for k in ("budget_ms", "predicted_latency_ms", "predicted_drop", "solve_time_s")} == {float}
     assert isinstance(data["params"], int) and data["config"]["budget"] == "0.5x"
     assert Plan.from_dict(data).predicted_drop == data["predicted_drop"]
 
@@ -252,11 +272,13 @@ def test_solve_exits_2_with_the_minimum_latency_when_infeasible(library):
 
 def test_solve_diverse_writes_one_file_per_plan(library, tmp_path):
     out = tmp_path / "plan.json"
-    data = json.loads(_cli("solve", library, "--budget", "0.5x", "--diverse", 3, "--min-diff", 2,
-                           "--json", "--out", out).stdout)
+    data = json.loads(
+        _cli("solve", library, "--budget", "0.5x", "--diverse", 3, "--min-diff", 2, "--json", "--out", out).stdout
+    )
     assert len(data) == 3
-    assert [Plan.load(tmp_path / f"plan_{i}.json").choices for i in (1, 2, 3)] == \
-        [Plan.from_dict(d).choices for d in data]
+    assert [Plan.load(tmp_path / f"plan_{i}.json").choices for i in (1, 2, 3)] == [
+        Plan.from_dict(d).choices for d in data
+    ]
 
 
 def test_pareto_prints_a_table_and_draws_the_front(library, tmp_path):
@@ -266,11 +288,12 @@ def test_pareto_prints_a_table_and_draws_the_front(library, tmp_path):
 
 
 def test_solve_leaves_torch_out(library):
-    script = ("import sys, lana.cli_solve as cli;"
-              f"rc = cli.main(['solve', {str(library)!r}, '--budget', '0.5x', '--json']);"
-              "sys.stderr.write(repr(sorted(m for m in sys.modules if m.split('.')[0] in "
-              "('torch', 'timm', 'torchvision'))))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
+    script = (
+        "import sys, lana.cli_solve as cli;"
+        f"rc = cli.main(['solve', {str(library)!r}, '--budget', '0.5x', '--json']);"
+        "sys.stderr.write(repr(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'timm', 'torchvision'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and json.loads(done.stdout)["choices"]
     assert done.stderr.strip() == "[]"

@@ -1,8 +1,6 @@
 """Scores (issue 5): the fan-out scoring equals swapping one layer at a time; score correlation."""
 
-import numpy as np
 import pytest
-import torch
 
 from lana.correlation import score_correlation, spearman
 
@@ -26,7 +24,9 @@ def test_fanout_scores_equal_one_swap_at_a_time(tiny_library):
     teacher_logits = predict_logits(ctx.teacher, data)
     li = 1
     specs = [s for s in ctx.specs[li] if s != "teacher"]
-    fanned = score_layer(ctx.teacher, ctx.layers[li], [ctx.load(li, s) for s in specs], data, teacher_logits, batch_size=16)
+    fanned = score_layer(
+        ctx.teacher, ctx.layers[li], [ctx.load(li, s) for s in specs], data, teacher_logits, batch_size=16
+    )
     for spec, got in zip(specs, fanned):
         import copy
 

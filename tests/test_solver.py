@@ -63,7 +63,7 @@ print(json.dumps(results))
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(path: str) -> Problem:
     return load_problem(path)
 
@@ -100,8 +100,14 @@ def _best(problem: Problem, case, avoid=(), min_diff=1) -> float | None:
 
 
 def _case(path, budget_ms, max_params=None, max_macs=None, extra=None, raw=True) -> dict:
-    return {"path": str(path), "budget_ms": float(budget_ms), "max_params": max_params,
-            "max_macs": max_macs, "extra_budgets_ms": extra or {}, "raw": raw}
+    return {
+        "path": str(path),
+        "budget_ms": float(budget_ms),
+        "max_params": max_params,
+        "max_macs": max_macs,
+        "extra_budgets_ms": extra or {},
+        "raw": raw,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +124,14 @@ def tiny_cases(tmp_path_factory):
         teacher_ms = problem.teacher_ms()
         params = np.quantile(_totals(problem, plans, problem.params), 0.3)
         macs = np.quantile(_totals(problem, plans, problem.macs), 0.3)
-        gpu = problem.fixed_ms["gpu-b64"] + np.quantile(
-            _totals(problem, plans, problem.latency["gpu-b64"]), 0.4)
+        gpu = problem.fixed_ms["gpu-b64"] + np.quantile(_totals(problem, plans, problem.latency["gpu-b64"]), 0.4)
         cases += [_case(path, f * teacher_ms) for f in (0.45, 0.6, 0.8, 1.0)]  # 1.0: teacher fits
-        cases += [_case(path, 0.7 * teacher_ms, max_params=int(params)),
-                  _case(path, 0.7 * teacher_ms, max_macs=int(macs)),
-                  _case(path, 0.7 * teacher_ms, extra={"gpu-b64": float(gpu)}),
-                  _case(path, 0.05 * teacher_ms)]  # below the fastest plan
+        cases += [
+            _case(path, 0.7 * teacher_ms, max_params=int(params)),
+            _case(path, 0.7 * teacher_ms, max_macs=int(macs)),
+            _case(path, 0.7 * teacher_ms, extra={"gpu-b64": float(gpu)}),
+            _case(path, 0.05 * teacher_ms),
+        ]  # below the fastest plan
     for case in cases:
         case["best"] = _best(_load(case["path"]), case)
     return cases
@@ -147,15 +154,21 @@ def results(tiny_cases, mid_cases, tmp_path_factory):
     """backend -> (tiny results, mid results), each backend solved in its own process."""
     cases_path = tmp_path_factory.mktemp("cases") / "cases.json"
     cases_path.write_text(json.dumps(tiny_cases + mid_cases))
-    workers = {b: subprocess.Popen([sys.executable, "-c", _WORKER, b, str(cases_path)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for b in BACKENDS}  # all at once
+    workers = {
+        b: subprocess.Popen(
+            [sys.executable, "-c", _WORKER, b, str(cases_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for b in BACKENDS
+    }  # all at once
     out = {}
     for backend, worker in workers.items():
         stdout, stderr = worker.communicate(timeout=300)
         assert worker.returncode == 0, f"{backend} worker failed:\n{stderr}"
         found = json.loads(stdout)
-        out[backend] = (found[:len(tiny_cases)], found[len(tiny_cases):])
+        out[backend] = (found[: len(tiny_cases)], found[len(tiny_cases) :])
     return out
 
 
@@ -183,8 +196,7 @@ def test_backends_agree_with_highs_on_mid_size_libraries(backend, mid_cases, res
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_backend_reports_the_fastest_plan_when_the_budget_is_too_small(backend, tiny_cases,
-                                                                        results):
+def test_backend_reports_the_fastest_plan_when_the_budget_is_too_small(backend, tiny_cases, results):
     for case, found in zip(tiny_cases, results[backend][0]):
         problem = _load(case["path"])
         if case["best"] is not None or case["max_params"] or case["extra_budgets_ms"]:
@@ -198,9 +210,14 @@ def test_presolve_keeps_the_optimum(tiny_cases):
     for case in tiny_cases:
         problem, best = _load(case["path"]), case["best"]
         try:
-            found = solver.solve(problem, case["budget_ms"], solver="brute",
-                                 max_params=case["max_params"], max_macs=case["max_macs"],
-                                 extra_budgets_ms=case["extra_budgets_ms"])
+            found = solver.solve(
+                problem,
+                case["budget_ms"],
+                solver="brute",
+                max_params=case["max_params"],
+                max_macs=case["max_macs"],
+                extra_budgets_ms=case["extra_budgets_ms"],
+            )
         except InfeasibleBudget:
             assert best is None
             continue
@@ -215,16 +232,21 @@ def test_presolve_keeps_the_best_plan_that_differs_from_earlier_ones(tiny_cases,
         for _ in range(3):
             best = _best(problem, case, avoid, min_diff)
             try:
-                found = solver.solve(problem, case["budget_ms"], solver="brute",
-                                     max_params=case["max_params"], max_macs=case["max_macs"],
-                                     extra_budgets_ms=case["extra_budgets_ms"], avoid=avoid,
-                                     min_diff=min_diff)
+                found = solver.solve(
+                    problem,
+                    case["budget_ms"],
+                    solver="brute",
+                    max_params=case["max_params"],
+                    max_macs=case["max_macs"],
+                    extra_budgets_ms=case["extra_budgets_ms"],
+                    avoid=avoid,
+                    min_diff=min_diff,
+                )
             except (InfeasibleBudget, solver.NoMorePlans):
                 assert best is None
                 break
             assert found.objective == pytest.approx(best, abs=TOLERANCE)
-            assert all(sum(a != b for a, b in zip(found.choice, plan)) >= min_diff
-                       for plan in avoid)
+            assert all(sum(a != b for a, b in zip(found.choice, plan)) >= min_diff for plan in avoid)
             avoid.append(found.choice)
 
 
@@ -234,20 +256,25 @@ def test_two_dimensional_dominance_matches_the_pairwise_definition():
         n = int(rng.integers(1, 25))
         cost, weight = (rng.integers(0, 4, n).astype(float) for _ in range(2))  # many ties
         one_row = Model(("a",), (cost,), (Constraint("w", (weight,), 1.0),))
-        two_rows = Model(("a",), (cost,), (Constraint("w", (weight,), 1.0),
-                                           Constraint("zero", (np.zeros(n),), 1.0)))
+        two_rows = Model(("a",), (cost,), (Constraint("w", (weight,), 1.0), Constraint("zero", (np.zeros(n),), 1.0)))
         assert list(presolve.undominated(one_row)[0]) == list(presolve.undominated(two_rows)[0])
 
 
 def _toy(**changes) -> Problem:
     """Two layers: teacher (slow, 10 params), fast (20 params), small (2 params, 1 MAC, slowish)."""
     row = np.array
-    fields = dict(model="toy", table="t", score="kl", layers=("a", "b"),
-                  specs=(("teacher", "fast", "small"),) * 2,
-                  scores=(row([0.0, 1.0, 1.0]), row([0.0, 1.0, 1.0])),
-                  latency={"t": (row([1.0, 0.2, 0.8]),) * 2, "u": (row([1.0, 0.9, 0.1]),) * 2},
-                  fixed_ms={"t": 0.5, "u": 0.0}, params=(row([10, 20, 2]),) * 2,
-                  macs=(row([5, 5, 1]),) * 2)
+    fields = dict(
+        model="toy",
+        table="t",
+        score="kl",
+        layers=("a", "b"),
+        specs=(("teacher", "fast", "small"),) * 2,
+        scores=(row([0.0, 1.0, 1.0]), row([0.0, 1.0, 1.0])),
+        latency={"t": (row([1.0, 0.2, 0.8]),) * 2, "u": (row([1.0, 0.9, 0.1]),) * 2},
+        fixed_ms={"t": 0.5, "u": 0.0},
+        params=(row([10, 20, 2]),) * 2,
+        macs=(row([5, 5, 1]),) * 2,
+    )
     return Problem(**{**fields, **changes})
 
 

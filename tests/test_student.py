@@ -63,9 +63,21 @@ def test_accelerate_end_to_end_reuses_library(tiny_library, tiny_build, tmp_path
     from lana.accelerate import AccelerateConfig, accelerate, format_report
 
     path, _ = tiny_library
-    config = AccelerateConfig(model="resnet10t", img_size=32, space="tiny", budget="0.8x", library=str(path),
-                              finetune_epochs=1, max_steps=2, limit=tiny_build["limit"], score_images=tiny_build["score_images"],
-                              eval_limit=200, device="cpu", latency_rounds=1, tables=("cpu-b1",))
+    config = AccelerateConfig(
+        model="resnet10t",
+        img_size=32,
+        space="tiny",
+        budget="0.8x",
+        library=str(path),
+        finetune_epochs=1,
+        max_steps=2,
+        limit=tiny_build["limit"],
+        score_images=tiny_build["score_images"],
+        eval_limit=200,
+        device="cpu",
+        latency_rounds=1,
+        tables=("cpu-b1",),
+    )
     report = accelerate(config, tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     for key in ("budget_ms", "budget_met", "teacher", "student", "speedup", "stages_s"):
@@ -78,9 +90,9 @@ def test_accelerate_end_to_end_reuses_library(tiny_library, tiny_build, tmp_path
 
 
 def test_finetune_leaves_the_teacher_trainable_and_unchanged(tiny_library):
-    from lana.data import load_dataset
     from dataclasses import replace
 
+    from lana.data import load_dataset
     from lana.finetune import FINETUNE_RECIPE, finetune
     from lana.pipeline import context_from_library
 
@@ -88,7 +100,13 @@ def test_finetune_leaves_the_teacher_trainable_and_unchanged(tiny_library):
     ctx = context_from_library(path)
     before = {k: v.clone() for k, v in ctx.teacher.state_dict().items()}
     student = assemble(path, solve_library(path, "0.8x"), ctx=ctx)
-    finetune(student, ctx.teacher, load_dataset("fashion-mnist", "train", 32, limit=64), max_steps=1, device="cpu",
-             recipe=replace(FINETUNE_RECIPE, batch_size=16))
+    finetune(
+        student,
+        ctx.teacher,
+        load_dataset("fashion-mnist", "train", 32, limit=64),
+        max_steps=1,
+        device="cpu",
+        recipe=replace(FINETUNE_RECIPE, batch_size=16),
+    )
     assert all(p.requires_grad for p in ctx.teacher.parameters()), "copies assembled later must stay trainable"
     assert all(torch.equal(v, ctx.teacher.state_dict()[k]) for k, v in before.items())

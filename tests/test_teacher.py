@@ -70,7 +70,9 @@ def test_offline_lite0_weights_classify_bundled_photos():
 def test_train_teacher_writes_weights_and_sidecar(tmp_path):
     from lana.teacher import train_teacher
 
-    result = train_teacher("resnet10t", img_size=32, epochs=1, out=tmp_path, max_steps=3, batch_size=16, limit=200, device="cpu")
+    result = train_teacher(
+        "resnet10t", img_size=32, epochs=1, out=tmp_path, max_steps=3, batch_size=16, limit=200, device="cpu"
+    )
     sidecar = json.loads((tmp_path / "teacher.json").read_text())
     assert (tmp_path / "teacher.safetensors").is_file()
     assert sidecar["steps"] == 3 and 0 <= sidecar["top1"] <= 100 and sidecar["config"]["model"] == "resnet10t"
@@ -81,5 +83,24 @@ def test_train_teacher_writes_weights_and_sidecar(tmp_path):
 def test_cli_teacher_smoke(tmp_path):
     from lana.cli import main
 
-    assert main(["teacher", "--model", "resnet10t", "--max-steps", "2", "--batch-size", "8", "--limit", "64", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--model",
+                "resnet10t",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--limit",
+                "64",
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "teacher.json").is_file()
