@@ -25,31 +25,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-__all__ = ["rewrite_report", "run_bench", "run_workload", "spearman"]
+__all__ = ["rewrite_report", "run_bench", "run_workload"]
 
 log = logging.getLogger(__name__)
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 points."""
-    import numpy as np
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3:
-        return float("nan")
-
-    def ranks(values):
-        order = values.argsort(kind="stable")
-        rank = np.empty(len(values))
-        rank[order] = np.arange(len(values))
-        for value in np.unique(values):  # ties share their mean rank
-            rank[values == value] = rank[values == value].mean()
-        return rank
-
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 class _NoPlan(Exception):
@@ -58,33 +36,22 @@ class _NoPlan(Exception):
 
 def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
     """``lana accelerate`` at ``budget_ms`` on the budget's table, from the cached library."""
-    from lana.accelerate import AccelerateConfig, accelerate
-    from lana.plan import Plan
+    from bench.workloads import build_config
+    from lana.accelerate import AccelerateConfig, FinetuneConfig, accelerate
+    from lana.plan import Plan, SolveOptions
     from lana.student import load_student, student_from_context
 
     w = run.w
 
     def make(folder: Path):
         config = AccelerateConfig(
-            model=w.model,
-            checkpoint=run.teacher_info["path"],
-            dataset=w.dataset,
-            img_size=w.img_size,
-            space=w.space,
+            build=build_config(w, run.teacher_info["path"]),
             budget=f"{budget_ms:.6g}ms",
-            table=w.budget_table,
+            solve=SolveOptions(table=w.budget_table),
+            finetune=FinetuneConfig(epochs=w.finetune_epochs, max_steps=w.max_steps),
             library=run.library["path"],
-            build_epochs=w.build_epochs,
-            finetune_epochs=w.finetune_epochs,
-            max_steps=w.max_steps,
-            device=w.device,
-            limit=w.limit,
-            score_images=w.score_images,
             eval_limit=w.eval_limit,
-            tables=w.tables,
-            latency_rounds=w.latency_rounds,
             export=False,
-            seed=w.seed,
         )
         report = accelerate(config, folder)
         plan = Plan.from_dict(report["student"]["plan"])
@@ -279,8 +246,10 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
     import torch
 
     from bench.library_analysis import analyse
-    from bench.workloads import WorkloadRun, write_json
+    from bench.workloads import WorkloadRun
     from lana.accelerate import measure_latency
+    from lana.correlation import spearman
+    from lana.files import write_json
     from lana.solver import InfeasibleBudget
 
     start = time.perf_counter()
@@ -288,8 +257,8 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if workload.threads:
         torch.set_num_threads(workload.threads)
-        # TODO(limit): AccelerateConfig takes no thread count and its meters use every core this
-        # process may run on, so the process is pinned to `threads` cores: every meter agrees.
+        # the process is pinned to `threads` cores, so that training, the baselines' searches and
+        # every meter (lana's take the workload's thread count from its BuildConfig) agree
         if affinity and len(affinity) > workload.threads:
             os.sched_setaffinity(0, sorted(affinity)[: workload.threads])
     try:
@@ -397,8 +366,9 @@ def run_bench(
     from dataclasses import replace
 
     from bench.report import write_report
-    from bench.workloads import FULL, WORKLOADS, read_json, write_json
+    from bench.workloads import FULL, WORKLOADS
     from bench.workloads import smoke as tiny
+    from lana.files import read_json, write_json
 
     out = Path(out)
     unknown = [n for n in names if n not in WORKLOADS]
@@ -434,7 +404,7 @@ def rewrite_report(out: str | os.PathLike = "runs/bench", report: str | os.PathL
     """
     from bench.library_analysis import analyse
     from bench.report import write_report
-    from bench.workloads import read_json, write_json
+    from lana.files import read_json, write_json
 
     out = Path(out)
     saved = read_json(out / "results.json")

@@ -31,8 +31,8 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from lana.context import LibraryContext
     from lana.distill import DistillConfig, _Chunk, _normalised_mse, capture_io
-    from lana.pipeline import LibraryContext
     from lana.teacher import load_teacher
 
     torch.manual_seed(0)

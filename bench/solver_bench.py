@@ -10,7 +10,7 @@ Workloads (libraries from `lana.synthetic.write_random_library`, fixed seeds):
 * ``solve 100x500``: the same on 100 layers x 500 candidates. Target: < 1 s.
 * ``pareto 20 budgets``: `lana.plan.pareto` over 20 budgets 0.2x..1.0x on 50 x 200, library read
   included. Target: < 3 s.
-* ``lana solve wall``: ``python3 -m lana.cli_solve solve LIB --budget 0.5x`` on 50 x 200, the
+* ``lana solve wall``: ``python3 -m lana.cli.solve solve LIB --budget 0.5x`` on 50 x 200, the
   whole process (interpreter, imports, read, solve, print). Target: < 1 s.
 
 Each backend runs in its own process: two copies of HiGHS (highspy, OR-Tools) must never meet.
@@ -81,7 +81,7 @@ def _cli_wall(backend: str, library: Path, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "lana.cli_solve", "solve", str(library), "--budget", "0.5x", "--solver", backend],
+            [sys.executable, "-m", "lana.cli.solve", "solve", str(library), "--budget", "0.5x", "--solver", backend],
             check=True,
             stdout=subprocess.DEVNULL,
         )

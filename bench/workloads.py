@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from lana.files import read_json, write_json
 
 __all__ = [
     "FULL",
     "WORKLOADS",
     "Workload",
     "WorkloadRun",
+    "build_config",
     "library_stages",
     "prepare_library",
     "prepare_teacher",
-    "read_json",
     "smoke",
-    "write_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,30 +162,13 @@ def smoke(workload: Workload) -> Workload:
     )
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: Path, data) -> Path:
-    """Write JSON atomically (a temporary file, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def prepare_teacher(workload: Workload, out: Path) -> dict:
     """Train (or fine-tune) the workload's teacher, or reuse the one cached in ``out/teacher``.
 
     Returns:
         ``teacher.json``'s content (path, top1, minutes, config, ...) plus ``cached``.
     """
-    from lana.teacher import train_teacher
+    from lana.teacher import TeacherConfig, train_teacher
 
     wanted = {
         "model": workload.model,
@@ -202,23 +185,16 @@ def prepare_teacher(workload: Workload, out: Path) -> dict:
     if sidecar and Path(sidecar["path"]).is_file() and all(sidecar["config"].get(k) == v for k, v in wanted.items()):
         log.info("%s: reusing teacher %s (top-1 %.2f%%)", workload.name, sidecar["path"], sidecar["top1"])
         return {**sidecar, "cached": True}
-    result = train_teacher(
-        workload.model,
-        workload.dataset,
-        workload.img_size,
-        workload.teacher_epochs,
-        out / "teacher",
-        pretrained=workload.pretrained,
-        lr=workload.teacher_lr,
-        max_steps=workload.max_steps,
-        device=workload.device,
-        seed=workload.seed,
-        limit=workload.limit,
-    )
+    config = TeacherConfig(
+        model=workload.model, dataset=workload.dataset, img_size=workload.img_size, epochs=workload.teacher_epochs,
+        pretrained=workload.pretrained, lr=workload.teacher_lr, max_steps=workload.max_steps,
+        device=workload.device, seed=workload.seed, limit=workload.limit,
+    )  # fmt: skip
+    result = train_teacher(config, out / "teacher")
     return {**asdict(result), "cached": False}
 
 
-def _build_config(workload: Workload, checkpoint: str):
+def build_config(workload: Workload, checkpoint: str):
     from lana.pipeline import BuildConfig
 
     # pretrained=False: the teacher's weights (ImageNet ones included) are in the checkpoint
@@ -241,28 +217,18 @@ def _build_config(workload: Workload, checkpoint: str):
 
 
 def _library_is_current(path: Path, config) -> bool:
-    from lana.library import complete_config
-    from lana.teacher import file_sha256
+    """A complete library of this very build, timed on the same tables with as many rounds."""
+    from lana.dist import resolve_device
+    from lana.library import Library, LibraryError
 
-    built = complete_config(path)
-    if built is None:
+    try:
+        library = Library(path)
+    except LibraryError as error:
+        log.warning("%s: rebuilding", error)
         return False
-    wanted = {**asdict(config), "checkpoint_sha256": file_sha256(config.checkpoint), "tables": list(config.tables)}
-    keys = (
-        "model",
-        "checkpoint_sha256",
-        "dataset",
-        "img_size",
-        "space",
-        "epochs",
-        "max_steps",
-        "limit",
-        "score_images",
-        "tables",
-        "latency_rounds",
-        "seed",
-    )
-    return all(built.get(k) == wanted[k] for k in keys)
+    wanted = config.resolved(resolve_device(config.device))
+    identity = {**wanted.identity(), "tables": list(wanted.tables), "latency_rounds": wanted.latency_rounds}
+    return library.complete and not library.same_build(identity)
 
 
 def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
@@ -275,7 +241,7 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
     from lana.pipeline import build
 
     path = out / "library.h5"
-    config = _build_config(workload, checkpoint)
+    config = build_config(workload, checkpoint)
     if path.exists() and _library_is_current(path, config):
         log.info("%s: reusing library %s", workload.name, path)
         return {"path": str(path), "cached": True, "stages_s": library_stages(path)}
@@ -294,10 +260,9 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
 
 def library_stages(path: str | Path) -> dict[str, float]:
     """The build's stage times (setup, distill, score, latency) stored in the library's config."""
-    import h5py
+    from lana.library import Library
 
-    with h5py.File(path, "r") as f:
-        return dict(json.loads(f.attrs["config"]).get("stages_s", {}))
+    return dict(Library(path).config.get("stages_s", {}))
 
 
 class WorkloadRun:
@@ -310,11 +275,11 @@ class WorkloadRun:
     """
 
     def __init__(self, workload: Workload, out: Path):
+        from lana.context import context_from_library
         from lana.data import load_dataset
-        from lana.pipeline import context_from_library
+        from lana.dist import resolve_device
+        from lana.files import file_sha256
         from lana.problem import load_problem
-        from lana.teacher import file_sha256
-        from lana.train import resolve_device
 
         self.w, self.out = workload, out
         self.device = resolve_device(workload.device)

@@ -18,8 +18,12 @@ _LAZY = {
     "find_layers": "lana.layers",
     "Layer": "lana.layers",
     "build": "lana.pipeline",
-    "accelerate": "lana.pipeline",
+    "BuildConfig": "lana.pipeline",
+    # not `accelerate`: that name is the module lana.accelerate (``from lana.accelerate import accelerate``)
+    "AccelerateConfig": "lana.accelerate",
+    "Library": "lana.library",
     "Plan": "lana.plan",
+    "SolveOptions": "lana.plan",
     "load_problem": "lana.problem",
     "solve_library": "lana.plan",
     "assemble": "lana.student",

@@ -17,62 +17,69 @@ import copy
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import h5py
+from lana.library import Library, LibraryError
+from lana.pipeline import BuildConfig
+from lana.plan import SolveOptions
 
-__all__ = ["AccelerateConfig", "accelerate", "measure_latency", "library_matches", "format_report"]
+__all__ = ["AccelerateConfig", "FinetuneConfig", "accelerate", "measure_latency", "library_matches", "format_report"]
 
 log = logging.getLogger(__name__)
+
+# what a library is *for*: accelerate reuses one built for the same teacher, data, space, input
+# size and precisions, however long it was distilled (the strict identity is BuildConfig's)
+_REUSE_FIELDS = ("model", "checkpoint_sha256", "pretrained", "dataset", "img_size", "space", "int8")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The student's KD fine-tuning: epochs over the build's training images, optional step cap."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
 
 
 @dataclass(frozen=True)
 class AccelerateConfig:
-    model: str = "resnet18"
-    checkpoint: str | None = None
-    pretrained: bool = False
-    dataset: str = "fashion-mnist"
-    img_size: int = 32
-    space: str = "default"
+    """Everything ``lana accelerate`` does: the build (or the library to reuse), the solve, the
+    fine-tuning and the measurement. Stored whole in ``report.json``.
+
+    Attributes:
+        build: the library's build (teacher, data, space, distillation, latency tables, device).
+        budget: ``0.5x`` (of the teacher's latency on the budget's table) or ``3.2ms``.
+        solve: how the plan is solved (``solve.table`` is the budget's table; default the first).
+        finetune: the student's fine-tuning.
+        library: the library file (default ``OUT/library.h5``); reused when built for the same
+            teacher, data, space, size and precisions.
+        diverse, min_diff: measure ``diverse`` plans that differ in ``min_diff`` layers, keep the best.
+        eval_limit: test images of the final top-1 (None: all).
+        export: write ONNX and TorchScript files.
+    """
+
+    build: BuildConfig = field(default_factory=BuildConfig)
     budget: str = "0.5x"
-    table: str | None = None  # the budget's latency table (default: the library's first)
-    score: str | None = None
-    library: str | None = None  # default OUT/library.h5; reused when built for the same teacher/data/space
-    build_epochs: float = 1.0
-    finetune_epochs: float = 1.0
-    max_steps: int | None = None
-    device: str = "auto"
+    solve: SolveOptions = field(default_factory=SolveOptions)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    library: str | None = None
     diverse: int = 1
     min_diff: int = 2
-    limit: int | None = None
-    score_images: int | None = 2000
-    eval_limit: int | None = None  # test images for the final top-1 (None: all)
-    tables: tuple[str, ...] | None = None
-    latency_rounds: int = 5
+    eval_limit: int | None = None
     export: bool = True
-    seed: int = 0
-    threads: int | None = None  # CPU threads for latency measurement (default: all cores)
-    int8: bool = False  # int8 twins of the candidates (CPU, cpu-b* tables only)
 
 
-def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoint_sha: str | None) -> bool:
+def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoint_sha: str | None = None) -> bool:
     """True when ``path`` is a complete library of the same teacher, data, space, size and
-    precisions (``int8``)."""
-    from lana.library import complete_config
-
-    built = complete_config(path)
-    if built is None:
+    precisions (``int8``) as ``config.build`` (whose checkpoint has digest ``checkpoint_sha``)."""
+    try:
+        library = Library(path)
+    except LibraryError:
         return False
-    wanted = {
-        "model": config.model,
-        "checkpoint_sha256": checkpoint_sha,
-        "pretrained": config.pretrained,
-        "dataset": config.dataset,
-        "img_size": config.img_size,
-        "space": config.space,
-    }
-    return all(built.get(k) == v for k, v in wanted.items()) and bool(built.get("int8", False)) == config.int8
+    if not library.complete:
+        return False
+    wanted = {k: getattr(config.build, k) for k in _REUSE_FIELDS}
+    return not library.same_build({**wanted, "checkpoint_sha256": checkpoint_sha})
 
 
 def measure_latency(
@@ -84,11 +91,10 @@ def measure_latency(
     branches fused), as the library's tables are.
     """
     from lana.candidates import inference_form
-    from lana.latency import Timing, make_meter
-    from lana.pipeline import parse_table_name
+    from lana.latency import Timing
+    from lana.meters import meter_for_table
 
-    spec = parse_table_name(table)
-    meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads)
+    meter = meter_for_table(table, threads=threads)
     models = {name: inference_form(model) for name, model in models.items()}  # timed as shipped
     samples = {name: [] for name in models}
     for _ in range(rounds):  # interleave so that drifting load hits every model alike
@@ -99,182 +105,169 @@ def measure_latency(
     }
 
 
-def _table_noise(path, table: str) -> float:
-    """Relative noise of a table: the teacher's spread over its median (at least 3%)."""
-    with h5py.File(path, "r") as f:
-        attrs = f["latency_tables"][table].attrs
-        return max(0.03, float(attrs.get("fixed_spread_ms", 0.0)) / max(1e-9, float(attrs["teacher_ms"])))
+def _prepare_library(config: AccelerateConfig, out: Path, device) -> Path:
+    """The library to plan on: reused when it matches, else built (resumably)."""
+    from lana.files import file_sha256
+    from lana.meters import check_int8_target, default_tables
+    from lana.pipeline import build
 
-
-def _first_table(path) -> str:
-    with h5py.File(path, "r") as f:
-        return sorted(f["latency_tables"])[0] if "latency_tables" in f and len(f["latency_tables"]) else "cpu-b1"
-
-
-def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
-    """Run the whole pipeline and write ``OUT/report.json``; returns the report."""
-    from lana.data import load_dataset
-    from lana.export import export_all
-    from lana.finetune import finetune
-    from lana.pipeline import BuildConfig, build, check_int8_target, context_from_library, default_tables
-    from lana.plan import solve_diverse, solve_library
-    from lana.solver import InfeasibleBudget
-    from lana.student import int8_layers, model_stats, quantize_layers, save_student, student_from_context
-    from lana.teacher import file_sha256
-    from lana.train import evaluate, resolve_device
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
-    if config.int8:  # before any work, and also when a library is reused (then build() never checks)
-        check_int8_target(device.type, config.tables or default_tables(device.type))
-    stages: dict[str, float] = {}
+    build_config = config.build
+    if build_config.int8:  # before any work, and also when a library is reused (then build() never checks)
+        check_int8_target(device.type, build_config.tables or default_tables(device.type))
     library = Path(config.library) if config.library else out / "library.h5"
-    sha = file_sha256(config.checkpoint) if config.checkpoint else None
-    t0 = time.perf_counter()
+    sha = file_sha256(build_config.checkpoint) if build_config.checkpoint else None
     if library.exists() and library_matches(library, config, sha):
         log.info("reusing library %s", library)
     else:
-        build(
-            BuildConfig(
-                model=config.model,
-                checkpoint=config.checkpoint,
-                pretrained=config.pretrained,
-                dataset=config.dataset,
-                img_size=config.img_size,
-                space=config.space,
-                epochs=config.build_epochs,
-                max_steps=config.max_steps,
-                device=device.type,
-                seed=config.seed,
-                limit=config.limit,
-                score_images=config.score_images,
-                tables=config.tables,
-                latency_rounds=config.latency_rounds,
-                threads=config.threads,
-                int8=config.int8,
-            ),
-            library,
-        )
-    stages["build"] = time.perf_counter() - t0
-    table = config.table or _first_table(library)
+        build(replace(build_config, device=device.type), library)
+    return library
 
-    t0 = time.perf_counter()
-    ctx = context_from_library(library)
-    input_shape = ctx.input_shape
-    plan = solve_library(library, config.budget, table=table, score=config.score)
-    budget_ms = plan.budget_ms
-    stages["solve"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    score_set = load_dataset(config.dataset, "score", config.img_size, seed=config.seed, limit=config.score_images)
-    if config.diverse > 1:  # measure K diverse plans and keep the most accurate feasible one
-        plans = solve_diverse(
-            library, config.budget, k=config.diverse, min_diff=config.min_diff, table=table, score=config.score
-        )
-        students = {f"plan{i}": student_from_context(ctx, p) for i, p in enumerate(plans)}
-        timings = measure_latency(students, input_shape, table, rounds=config.latency_rounds, threads=config.threads)
-        ranked = sorted(
-            range(len(plans)),
-            key=lambda i: (
-                timings[f"plan{i}"]["median_ms"] > budget_ms * 1.03,
-                -evaluate(students[f"plan{i}"], score_set),
-            ),
-        )
-        plan = plans[ranked[0]]
+def _pick_plan(config: AccelerateConfig, library: Path, ctx, solve: SolveOptions):
+    """The ILP's plan; with ``diverse`` > 1, the most accurate feasible one of K diverse plans."""
+    from lana.data import load_dataset
+    from lana.plan import solve_diverse, solve_library
+    from lana.student import student_from_context
+    from lana.train import evaluate
+
+    plan = solve_library(library, config.budget, solve)
+    if config.diverse <= 1:
+        return plan
+    b = config.build
+    score_set = load_dataset(b.dataset, "score", b.img_size, seed=b.seed, limit=b.score_images)
+    plans = solve_diverse(library, config.budget, k=config.diverse, min_diff=config.min_diff, options=solve)
+    students = {f"plan{i}": student_from_context(ctx, p) for i, p in enumerate(plans)}
+    timings = measure_latency(students, ctx.input_shape, solve.table, rounds=b.latency_rounds, threads=b.threads)
+
+    def rank(i):
+        too_slow = timings[f"plan{i}"]["median_ms"] > plan.budget_ms * 1.03
+        return too_slow, -evaluate(students[f"plan{i}"], score_set)
+
+    return plans[min(range(len(plans)), key=rank)]
+
+
+def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: SolveOptions):
+    """Assemble, measure, and re-solve tighter while the student is slower than the budget by
+    more than the table's noise (at most 3 rounds). Returns the plan and the rounds' record."""
+    from lana.plan import solve_library
+    from lana.solver import InfeasibleBudget
+    from lana.student import student_from_context
+
+    b, budget_ms, noise = config.build, plan.budget_ms, library.table_noise(solve.table)
     rounds, target = [], budget_ms
     for attempt in range(3):
         student = student_from_context(ctx, plan)
-        measured = measure_latency(
-            {"student": student}, input_shape, table, rounds=config.latency_rounds, threads=config.threads
-        )["student"]["median_ms"]
+        measured = measure_latency({"student": student}, ctx.input_shape, solve.table, rounds=b.latency_rounds,
+                                   threads=b.threads)["student"]["median_ms"]  # fmt: skip
         rounds.append({"budget_ms": target, "predicted_ms": plan.predicted_latency_ms, "measured_ms": measured})
-        if measured <= budget_ms * (1 + _table_noise(library, table)) or attempt == 2:
+        if measured <= budget_ms * (1 + noise) or attempt == 2:
             break
         target = target * budget_ms / measured
         log.info("student measured %.3f ms > budget %.3f ms: re-solving at %.3f ms", measured, budget_ms, target)
         try:
-            plan = solve_library(library, target, table=table, score=config.score)
+            plan = solve_library(library.path, target, solve)
         except InfeasibleBudget as error:  # no plan of the library is predicted that fast: keep the fastest so far
             log.warning("cannot tighten further (%s); keeping the last plan", error)
             break
-    stages["assemble"] = time.perf_counter() - t0
+    return plan, rounds
 
-    t0 = time.perf_counter()
-    train_set = load_dataset(config.dataset, "train", config.img_size, seed=config.seed, limit=config.limit)
-    test_set = load_dataset(config.dataset, "test", config.img_size, limit=config.eval_limit)
-    if int8_layers(plan):  # int8 kernels cannot backprop: fine-tune the float parents, quantize after
-        student = student_from_context(ctx, plan, float_only=True)
-    if config.finetune_epochs > 0:
-        finetune(
-            student,
-            ctx.teacher,
-            train_set,
-            epochs=config.finetune_epochs,
-            device=device,
-            max_steps=config.max_steps,
-            desc=f"fine-tune {config.budget}",
-        )
-    student = student.cpu().eval()
-    float_student = student  # what is saved, and counted: int8 modules hide their weights from both
-    if int8_layers(plan):
-        student = quantize_layers(copy.deepcopy(float_student), plan, ctx.calibration.images())
-        log.info("int8 layers of the student: %s", ", ".join(int8_layers(plan)))
-    stages["finetune"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+def _finetuned_student(config: AccelerateConfig, ctx, plan, device):
+    """The plan's student fine-tuned by KD (float); with int8 layers, also their quantized form.
+    Returns ``(student to ship, float student)``."""
+    from lana.data import load_dataset
+    from lana.finetune import finetune
+    from lana.student import int8_layers, quantize_layers, student_from_context
+
+    b = config.build
+    # int8 kernels cannot backprop: fine-tune the float parents, quantize after
+    student = student_from_context(ctx, plan, float_only=bool(int8_layers(plan)))
+    if config.finetune.epochs > 0:
+        train_set = load_dataset(b.dataset, "train", b.img_size, seed=b.seed, limit=b.limit)
+        finetune(student, ctx.teacher, train_set, epochs=config.finetune.epochs, device=device,
+                 max_steps=config.finetune.max_steps, desc=f"fine-tune {config.budget}")  # fmt: skip
+    float_student = student.cpu().eval()  # what is saved, and counted: int8 modules hide their weights
+    if not int8_layers(plan):
+        return float_student, float_student
+    log.info("int8 layers of the student: %s", ", ".join(int8_layers(plan)))
+    return quantize_layers(copy.deepcopy(float_student), plan, ctx.calibration.images()), float_student
+
+
+def _report(config, library: Library, ctx, plan, student, float_student, table: str, device) -> dict:
+    """Teacher and student measured on every table of the library, and their test top-1."""
+    from lana.data import load_dataset
+    from lana.student import int8_layers, model_stats
+    from lana.train import evaluate
+
+    b, shape = config.build, ctx.input_shape
+    test_set = load_dataset(b.dataset, "test", b.img_size, limit=config.eval_limit)
     teacher = ctx.teacher.cpu().eval()
     latency = {
         t: measure_latency(
-            {"teacher": teacher, "student": student},
-            input_shape,
-            t,
-            rounds=config.latency_rounds,
-            threads=config.threads,
+            {"teacher": teacher, "student": student}, shape, t, rounds=b.latency_rounds, threads=b.threads
         )
-        for t in _tables(library)
+        for t in sorted(library.tables)
     }
+
+    def who(name, model, counted, **extra):
+        return {"top1": evaluate(model, test_set, device=device), "latency_ms": latency[table][name]["median_ms"],
+                **model_stats(counted, shape), **extra,
+                "latency_ms_by_table": {t: v[name]["median_ms"] for t, v in latency.items()}}  # fmt: skip
+
     report = {
-        "budget": config.budget,
-        "budget_ms": budget_ms,
-        "table": table,
-        "budget_met": latency[table]["student"]["median_ms"] <= budget_ms * (1 + _table_noise(library, table)),
-        "teacher": {
-            "top1": evaluate(teacher, test_set, device=device),
-            "latency_ms": latency[table]["teacher"]["median_ms"],
-            **model_stats(teacher, input_shape),
-            "latency_ms_by_table": {t: v["teacher"]["median_ms"] for t, v in latency.items()},
-        },
-        "student": {
-            "top1": evaluate(student, test_set, device=device),
-            "latency_ms": latency[table]["student"]["median_ms"],
-            **model_stats(float_student, input_shape),
-            "plan": plan.to_dict(),
-            "int8_layers": int8_layers(plan),
-            "latency_ms_by_table": {t: v["student"]["median_ms"] for t, v in latency.items()},
-        },
-        "resolve_rounds": rounds,
-        "library": str(library),
-    }
+        "budget": config.budget, "budget_ms": plan.budget_ms, "table": table,
+        "budget_met": latency[table]["student"]["median_ms"] <= plan.budget_ms * (1 + library.table_noise(table)),
+        "teacher": who("teacher", teacher, teacher),
+        "student": who("student", student, float_student, plan=plan.to_dict(), int8_layers=int8_layers(plan)),
+    }  # fmt: skip
     report["speedup"] = report["teacher"]["latency_ms"] / report["student"]["latency_ms"]
     report["speedup_by_table"] = {t: v["teacher"]["median_ms"] / v["student"]["median_ms"] for t, v in latency.items()}
-    stages["measure"] = time.perf_counter() - t0
-    save_student(float_student, plan, ctx, out, extra={"top1": report["student"]["top1"]})
-    if config.export:
-        t0 = time.perf_counter()
-        report["exports"] = {k: asdict(v) for k, v in export_all(student, input_shape, out).items()}
-        stages["export"] = time.perf_counter() - t0
-    report["stages_s"] = stages
-    report["config"] = asdict(config)
-    from lana.teacher import write_json
-
-    write_json(out / "report.json", report)
     return report
 
 
-def _tables(library) -> list[str]:
-    with h5py.File(library, "r") as f:
-        return sorted(f["latency_tables"])
+def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
+    """Run the whole pipeline and write ``OUT/report.json``; returns the report.
+
+    Stages: the library (reused or built), the plan, the closed loop on measured latency, the
+    fine-tuning, the measurement of teacher and student, then the student's files and exports.
+    """
+    from lana.context import context_from_library
+    from lana.dist import resolve_device
+    from lana.export import export_all
+    from lana.files import write_json
+    from lana.student import save_student
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.build.device)
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    library = Library(_prepare_library(config, out, device))
+    stages["build"] = time.perf_counter() - start
+    solve = replace(config.solve, table=config.solve.table or sorted(library.tables)[0])
+    start = time.perf_counter()
+    ctx = context_from_library(library)
+    plan = _pick_plan(config, library.path, ctx, solve)
+    stages["solve"] = time.perf_counter() - start
+    start = time.perf_counter()
+    plan, rounds = _meet_budget(config, library, ctx, plan, solve)
+    stages["assemble"] = time.perf_counter() - start
+    start = time.perf_counter()
+    student, float_student = _finetuned_student(config, ctx, plan, device)
+    stages["finetune"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = {**_report(config, library, ctx, plan, student, float_student, solve.table, device),
+              "resolve_rounds": rounds, "library": str(library.path)}  # fmt: skip
+    stages["measure"] = time.perf_counter() - start
+    save_student(float_student, plan, ctx, out, extra={"top1": report["student"]["top1"]})
+    if config.export:
+        start = time.perf_counter()
+        report["exports"] = {k: asdict(v) for k, v in export_all(student, ctx.input_shape, out).items()}
+        stages["export"] = time.perf_counter() - start
+    report["stages_s"] = stages
+    report["config"] = asdict(config)
+    write_json(out / "report.json", report, indent=2)
+    return report
 
 
 def format_report(report: dict) -> str:

@@ -2,7 +2,8 @@
 
 A :class:`LibraryContext` is made for a build (:meth:`LibraryContext.for_space`: layers found by
 tracing the teacher, candidates from a space) or from a finished library
-(:func:`context_from_library`: layers, specs and distilled weights read back from the file).
+(:func:`context_from_library`: layers, specs and distilled weights read back from the file);
+:func:`load_library_teacher` and :func:`load_candidate` rebuild single modules from a library.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["LibraryContext", "context_from_library"]
+from lana.library import Library
+
+__all__ = ["LibraryContext", "context_from_library", "load_candidate", "load_library_teacher"]
 
 log = logging.getLogger(__name__)
 
@@ -118,30 +121,64 @@ class LibraryContext:
         return module.eval()
 
 
-def context_from_library(path: str | os.PathLike) -> LibraryContext:
+def load_library_teacher(path: str | os.PathLike | Library):
+    """The teacher (eval mode) exactly as the library was built from it."""
+    from lana.teacher import create_model
+
+    library = path if isinstance(path, Library) else Library(path)
+    teacher = library.teacher
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in library.teacher_state().items()}
+    model = create_model(teacher["model"], teacher["num_classes"], in_chans=teacher.get("in_chans", 3))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def context_from_library(path: str | os.PathLike | Library) -> LibraryContext:
     """A :class:`LibraryContext` whose candidates load their weights from the library (and int8
     ones their calibration images from the data set the library was built on)."""
-    import h5py
-
     from lana.calibration import CalibrationSet
-    from lana.layers import Layer
-    from lana.library import attr_value, layer_records, load_library_teacher
 
-    teacher = load_library_teacher(path)
-    with h5py.File(path, "r") as f:
-        meta = attr_value(f.attrs["teacher"])
-        config = attr_value(f.attrs["config"]) if "config" in f.attrs else {}
-        records = layer_records(f)
-        weights = {}
-        for index, key in enumerate(sorted(f["layers"])):
-            for spec, group in f["layers"][key].get("weights", {}).items():
-                weights[f"{index}/{spec}"] = {k: torch.from_numpy(np.asarray(v[()])) for k, v in group.items()}
-    layers = [Layer(r.name, r.kind, r.in_shape, r.out_shape, r.stride, r.params, r.macs) for r in records]
+    library = path if isinstance(path, Library) else Library(path)
+    teacher = load_library_teacher(library)
+    config = library.config
+    records = library.layers()
+    weights = {
+        f"{index}/{spec}": {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+        for (index, spec), state in library.all_weights().items()
+    }
     return LibraryContext(
         teacher,
-        (3, meta["img_size"], meta["img_size"]),
-        layers,
+        library.input_shape,
+        [r.to_layer() for r in records],
         [r.specs for r in records],
         weights,
         calibration=CalibrationSet.of(config) if "dataset" in config else None,
     )
+
+
+def load_candidate(path: str | os.PathLike, layer: int | str, spec: str, teacher=None):
+    """Rebuild one candidate with its distilled weights (eval mode).
+
+    Args:
+        layer: the layer's index or name.
+        teacher: the library's teacher (for the ``teacher`` spec); loaded when needed.
+
+    An int8 spec returns its distilled float parent quantized as the build did
+    (:meth:`LibraryContext.load`, calibrated on the build's training images).
+    """
+    from lana.candidates import build_candidate, is_int8
+    from lana.layers import get_layer
+
+    library = Library(path)
+    index = library.layer_index(layer)
+    record = library.layers()[index].to_layer()
+    state = library.weights(index, spec)  # also checks that the layer has the spec
+    if is_int8(spec):  # the distilled parent, quantized on the teacher's inputs: needs the whole context
+        return context_from_library(library).load(index, spec)
+    if spec == "teacher":
+        teacher = teacher if teacher is not None else load_library_teacher(library)
+        return build_candidate(spec, record, teacher_block=get_layer(teacher, record.name)).eval()
+    module = build_candidate(spec, record)
+    if state is not None:
+        module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return module.eval()

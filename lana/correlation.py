@@ -6,7 +6,6 @@ the Spearman rank correlation between that top-1 and the summed score of each ki
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -18,10 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def spearman(a, b) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
+    """Spearman's rank correlation (ties share their mean rank); NaN for fewer than 3 pairs or a
+    constant input, where a rank correlation means nothing. Pairs with a NaN are dropped first."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) < 3:
+        return float("nan")
 
     def ranks(x):
-        x = np.asarray(x, dtype=float)
         order = np.argsort(x, kind="mergesort")
         r = np.empty(len(x))
         r[order] = np.arange(len(x))
@@ -69,18 +73,17 @@ def score_correlation(
     Each student replaces each layer with probability ``max_replaced`` by a random non-teacher
     candidate (so students range from near-teacher to heavily changed).
     """
-    import h5py
-
+    from lana.context import context_from_library
     from lana.data import load_dataset
-    from lana.pipeline import context_from_library
+    from lana.library import Library
     from lana.plan import Plan
     from lana.student import student_from_context
     from lana.train import evaluate
 
-    ctx = context_from_library(library)
-    with h5py.File(library, "r") as f:
-        built = json.loads(f.attrs["config"])
-        scores = [{k: v[()] for k, v in f["layers"][key]["scores"].items()} for key in sorted(f["layers"])]
+    lib = Library(library)
+    ctx = context_from_library(lib)
+    built = lib.config
+    scores = [record.scores for record in lib.layers()]
     data = load_dataset(
         built["dataset"],
         dataset_split,

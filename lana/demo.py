@@ -43,7 +43,7 @@ DEFAULT_TEACHER_EPOCHS = 3.0
 
 
 def _teacher(config: DemoConfig, out: Path) -> dict:
-    from lana.teacher import train_teacher
+    from lana.teacher import TeacherConfig, train_teacher
 
     sidecar = out / "teacher" / "teacher.json"
     if sidecar.exists():
@@ -53,15 +53,11 @@ def _teacher(config: DemoConfig, out: Path) -> dict:
             return info
     epochs = config.teacher_epochs or DEFAULT_TEACHER_EPOCHS
     print(f"[1/4] training the teacher: {config.model} on Fashion-MNIST at {config.img_size} px, {epochs:g} epochs")
-    result = train_teacher(
-        config.model,
-        "fashion-mnist",
-        config.img_size,
-        epochs,
-        out / "teacher",
-        max_steps=config.max_steps,
-        device=config.device,
-    )
+    teacher = TeacherConfig(
+        model=config.model, dataset="fashion-mnist", img_size=config.img_size, epochs=epochs,
+        max_steps=config.max_steps, device=config.device,
+    )  # fmt: skip
+    result = train_teacher(teacher, out / "teacher")
     print(f"      teacher top-1 {result.top1:.2f}% in {result.minutes:.1f} min")
     return asdict(result)
 
@@ -81,8 +77,9 @@ def summary_table(rows: list[dict]) -> str:
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     """Run (or reuse) every stage and print the summary; returns the summary rows."""
-    from lana.accelerate import AccelerateConfig, accelerate
-    from lana.plan import pareto, plot_pareto, solve_library
+    from lana.accelerate import AccelerateConfig, FinetuneConfig, accelerate
+    from lana.pipeline import BuildConfig
+    from lana.plan import SolveOptions, pareto, plot_pareto, solve_library
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,20 +91,17 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     for budget in config.budgets:
         student_dir = out / f"student-{budget}"
         report_path = student_dir / "report.json"
-        acfg = AccelerateConfig(
-            model=config.model,
-            checkpoint=teacher["path"],
-            dataset="fashion-mnist",
-            img_size=config.img_size,
-            space=config.space,
-            budget=budget,
-            table=config.table,
-            library=str(library),
-            build_epochs=config.build_epochs,
-            finetune_epochs=config.finetune_epochs,
-            max_steps=config.max_steps,
-            device=config.device,
+        build = BuildConfig(
+            model=config.model, checkpoint=teacher["path"], dataset="fashion-mnist", img_size=config.img_size,
+            space=config.space, epochs=config.build_epochs, max_steps=config.max_steps, device=config.device,
             latency_rounds=config.latency_rounds,
+        )  # fmt: skip
+        acfg = AccelerateConfig(
+            build=build,
+            budget=budget,
+            solve=SolveOptions(table=config.table),
+            finetune=FinetuneConfig(epochs=config.finetune_epochs, max_steps=config.max_steps),
+            library=str(library),
         )
         cached = json.loads(report_path.read_text()) if report_path.exists() else None
         if cached and cached.get("config") == json.loads(json.dumps(asdict(acfg))):

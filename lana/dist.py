@@ -1,4 +1,4 @@
-"""Distributed builds under torchrun: which rank does what.
+"""Where a build runs: the device (:func:`resolve_device`), and under torchrun which rank does what.
 
 The build is split by *candidates*, not by data: each rank distils whole chunks of layers (and
 scores whole layers) on the full data, so ranks never exchange gradients. Candidates of different
@@ -17,9 +17,19 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DistContext", "split_round_robin"]
+__all__ = ["DistContext", "resolve_device", "split_round_robin"]
 
 log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None → cuda when available else cpu; a clear error for cuda without a GPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
+    return device
 
 
 @dataclass(frozen=True)

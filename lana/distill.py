@@ -28,6 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from lana.data import ImageDataset, augment, to_model_input
+from lana.files import torch_save, write_json
 from lana.layers import Layer, get_layer
 from lana.train import model_norm, warmup_cosine
 
@@ -134,18 +135,6 @@ def plan_chunks(param_counts: Sequence[int], chunk_params: int) -> list[list[int
     if current:
         chunks.append(current)
     return chunks
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(data, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _batch_indices(n: int, batch_size: int, epoch: int, seed: int) -> torch.Tensor:
@@ -260,6 +249,8 @@ def distill(
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     eval_subset = eval_set.subset(min(config.eval_images, len(eval_set)))
+    run = _Run(teacher, layers, specs, build, train_set, eval_subset, work, config, device, norm, channels_last, total,
+               batches_per_epoch)  # fmt: skip
     results = []
     for k, chunk_layers in enumerate(chunks):
         if chunk_ids is not None and k not in chunk_ids:
@@ -268,26 +259,7 @@ def distill(
         if done_file.exists():
             results.append(ChunkResult(**{**json.loads(done_file.read_text()), "layers": tuple(chunk_layers)}))
             continue
-        results.append(
-            _distill_chunk(
-                k,
-                len(chunks),
-                chunk_layers,
-                teacher,
-                layers,
-                specs,
-                build,
-                train_set,
-                eval_subset,
-                work,
-                config,
-                device,
-                norm,
-                channels_last,
-                total,
-                batches_per_epoch,
-            )
-        )
+        results.append(_distill_chunk(run, k, len(chunks), chunk_layers))
     return results
 
 
@@ -309,53 +281,79 @@ def layer_param_estimate(li, layers, specs) -> list[int]:
     return [0 if untrained_specs(s) else int(estimate_cost(s, layers[li]).params) for s in specs[li]]
 
 
-def _distill_chunk(
-    k,
-    n_chunks,
-    chunk_layers,
-    teacher,
-    layers,
-    specs,
-    build,
-    train_set,
-    eval_set,
-    work,
-    config,
-    device,
-    norm,
-    channels_last,
-    total,
-    batches_per_epoch,
-) -> ChunkResult:
-    names = [layers[li].name for li in chunk_layers]
-    chunk = _Chunk(chunk_layers, layers, specs, build, config, device)
-    ckpt = work / f"chunk_{k}.ckpt.pt"
+@dataclass(frozen=True)
+class _Run:
+    """What every chunk of one distillation shares."""
+
+    teacher: nn.Module
+    layers: Sequence[Layer]
+    specs: Sequence[Sequence[str]]
+    build: Callable[[int, str], nn.Module]
+    train_set: ImageDataset
+    eval_set: ImageDataset
+    work: Path
+    config: DistillConfig
+    device: torch.device
+    norm: dict
+    channels_last: bool
+    total: int  # optimisation steps of every chunk
+    batches_per_epoch: int
+
+
+def _distill_chunk(run: _Run, k: int, n_chunks: int, chunk_layers) -> ChunkResult:
+    """Train one chunk's candidates (resuming its checkpoint), then store their weights and losses."""
+    chunk = _Chunk(chunk_layers, run.layers, run.specs, run.build, run.config, run.device)
+    ckpt = run.work / f"chunk_{k}.ckpt.pt"
     step, elapsed = 0, 0.0
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = torch.load(ckpt, map_location=run.device, weights_only=True)
         chunk.load(state["chunk"])
         step, elapsed = int(state["step"]), float(state["seconds"])
-        log.info("chunk %d/%d: resuming at step %d of %d", k + 1, n_chunks, step, total)
-    warmup = max(1, int(config.warmup_frac * total))
+        log.info("chunk %d/%d: resuming at step %d of %d", k + 1, n_chunks, step, run.total)
+    names = [run.layers[li].name for li in chunk_layers]
     desc = f"distil {k + 1}/{n_chunks} ({names[0]}..{names[-1]}, {len(chunk.modules)} cands)"
-    bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    step, start = _train_chunk(run, chunk, names, step, elapsed, ckpt, desc)
+    seconds = time.perf_counter() - start
+    losses = _held_out_losses(chunk, run.teacher, run.layers, run.eval_set, run.device, run.config.batch_size, run.norm)
+    weights = {
+        key: {p: t.detach().cpu().contiguous() for p, t in m.state_dict().items()} for key, m in chunk.modules.items()
+    }
+    torch_save(weights, run.work / f"chunk_{k}.weights.pt")
+    result = ChunkResult(tuple(chunk_layers), step, seconds, losses)
+    write_json(run.work / f"chunk_{k}.json", {k2: v for k2, v in asdict(result).items() if k2 != "layers"})
+    ckpt.unlink(missing_ok=True)
+    for li in chunk_layers:
+        layer_losses = {s: losses[f"{li}/{s}"] for s in run.specs[li] if f"{li}/{s}" in losses}
+        if layer_losses:
+            best, worst = min(layer_losses, key=layer_losses.get), max(layer_losses, key=layer_losses.get)
+            log.info("%-16s best %s %.4f, worst %s %.4f", run.layers[li].name, best, layer_losses[best], worst,
+                     layer_losses[worst])  # fmt: skip
+    return result
+
+
+def _train_chunk(run: _Run, chunk: _Chunk, names, step: int, elapsed: float, ckpt: Path, desc: str):
+    """The optimisation steps from ``step`` to ``run.total``, checkpointing on a timer; returns the
+    last step and the (resume-adjusted) start time."""
+    config, device = run.config, run.device
+    warmup = max(1, int(config.warmup_frac * run.total))
+    bar = tqdm(total=run.total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     start, last_save = time.perf_counter() - elapsed, time.perf_counter()
     running = None
-    while step < total and chunk.optimizer is not None:
-        epoch, offset = divmod(step, batches_per_epoch)
-        index = _batch_indices(len(train_set), config.batch_size, epoch, config.seed)[offset]
-        x = to_model_input(train_set.images[index], device, channels_last=channels_last, **norm)
+    while step < run.total and chunk.optimizer is not None:
+        epoch, offset = divmod(step, run.batches_per_epoch)
+        index = _batch_indices(len(run.train_set), config.batch_size, epoch, config.seed)[offset]
+        x = to_model_input(run.train_set.images[index], device, channels_last=run.channels_last, **run.norm)
         if config.augment:
             torch.manual_seed(config.seed * 31 + step)  # resumable: augmentation depends on the step only
             x = augment(x)
         for group in chunk.optimizer.param_groups:
-            group["lr"] = config.lr * warmup_cosine(step, total, warmup)
+            group["lr"] = config.lr * warmup_cosine(step, run.total, warmup)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            io = capture_io(teacher, names, x)
-            losses = []
+            io = capture_io(run.teacher, names, x)
             variances = {n: io[n][1].float().var().clamp_min(1e-8) for n in names}
+            losses = []
             for key, module in chunk.modules.items():
-                name = layers[int(key.split("/")[0])].name
+                name = run.layers[int(key.split("/")[0])].name
                 x_in, y = io[name]
                 losses.append(_normalised_mse(module(x_in), y, variances[name]))
         loss = torch.stack(losses).sum()
@@ -367,33 +365,11 @@ def _distill_chunk(
         running = mean if running is None else 0.95 * running + 0.05 * mean
         bar.update(1)
         bar.set_postfix(mean_loss=f"{running:.3f}")
-        if time.perf_counter() - last_save > config.checkpoint_every_s and step < total:
-            _atomic_torch_save({"chunk": chunk.state(), "step": step, "seconds": time.perf_counter() - start}, ckpt)
+        if time.perf_counter() - last_save > config.checkpoint_every_s and step < run.total:
+            torch_save({"chunk": chunk.state(), "step": step, "seconds": time.perf_counter() - start}, ckpt)
             last_save = time.perf_counter()
     bar.close()
-    seconds = time.perf_counter() - start
-    losses = _held_out_losses(chunk, teacher, layers, eval_set, device, config.batch_size, norm)
-    weights = {
-        key: {p: t.detach().cpu().contiguous() for p, t in m.state_dict().items()} for key, m in chunk.modules.items()
-    }
-    _atomic_torch_save(weights, work / f"chunk_{k}.weights.pt")
-    result = ChunkResult(tuple(chunk_layers), step, seconds, losses)
-    _atomic_json({k2: v for k2, v in asdict(result).items() if k2 != "layers"}, work / f"chunk_{k}.json")
-    ckpt.unlink(missing_ok=True)
-    for li in chunk_layers:
-        layer_losses = {s: losses[f"{li}/{s}"] for s in specs[li] if f"{li}/{s}" in losses}
-        if layer_losses:
-            best = min(layer_losses, key=layer_losses.get)
-            worst = max(layer_losses, key=layer_losses.get)
-            log.info(
-                "%-16s best %s %.4f, worst %s %.4f",
-                layers[li].name,
-                best,
-                layer_losses[best],
-                worst,
-                layer_losses[worst],
-            )
-    return result
+    return step, start
 
 
 def load_chunk_weights(work_dir: str | os.PathLike, k: int) -> dict[str, dict[str, torch.Tensor]]:

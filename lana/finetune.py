@@ -58,7 +58,7 @@ def finetune(
     desc: str = "fine-tune",
 ) -> FitResult:
     """Train ``student`` in place by distillation from ``teacher`` (frozen, eval mode)."""
-    from lana.train import resolve_device
+    from lana.dist import resolve_device
 
     device = resolve_device(device)
     teacher = teacher.to(device).eval()  # its forward runs under no_grad; its parameters are left as they are

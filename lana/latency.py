@@ -102,6 +102,29 @@ class LatencyTable:
     spread_ms: list
     specs: list = field(default_factory=list)
 
+    def attrs(self) -> dict:
+        """The table's attributes as the library stores them (``name`` and the target's settings)."""
+        return {
+            "name": self.name, "device": self.device, "backend": self.backend, "batch_size": self.batch_size,
+            "threads": self.threads, "fingerprint": self.fingerprint, "fixed_ms": self.fixed_ms,
+            "fixed_spread_ms": self.fixed_spread_ms, "teacher_ms": self.teacher_ms,
+        }  # fmt: skip
+
+    @classmethod
+    def from_library(cls, library, name: str) -> LatencyTable:
+        """A stored table (to check it, say); ``library`` is a path or a :class:`lana.library.Library`."""
+        from lana.library import Library
+
+        library = library if isinstance(library, Library) else Library(library)
+        a, records = library.table(name), library.layers()
+        return cls(
+            name=name, device=a.get("device", ""), backend=a.get("backend", ""), batch_size=int(a["batch_size"]),
+            threads=int(a.get("threads", 0) or 0), fingerprint=a.get("fingerprint", {}), fixed_ms=float(a["fixed_ms"]),
+            fixed_spread_ms=float(a.get("fixed_spread_ms", 0.0)), teacher_ms=float(a["teacher_ms"]),
+            latency_ms=[r.latency[name] for r in records], spread_ms=[r.latency_spread[name] for r in records],
+            specs=[list(r.specs) for r in records],
+        )  # fmt: skip
+
 
 def predict_ms(table: LatencyTable, choices: Sequence[int]) -> float:
     """Predicted latency of the model taking candidate ``choices[l]`` at layer ``l``."""
@@ -292,6 +315,29 @@ def _whole_vs_parts(samples: dict, latency: list[np.ndarray], fixed_ms: float) -
     ])  # fmt: skip
 
 
+def _timing_method(method: str | None, meter: LatencyMeter, specs_per_layer) -> tuple[str, list[int | None]]:
+    """The timing method (checked against the meter) and each layer's index of ``teacher``."""
+    method = method or ("in_network" if meter.eager else "isolated")
+    if method not in ("in_network", "isolated"):
+        raise ValueError(f"unknown timing method {method!r}: in_network or isolated")
+    if method == "in_network" and not meter.eager:
+        raise ValueError(f"the {meter.backend} meter cannot time blocks inside the network")
+    teacher_index = [list(specs).index("teacher") if "teacher" in specs else None for specs in specs_per_layer]
+    if method == "isolated" and None in teacher_index:
+        raise ValueError("isolated timing needs the 'teacher' candidate in every layer's specs")
+    return method, teacher_index
+
+
+def _in_network_scale(samples: dict, latency, fixed_ms: float, teacher_index) -> tuple[float, dict]:
+    """The factor that makes the parts' sum match the students (and teacher) timed whole."""
+    if None not in teacher_index:  # the plain teacher is one more student timed whole
+        samples.setdefault(("student", tuple(teacher_index)), []).extend(samples["teacher"])
+    ratios = _whole_vs_parts(samples, latency, fixed_ms)
+    scale = float(np.median(ratios))
+    error = float(np.abs(ratios / scale - 1).max() * 100)
+    return scale, {"scale": round(scale, 4), "students_max_error_pct": round(error, 2)}
+
+
 def measure_table(
     teacher: nn.Module,
     layers: Sequence,
@@ -330,15 +376,7 @@ def measure_table(
     Returns:
         The :class:`LatencyTable`.
     """
-    method = method or ("in_network" if meter.eager else "isolated")
-    if method not in ("in_network", "isolated"):
-        raise ValueError(f"unknown timing method {method!r}: in_network or isolated")
-    if method == "in_network" and not meter.eager:
-        raise ValueError(f"the {meter.backend} meter cannot time blocks inside the network")
-    teacher_index = [list(specs).index("teacher") if "teacher" in specs else None
-                     for specs in specs_per_layer]  # fmt: skip
-    if method == "isolated" and None in teacher_index:
-        raise ValueError("isolated timing needs the 'teacher' candidate in every layer's specs")
+    method, teacher_index = _timing_method(method, meter, specs_per_layer)
     load_before = os.getloadavg()[0]
     candidates = _build_candidates(teacher, layers, specs_per_layer, build)
     make_round = _in_network_round if method == "in_network" else _isolated_round
@@ -356,35 +394,14 @@ def measure_table(
     fixed_timing = Timing.of(samples["fixed"])
     fixed_ms, fixed_spread_ms, diagnostics = fixed_timing.median_ms, fixed_timing.spread_ms, {}
     if method == "in_network":  # per-table correction, folded into the numbers (stays linear)
-        if None not in teacher_index:  # the plain teacher is one more student timed whole
-            samples.setdefault(("student", tuple(teacher_index)), []).extend(samples["teacher"])
-        ratios = _whole_vs_parts(samples, latency, fixed_ms)
-        scale = float(np.median(ratios))
+        scale, diagnostics = _in_network_scale(samples, latency, fixed_ms, teacher_index)
         latency, spread = [row * scale for row in latency], [row * scale for row in spread]
         fixed_ms, fixed_spread_ms = fixed_ms * scale, fixed_spread_ms * scale
-        diagnostics = {
-            "scale": round(scale, 4),
-            "students_max_error_pct": round(float(np.abs(ratios / scale - 1).max() * 100), 2),
-        }
+    how = {"method": method, "rounds": rounds, "repeats": meter.repeats, **diagnostics, **quiet,
+           "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
     return LatencyTable(
-        name=name,
-        device=str(torch.device(meter.device)),
-        backend=meter.backend,
-        batch_size=meter.batch_size,
-        threads=meter.threads or _all_cores(),
-        fingerprint={
-            **fingerprint(meter),
-            "method": method,
-            "rounds": rounds,
-            "repeats": meter.repeats,
-            **diagnostics,
-            **quiet,
-            "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        },  # fmt: skip
-        fixed_ms=fixed_ms,
-        fixed_spread_ms=fixed_spread_ms,
-        teacher_ms=teacher_timing.median_ms,
-        latency_ms=latency,
-        spread_ms=spread,
+        name=name, device=str(torch.device(meter.device)), backend=meter.backend, batch_size=meter.batch_size,
+        threads=meter.threads or _all_cores(), fingerprint={**fingerprint(meter), **how}, fixed_ms=fixed_ms,
+        fixed_spread_ms=fixed_spread_ms, teacher_ms=teacher_timing.median_ms, latency_ms=latency, spread_ms=spread,
         specs=[list(specs) for specs in specs_per_layer],
-    )
+    )  # fmt: skip

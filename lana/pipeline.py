@@ -7,11 +7,12 @@ written once, atomically, when every stage is done, and marked ``complete``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -19,26 +20,20 @@ import numpy as np
 import torch
 
 import lana
-from lana.context import LibraryContext, context_from_library  # noqa: F401 (re-exported for callers of lana.pipeline)
+from lana.context import LibraryContext, context_from_library
 from lana.distill import DistillConfig, chunk_plan, distill, load_chunk_weights
+from lana.files import file_sha256, read_json, write_json
 from lana.library import LayerRecord, write_latency_table, write_library
-from lana.teacher import file_sha256, load_teacher
+from lana.meters import check_int8_target, default_tables, meter_for_table, parse_table_name
+from lana.teacher import load_teacher
 
-__all__ = [
-    "BuildConfig",
-    "BuildResult",
-    "build",
-    "add_latency_table",
-    "parse_table_name",
-    "default_tables",
-    "LibraryContext",
-    "check_int8_target",
-]
+__all__ = ["BuildConfig", "BuildResult", "build", "add_latency_table"]
 
 log = logging.getLogger(__name__)
 
-# fields that change what the library holds: a work directory from other values is not resumed
-_IDENTITY_FIELDS = (
+# fields that change what the library holds: a work directory or a library built with other
+# values of any of them is another build (not resumed, not reused)
+IDENTITY_FIELDS = (
     "model",
     "checkpoint_sha256",
     "pretrained",
@@ -90,6 +85,22 @@ class BuildConfig:
     int8: bool = False
     checkpoint_sha256: str | None = field(default=None)
 
+    def identity(self) -> dict:
+        """The settings that make two builds the same build (see ``IDENTITY_FIELDS``); call it on
+        a :meth:`resolved` config, which knows the checkpoint's digest."""
+        return {k: getattr(self, k) for k in IDENTITY_FIELDS}
+
+    def resolved(self, device: torch.device) -> BuildConfig:
+        """The config as a build runs it: the device's type, the checkpoint's SHA-256, the tables
+        (``default_tables`` of the device when none were given), every table name checked."""
+        sha = file_sha256(self.checkpoint) if self.checkpoint else None
+        tables = tuple(self.tables) if self.tables else default_tables(device.type)
+        for name in tables:
+            parse_table_name(name)  # fail before hours of work on a bad table name
+        if self.int8:
+            check_int8_target(device.type, tables)
+        return replace(self, checkpoint_sha256=sha, device=device.type, tables=tables)
+
 
 @dataclass(frozen=True)
 class BuildResult:
@@ -100,50 +111,6 @@ class BuildResult:
     peak_memory_mb: float
 
 
-def default_tables(device: str) -> tuple[str, ...]:
-    """Batch 1 and 64 on the build's device."""
-    return ("cuda-b1", "cuda-b64") if device == "cuda" else ("cpu-b1", "cpu-b64")
-
-
-def check_int8_target(device: str, tables) -> None:
-    """Int8 candidates run on PyTorch's x86 quantized kernels (fbgemm / oneDNN) only: refuse
-    another device or backend before any work is done.
-
-    Raises:
-        ValueError: For a device other than the CPU, or a table not timed by torch on the CPU.
-    """
-    wrong = [name for name in tables if parse_table_name(name)["device"] != "cpu"
-             or parse_table_name(name)["backend"] != "torch"]  # fmt: skip
-    if device != "cpu" or wrong:
-        what = f"device {device!r}" if device != "cpu" else f"table(s) {', '.join(wrong)}"
-        raise ValueError(
-            f"--int8 needs --device cpu and cpu-b* tables (got {what}): int8 candidates run on "
-            "PyTorch's x86 quantized kernels only, which neither CUDA nor ONNX Runtime tables time"
-        )
-
-
-def parse_table_name(name: str) -> dict:
-    """``cpu-b64`` / ``cpu-ort-b1`` / ``cuda-b64`` → device, backend and batch size."""
-    parts = name.split("-")
-    try:
-        batch = int(parts[-1].removeprefix("b"))
-        if not parts[-1].startswith("b"):
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"table name {name!r} must end in -b<batch size>, e.g. cpu-b64, cpu-ort-b1, cuda-b64"
-        ) from None
-    device = parts[0]
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"table name {name!r} must start with cpu or cuda")
-    backend = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "torch"}.get(
-        parts[1] if len(parts) == 3 else "torch"
-    )
-    if backend is None:
-        raise ValueError(f"table name {name!r}: backend must be torch or ort (onnxruntime)")
-    return {"device": device, "backend": backend, "batch_size": batch}
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     import resource
 
@@ -152,13 +119,21 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+@contextmanager
+def _timed(stages: dict, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    stages[name] = time.perf_counter() - start
+
+
 def _open_work_dir(work: Path, config: BuildConfig, restart: bool) -> None:
-    identity = {k: getattr(config, k) for k in _IDENTITY_FIELDS}
+    """Resume ``work`` when it holds a build of the same settings; refuse other settings."""
+    identity = config.identity()
     stamp = work / "config.json"
     if restart and work.exists():
         shutil.rmtree(work)
-    if stamp.exists():
-        previous = json.loads(stamp.read_text())
+    previous = read_json(stamp)
+    if previous is not None:
         previous.setdefault("int8", False)  # work directories from before --int8 existed
         changed = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
         if changed:
@@ -170,92 +145,33 @@ def _open_work_dir(work: Path, config: BuildConfig, restart: bool) -> None:
         log.info("resuming the build in %s", work)
         return
     work.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name("config.json.tmp")
-    tmp.write_text(json.dumps(identity, indent=1))
-    os.replace(tmp, stamp)
+    write_json(stamp, identity)
 
 
-def _measure_tables(ctx: LibraryContext, names, config: BuildConfig, work: Path) -> list:
-    from lana.latency import make_meter, measure_table
+@dataclass
+class _Inputs:
+    """What every stage of a build works on."""
 
-    tables = []
-    for name in names:
-        path = work / f"latency_{name}.json"
-        if path.exists():
-            tables.append(json.loads(path.read_text()))
-            continue
-        spec = parse_table_name(name)
-        meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=config.threads)
-        # timed in shipped form (BN folded, rep branches fused): the tables measure what ships
-        table = measure_table(
-            ctx.inference_teacher(),
-            ctx.layers,
-            ctx.specs,
-            ctx.load_inference,
-            meter,
-            name,
-            input_shape=ctx.input_shape,
-            rounds=config.latency_rounds,
-            seed=config.seed,
-        )
-        data = {
-            "name": name,
-            "device": table.device,
-            "backend": table.backend,
-            "batch_size": table.batch_size,
-            "threads": table.threads,
-            "fingerprint": table.fingerprint,
-            "fixed_ms": table.fixed_ms,
-            "fixed_spread_ms": table.fixed_spread_ms,
-            "teacher_ms": table.teacher_ms,
-            "latency_ms": [row.tolist() for row in table.latency_ms],
-            "spread_ms": [row.tolist() for row in table.spread_ms],
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-        log.info("latency %s: teacher %.3f ms, fixed part %.3f ms", name, table.teacher_ms, table.fixed_ms)
-        tables.append(data)
-    return tables
+    ctx: LibraryContext
+    train_set: object
+    score_set: object
+    device: torch.device
+    dist: object
+    work: Path
 
 
-def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, keep_work: bool = False) -> BuildResult:
-    """Build a library: distil, score and time every candidate of every layer of the teacher.
-
-    Resumable: rerunning the same command after an interruption continues from the last
-    checkpoint in ``OUT.work/``. The library is written (atomically) only when all is done.
-    """
+def _setup(config: BuildConfig, out: Path, restart: bool) -> tuple[BuildConfig, _Inputs]:
+    """Device, data, teacher and candidates; then the work directory (only once all of them
+    loaded, so that a failed start leaves nothing behind)."""
     from lana.calibration import CalibrationSet
-    from lana.candidates import float_parent
     from lana.data import load_dataset
-    from lana.dist import DistContext
-    from lana.score import score_candidates
-    from lana.train import resolve_device
+    from lana.dist import DistContext, resolve_device
 
-    out = Path(out)
     device = resolve_device(config.device)
     dist = DistContext.from_env(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    sha = file_sha256(config.checkpoint) if config.checkpoint else None
-    config = replace(
-        config,
-        checkpoint_sha256=sha,
-        device=device.type,
-        tables=tuple(config.tables) if config.tables else default_tables(device.type),
-    )
-    for name in config.tables:
-        parse_table_name(name)  # fail before hours of work on a bad table name
-    if config.int8:
-        check_int8_target(device.type, config.tables)
-    work = out.with_name(out.name + ".work")
-    if dist.is_main:
-        _open_work_dir(work, config, restart)
-    dist.barrier()
-    if not dist.is_main:
-        _open_work_dir(work, config, restart=False)
-    stages = {}
-    t0 = time.perf_counter()
+    config = config.resolved(device)
     train_set = load_dataset(config.dataset, "train", config.img_size, seed=config.seed, limit=config.limit)
     score_set = load_dataset(config.dataset, "score", config.img_size, seed=config.seed, limit=config.score_images)
     torch.manual_seed(config.seed)  # a teacher without weights (smoke runs) is the same on every rank
@@ -270,18 +186,26 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
         int8=config.int8,
         calibration=CalibrationSet.of(asdict(config)),
     )
-    n_cands = sum(len(s) for s in ctx.specs)
     log.info(
         "%s: %d layers, %d candidates (space %s, 10^%.1f combinations)",
         config.model,
         len(ctx.layers),
-        n_cands,
+        sum(len(s) for s in ctx.specs),
         config.space,
         sum(np.log10(len(s)) for s in ctx.specs),
     )
-    stages["setup"] = time.perf_counter() - t0
+    work = out.with_name(out.name + ".work")
+    if dist.is_main:
+        _open_work_dir(work, config, restart)
+    dist.barrier()
+    if not dist.is_main:
+        _open_work_dir(work, config, restart=False)
+    return config, _Inputs(ctx, train_set, score_set, device, dist, work)
 
-    t0 = time.perf_counter()
+
+def _distill_stage(config: BuildConfig, run: _Inputs) -> dict[str, float]:
+    """Distil every candidate (each rank its chunks under torchrun); the held-out losses."""
+    ctx, dist = run.ctx, run.dist
     dcfg = DistillConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -290,124 +214,138 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
         checkpoint_every_s=config.checkpoint_every_s,
         seed=config.seed,
     )
-    run = lambda ids: distill(
-        ctx.teacher,
-        ctx.layers,
-        ctx.specs,
-        ctx.build,
-        train_set,
-        score_set,
-        work,
-        dcfg,
-        device,
-        chunk_ids=ids,
-        min_chunks=dist.world_size,
-    )
-    if dist.enabled:  # each rank distils its chunks; then every rank reads all of them from disk
-        run(dist.mine(list(range(len(chunk_plan(ctx.layers, ctx.specs, dcfg.chunk_params, dist.world_size))))))
-        dist.barrier()
-    chunks = run(None)
-    losses = {}
-    for k, chunk in enumerate(chunks):
-        ctx.weights.update(load_chunk_weights(work, k))
-        losses.update(chunk.losses)
-    stages["distill"] = time.perf_counter() - t0
 
-    scores = None
-    if not config.skip_score:
-        t0 = time.perf_counter()
-        if dist.enabled:
-            score_candidates(
-                ctx.teacher,
-                ctx.layers,
-                ctx.specs,
-                ctx.load,
-                score_set,
-                work,
-                device,
-                layer_ids=dist.mine(list(range(len(ctx.layers)))),
-            )
-            dist.barrier()
-        scores = score_candidates(ctx.teacher, ctx.layers, ctx.specs, ctx.load, score_set, work, device)
-        stages["score"] = time.perf_counter() - t0
-    if not dist.is_main:  # rank 0 times latency and writes the library
-        return BuildResult(str(out), len(ctx.layers), n_cands, stages, _peak_memory_mb(device))
+    def chunks(ids):
+        return distill(ctx.teacher, ctx.layers, ctx.specs, ctx.build, run.train_set, run.score_set, run.work, dcfg,
+                       run.device, chunk_ids=ids, min_chunks=dist.world_size)  # fmt: skip
+
+    if dist.enabled:  # each rank distils its chunks; then every rank reads all of them from disk
+        chunks(dist.mine(list(range(len(chunk_plan(ctx.layers, ctx.specs, dcfg.chunk_params, dist.world_size))))))
+        dist.barrier()
+    losses = {}
+    for k, chunk in enumerate(chunks(None)):
+        ctx.weights.update(load_chunk_weights(run.work, k))
+        losses.update(chunk.losses)
+    return losses
+
+
+def _score_stage(run: _Inputs) -> list[dict]:
+    """Score every candidate (each rank its layers under torchrun, then rank 0 reads them all)."""
+    from lana.score import score_candidates
+
+    ctx = run.ctx
+    score = lambda **kw: score_candidates(ctx.teacher, ctx.layers, ctx.specs, ctx.load, run.score_set, run.work,
+                                          run.device, **kw)  # fmt: skip
+    if run.dist.enabled:
+        score(layer_ids=run.dist.mine(list(range(len(ctx.layers)))))
+        run.dist.barrier()
+    return score()
+
+
+def _latency_stage(config: BuildConfig, run: _Inputs) -> list[dict]:
+    """Time every candidate on every table, resumable per table (``latency_<table>.json``)."""
+    from lana.latency import measure_table
+
+    ctx = run.ctx
+    if all(parse_table_name(n)["device"] == "cpu" for n in config.tables):
+        ctx.teacher.cpu()
     tables = []
-    if not config.skip_latency:
-        t0 = time.perf_counter()
-        if all(parse_table_name(n)["device"] == "cpu" for n in config.tables):
-            ctx.teacher.cpu()
-        tables = _measure_tables(ctx, config.tables, config, work)
-        stages["latency"] = time.perf_counter() - t0
-    peak = _peak_memory_mb(device)
-    records, weights = [], {}
+    for name in config.tables:
+        path = run.work / f"latency_{name}.json"
+        data = read_json(path)
+        if data is None:
+            meter = meter_for_table(name, threads=config.threads)
+            # timed in shipped form (BN folded, rep branches fused): the tables measure what ships
+            table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
+                                  input_shape=ctx.input_shape, rounds=config.latency_rounds, seed=config.seed)  # fmt: skip
+            data = {**table.attrs(), "latency_ms": [r.tolist() for r in table.latency_ms],
+                    "spread_ms": [r.tolist() for r in table.spread_ms]}  # fmt: skip
+            write_json(path, data, indent=None)
+            log.info("latency %s: teacher %.3f ms, fixed part %.3f ms", name, table.teacher_ms, table.fixed_ms)
+        tables.append(data)
+    return tables
+
+
+def _layer_records(ctx: LibraryContext, losses: dict, scores: list | None, tables: list[dict]) -> list[LayerRecord]:
+    from lana.candidates import float_parent
+
+    records = []
     for li, (layer, specs) in enumerate(zip(ctx.layers, ctx.specs)):
         # an int8 candidate is not distilled itself: it carries its float parent's loss
         parents = [float_parent(s) for s in specs]
-        dl = np.array([0.0 if s == "teacher" else losses.get(f"{li}/{s}", np.nan) for s in parents])
+        loss = np.array([0.0 if s == "teacher" else losses.get(f"{li}/{s}", np.nan) for s in parents])
         if "id" in specs:  # the identity's loss is defined as well: it is just not trained
-            dl[specs.index("id")] = np.nan
+            loss[specs.index("id")] = np.nan
         records.append(
             LayerRecord(
-                name=layer.name,
-                kind=layer.kind,
-                in_shape=layer.in_shape,
-                out_shape=layer.out_shape,
-                stride=layer.stride,
-                params=layer.params,
-                macs=layer.macs,
-                specs=list(specs),
+                name=layer.name, kind=layer.kind, in_shape=layer.in_shape, out_shape=layer.out_shape,
+                stride=layer.stride, params=layer.params, macs=layer.macs, specs=list(specs),
                 cand_params=np.array([c.params for c in ctx.costs[li]]),
                 cand_macs=np.array([c.macs for c in ctx.costs[li]]),
-                distill_loss=dl,
-                scores=scores[li] if scores else {},
+                distill_loss=loss, scores=scores[li] if scores else {},
                 latency={t["name"]: np.asarray(t["latency_ms"][li]) for t in tables},
                 latency_spread={t["name"]: np.asarray(t["spread_ms"][li]) for t in tables},
             )
-        )
-        for s in specs:
-            if f"{li}/{s}" in ctx.weights:
-                weights[(li, s)] = {k: v.numpy() for k, v in ctx.weights[f"{li}/{s}"].items()}
+        )  # fmt: skip
+    return records
+
+
+def _write(out: Path, config: BuildConfig, run: _Inputs, records, scores, tables, stages) -> bool:
+    """Write the library; returns whether it is complete."""
+    ctx = run.ctx
+    weights = {
+        (li, s): {k: v.numpy() for k, v in ctx.weights[f"{li}/{s}"].items()}
+        for li, specs in enumerate(ctx.specs)
+        for s in specs
+        if f"{li}/{s}" in ctx.weights
+    }
     teacher_meta = {
-        "model": config.model,
-        "num_classes": train_set.num_classes,
-        "img_size": config.img_size,
-        "in_chans": 3,
-        "checkpoint": config.checkpoint,
-        "checkpoint_sha256": sha,
-        "pretrained": config.pretrained,
-        "classes": list(train_set.classes),
-    }
+        "model": config.model, "num_classes": run.train_set.num_classes, "img_size": config.img_size,
+        "in_chans": 3, "checkpoint": config.checkpoint, "checkpoint_sha256": config.checkpoint_sha256,
+        "pretrained": config.pretrained, "classes": list(run.train_set.classes),
+    }  # fmt: skip
     meta = {
-        "lana_version": lana.__version__,
-        "teacher": teacher_meta,
-        "config": {**asdict(config), "stages_s": stages},
-        "stages": {"distill": True, "score": scores is not None},
-        "default_score": config.default_score,
-        "dataset": config.dataset,
-        "space": config.space,
-    }
+        "lana_version": lana.__version__, "teacher": teacher_meta, "config": {**asdict(config), "stages_s": stages},
+        "stages": {"distill": True, "score": scores is not None}, "default_score": config.default_score,
+        "dataset": config.dataset, "space": config.space,
+    }  # fmt: skip
     complete = scores is not None and bool(tables)
     table_attrs = [{k: v for k, v in t.items() if k not in ("latency_ms", "spread_ms")} for t in tables]
-    write_library(
-        out,
-        meta,
-        records,
-        weights,
-        {k: v.cpu().numpy() for k, v in ctx.teacher.state_dict().items()},
-        table_attrs,
-        complete=complete,
-    )
+    teacher_state = {k: v.cpu().numpy() for k, v in ctx.teacher.state_dict().items()}
+    write_library(out, meta, records, weights, teacher_state, table_attrs, complete=complete)
+    return complete
+
+
+def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, keep_work: bool = False) -> BuildResult:
+    """Build a library: distil, score and time every candidate of every layer of the teacher.
+
+    Resumable: rerunning the same command after an interruption continues from the last
+    checkpoint in ``OUT.work/``. The library is written (atomically) only when all is done.
+    """
+    out = Path(out)
+    stages: dict[str, float] = {}
+    with _timed(stages, "setup"):
+        config, run = _setup(config, out, restart)
+    n_cands = sum(len(s) for s in run.ctx.specs)
+    with _timed(stages, "distill"):
+        losses = _distill_stage(config, run)
+    scores = None
+    if not config.skip_score:
+        with _timed(stages, "score"):
+            scores = _score_stage(run)
+    if not run.dist.is_main:  # rank 0 times latency and writes the library
+        return BuildResult(str(out), len(run.ctx.layers), n_cands, stages, _peak_memory_mb(run.device))
+    tables = []
+    if not config.skip_latency:
+        with _timed(stages, "latency"):
+            tables = _latency_stage(config, run)
+    peak = _peak_memory_mb(run.device)
+    records = _layer_records(run.ctx, losses, scores, tables)
+    complete = _write(out, config, run, records, scores, tables, stages)
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    log.info(
-        "library %s written (%s): %d layers, %d candidates; peak memory %.0f MB",
-        out,
-        "complete" if complete else "incomplete",
-        len(records),
-        n_cands,
-        peak,
-    )
+        shutil.rmtree(run.work, ignore_errors=True)
+    log.info("library %s written (%s): %d layers, %d candidates; peak memory %.0f MB", out,
+             "complete" if complete else "incomplete", len(records), n_cands, peak)  # fmt: skip
     return BuildResult(str(out), len(records), n_cands, stages, peak)
 
 
@@ -420,64 +358,14 @@ def add_latency_table(
         name: the table's name, which also says the target: ``cpu-b1``, ``cpu-ort-b64``, ``cuda-b64``.
     """
     from lana.candidates import is_int8
-    from lana.latency import make_meter, measure_table
+    from lana.latency import measure_table
 
     ctx = context_from_library(path)
-    spec = parse_table_name(name)
     if any(is_int8(s) for specs in ctx.specs for s in specs):
-        check_int8_target(spec["device"], [name])
-    meter = make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads)
-    table = measure_table(
-        ctx.inference_teacher(),
-        ctx.layers,
-        ctx.specs,
-        ctx.load_inference,
-        meter,
-        name,
-        input_shape=ctx.input_shape,
-        rounds=rounds,
-        seed=seed,
-    )
-    attrs = {
-        "name": name,
-        "device": table.device,
-        "backend": table.backend,
-        "batch_size": table.batch_size,
-        "threads": table.threads,
-        "fingerprint": table.fingerprint,
-        "fixed_ms": table.fixed_ms,
-        "fixed_spread_ms": table.fixed_spread_ms,
-        "teacher_ms": table.teacher_ms,
-    }
+        check_int8_target(parse_table_name(name)["device"], [name])
+    meter = meter_for_table(name, threads=threads)
+    table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
+                          input_shape=ctx.input_shape, rounds=rounds, seed=seed)  # fmt: skip
+    attrs = table.attrs()
     write_latency_table(path, attrs, table.latency_ms, table.spread_ms)
     return {**attrs, "table": table, "context": ctx}
-
-
-def load_latency_table(path: str | os.PathLike, name: str):
-    """A stored latency table as a :class:`lana.latency.LatencyTable` (to check it, say)."""
-    import h5py
-
-    from lana.latency import LatencyTable
-    from lana.library import LibraryError, attr_value, layer_records
-
-    with h5py.File(path, "r") as f:
-        if name not in f.get("latency_tables", {}):
-            raise LibraryError(
-                f"{path} has no latency table {name!r}; it has {', '.join(f.get('latency_tables', {})) or 'none'}"
-            )
-        a = {k: attr_value(v) for k, v in f["latency_tables"][name].attrs.items()}
-        records = layer_records(f)
-    return LatencyTable(
-        name=name,
-        device=a.get("device", ""),
-        backend=a.get("backend", ""),
-        batch_size=int(a["batch_size"]),
-        threads=int(a.get("threads", 0) or 0),
-        fingerprint=a.get("fingerprint", {}),
-        fixed_ms=float(a["fixed_ms"]),
-        fixed_spread_ms=float(a.get("fixed_spread_ms", 0.0)),
-        teacher_ms=float(a["teacher_ms"]),
-        latency_ms=[r.latency[name] for r in records],
-        spread_ms=[r.latency_spread[name] for r in records],
-        specs=[list(r.specs) for r in records],
-    )

@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lana.problem import TEACHER, Problem, load_problem, parse_budget, restrict
 
-__all__ = ["Plan", "solve_library", "solve_diverse", "pareto", "plot_pareto"]
+__all__ = ["Plan", "SolveOptions", "solve_library", "solve_diverse", "pareto", "plot_pareto"]
 
 
 @dataclass(frozen=True)
@@ -120,17 +118,10 @@ class Plan:
         return cls.from_dict(json.loads(text))
 
     def save(self, path) -> Path:
-        """Writes the JSON atomically (a temporary file in the same folder, then os.replace)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json() + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Writes the JSON atomically (:func:`lana.files.write_text`)."""
+        from lana.files import write_text
+
+        return write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path) -> Plan:
@@ -138,25 +129,11 @@ class Plan:
         return cls.from_json(Path(path).read_text())
 
 
-def solve_library(
-    path,
-    budget: str | float,
-    *,
-    table: str | None = None,
-    score: str | None = None,
-    solver: str = "highs",
-    max_params: int | None = None,
-    max_macs: int | None = None,
-    extra_budgets: Mapping[str, str | float] | None = None,
-    keep: Iterable[str] = (),
-    exclude: Iterable[str] = (),
-    allow_incomplete: bool = False,
-) -> Plan:
-    """The best plan of a library under a latency budget (``lana solve``).
+@dataclass(frozen=True)
+class SolveOptions:
+    """How a library is solved, besides the budget (what ``lana solve``'s options set).
 
-    Args:
-        path: the library .h5 file.
-        budget: ``"0.5x"`` (of the teacher's predicted latency on ``table``), ``"3.2ms"`` or ms.
+    Attributes:
         table: latency table of the budget; default: the library's first table.
         score: score kind to minimise; default: see `lana.problem.load_problem`.
         solver: ``highs`` (default), ``cbc``, ``pulp-highs`` or ``cpsat``.
@@ -166,14 +143,40 @@ def solve_library(
         keep: layer-name patterns whose layers keep the teacher (`lana.problem.restrict`).
         exclude: spec patterns (or ``LAYER:SPEC``) of forbidden candidates.
         allow_incomplete: solve a library whose build has not finished.
+    """
+
+    table: str | None = None
+    score: str | None = None
+    solver: str = "highs"
+    max_params: int | None = None
+    max_macs: int | None = None
+    extra_budgets: Mapping[str, str | float] = field(default_factory=dict, hash=False)
+    keep: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    allow_incomplete: bool = False
+
+    @classmethod
+    def of(cls, options: SolveOptions | None = None, **changes) -> SolveOptions:
+        """``options`` (default ones when None) with ``changes``; unknown names raise TypeError."""
+        options = dataclasses.replace(options or cls(), **changes)
+        return dataclasses.replace(options, keep=tuple(options.keep), exclude=tuple(options.exclude),
+                                   extra_budgets=dict(options.extra_budgets or {}))  # fmt: skip
+
+
+def solve_library(path, budget: str | float, options: SolveOptions | None = None, **changes) -> Plan:
+    """The best plan of a library under a latency budget (``lana solve``).
+
+    Args:
+        path: the library .h5 file.
+        budget: ``"0.5x"`` (of the teacher's predicted latency on the table), ``"3.2ms"`` or ms.
+        options: :class:`SolveOptions` (table, score, solver, limits, keep/exclude patterns).
+        **changes: fields of :class:`SolveOptions` to set on top (``table="cpu-b1"``).
 
     Raises:
         lana.solver.InfeasibleBudget: no plan meets the constraints; it carries the minimum
             achievable latency and the binding constraints.
     """
-    problem, settings = _setup(
-        path, table, score, keep, exclude, allow_incomplete, solver, max_params, max_macs, extra_budgets
-    )
+    problem, settings = _setup(path, SolveOptions.of(options, **changes))
     return _solve(problem, budget, settings)[0]
 
 
@@ -221,18 +224,20 @@ def _solve(
     return plan, choice
 
 
-def solve_diverse(path, budget: str | float, k: int = 3, min_diff: int = 1, **options) -> list[Plan]:
+def solve_diverse(
+    path, budget: str | float, k: int = 3, min_diff: int = 1, options: SolveOptions | None = None, **changes
+) -> list[Plan]:
     """The ``k`` best plans that differ pairwise in at least ``min_diff`` layers (``--diverse``).
 
     Solves once, then again with a cut ``sum_l x[l, plan_l] <= L - min_diff`` per plan found, so
     each plan is the best that differs enough from all the earlier ones. Returns fewer than ``k``
-    plans when no more exist. ``options`` are those of `solve_library`.
+    plans when no more exist. ``options`` and ``changes`` are those of `solve_library`.
     """
     if k < 1 or min_diff < 1:
         raise ValueError(f"--diverse K and --min-diff D must be >= 1, got K={k}, D={min_diff}")
     from lana.solver import NoMorePlans
 
-    problem, settings = _setup_from(path, options)
+    problem, settings = _setup(path, SolveOptions.of(options, **changes))
     plans, avoid = [], []
     for rank in range(1, k + 1):
         try:
@@ -244,15 +249,15 @@ def solve_diverse(path, budget: str | float, k: int = 3, min_diff: int = 1, **op
     return plans
 
 
-def pareto(path, budgets: Sequence[str | float], **options) -> list[Plan]:
+def pareto(path, budgets: Sequence[str | float], options: SolveOptions | None = None, **changes) -> list[Plan]:
     """The best plan at each budget (``lana pareto``): the predicted accuracy-latency front.
 
     Budgets that no plan meets are skipped; if none is met, the last `InfeasibleBudget` is raised.
-    ``options`` are those of `solve_library`. The library is read once.
+    ``options`` and ``changes`` are those of `solve_library`. The library is read once.
     """
     from lana.solver import InfeasibleBudget
 
-    problem, settings = _setup_from(path, options)
+    problem, settings = _setup(path, SolveOptions.of(options, **changes))
     plans, error = [], None
     for budget in budgets:
         try:
@@ -291,59 +296,24 @@ def plot_pareto(plans: Sequence[Plan], png_path) -> Path:
     return png_path
 
 
-def _setup_from(path, options: Mapping[str, Any]):
-    known = {
-        "table",
-        "score",
-        "solver",
-        "max_params",
-        "max_macs",
-        "extra_budgets",
-        "keep",
-        "exclude",
-        "allow_incomplete",
-    }
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unexpected options {sorted(unknown)}")
-    get = options.get
-    return _setup(
-        path,
-        get("table"),
-        get("score"),
-        get("keep", ()),
-        get("exclude", ()),
-        get("allow_incomplete", False),
-        get("solver", "highs"),
-        get("max_params"),
-        get("max_macs"),
-        get("extra_budgets"),
-    )
-
-
-def _setup(path, table, score, keep, exclude, allow_incomplete, solver, max_params, max_macs, extra_budgets):
+def _setup(path, options: SolveOptions):
     """Loads the problem, records the teacher's latencies (before --exclude may drop `teacher`)
     and restricts it; returns it with the run's settings."""
-    full = load_problem(path, table, score, allow_incomplete=allow_incomplete)
-    settings = _settings(full, solver, max_params, max_macs, extra_budgets)
-    keep, exclude = list(keep), list(exclude)
-    settings.update(library=str(path), keep=keep, exclude=exclude)
-    return restrict(full, keep, exclude), settings
+    full = load_problem(path, options.table, options.score, allow_incomplete=options.allow_incomplete)
+    return restrict(full, options.keep, options.exclude), _settings(full, options)
 
 
-def _settings(problem, solver, max_params, max_macs, extra_budgets) -> dict[str, Any]:
+def _settings(problem: Problem, options: SolveOptions) -> dict[str, Any]:
     """The run's configuration, kept in every plan's ``config``."""
     from lana import __version__
 
     has_teacher = all(TEACHER in specs for specs in problem.specs)
     return {
+        **dataclasses.asdict(options),
+        "keep": list(options.keep),
+        "exclude": list(options.exclude),
+        "extra_budgets": dict(options.extra_budgets),
         "library": problem.source,
-        "solver": solver,
-        "max_params": max_params,
-        "max_macs": max_macs,
-        "extra_budgets": dict(extra_budgets or {}),
         "teacher_ms": {t: problem.teacher_ms(t) for t in problem.tables} if has_teacher else {},
-        "keep": [],
-        "exclude": [],
         "lana_version": __version__,
     }

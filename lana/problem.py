@@ -1,6 +1,6 @@
 """The ILP's data: per layer, the candidates' specs, scores, latencies, params and MACs.
 
-`load_problem` reads a library file (ARCHITECTURE.md, format_version 1) with h5py and numpy only, so
+`load_problem` reads a library file through `lana.library.Library` (h5py and numpy only), so
 that ``lana solve`` never imports torch. `restrict` applies ``--keep``/``--exclude`` patterns, and
 `parse_budget` turns ``0.5x`` / ``3.2ms`` into milliseconds.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -137,47 +136,36 @@ def load_problem(
         ValueError: not a lana library, incomplete, or an unknown table/score (the message lists
             the available ones).
     """
-    import h5py  # numpy-only at import time: h5py costs ~0.1 s and only loading needs it
+    from lana.library import Library  # h5py costs ~0.1 s at import: only loading needs it
 
-    with h5py.File(path, "r") as f:
-        _check_header(f, path, allow_incomplete)
-        layer_groups = [f["layers"][key] for key in sorted(f["layers"], key=_layer_order)]
-        if not layer_groups:
-            raise ValueError(f"{path}: the library has no layers")
-        tables = list(f["latency_tables"]) if "latency_tables" in f else []
-        kinds = list(layer_groups[0]["scores"]) if "scores" in layer_groups[0] else []
-        table = _pick(table, tables, "table", path, default=tables[0] if tables else None)
-        score = _pick(score, kinds, "score", path, default=_default_score(f, kinds))
-        fixed_ms = {t: float(f["latency_tables"][t].attrs.get("fixed_ms", 0.0)) for t in tables}
-
-        names, specs, scores, params, macs = [], [], [], [], []
-        latency = {t: [] for t in tables}
-        for group in layer_groups:
-            names.append(_text(group.attrs["name"]))
-            specs.append(tuple(_strings(group["specs"][()])))
-            scores.append(_read(group, f"scores/{score}", names[-1], np.float64))
-            params.append(_read(group, "params", names[-1], np.int64))
-            macs.append(_read(group, "macs", names[-1], np.int64))
-            for t in tables:
-                latency[t].append(_read(group, f"latency/{t}", names[-1], np.float64))
-        model = json.loads(_text(f.attrs.get("teacher", "{}")) or "{}").get("model", "")
-
-    for l, row in enumerate(specs):
-        sizes = {len(row), len(scores[l]), len(params[l]), len(macs[l])}
-        sizes |= {len(latency[t][l]) for t in tables}
+    library = Library(path)
+    if not allow_incomplete:
+        library.require_complete()
+    records = library.layers()
+    tables = list(library.tables)
+    kinds = library.score_kinds()
+    table = _pick(table, tables, "table", path, default=tables[0] if tables else None)
+    score = _pick(score, kinds, "score", path, default=library.default_score(kinds))
+    fixed_ms = {t: float(library.tables[t].get("fixed_ms", 0.0)) for t in tables}
+    for r in records:
+        missing = [t for t in tables if t not in r.latency]
+        if missing:
+            raise ValueError(f"{path}: layer {r.name} has no latency on table(s) {', '.join(missing)}")
+        sizes = {len(r.specs), len(r.scores[score]), len(r.cand_params), len(r.cand_macs)}
+        sizes |= {len(r.latency[t]) for t in tables}
         if len(sizes) != 1:
-            raise ValueError(f"{path}: layer {names[l]} has arrays of different lengths {sizes}")
+            raise ValueError(f"{path}: layer {r.name} has arrays of different lengths {sizes}")
     return Problem(
-        model=model,
+        model=library.model,
         table=table,
         score=score,
-        layers=tuple(names),
-        specs=tuple(specs),
-        scores=tuple(scores),
-        latency={t: tuple(v) for t, v in latency.items()},
+        layers=tuple(r.name for r in records),
+        specs=tuple(tuple(r.specs) for r in records),
+        scores=tuple(_frozen(np.asarray(r.scores[score], dtype=np.float64)) for r in records),
+        latency={t: tuple(_frozen(np.asarray(r.latency[t], dtype=np.float64)) for r in records) for t in tables},
         fixed_ms=fixed_ms,
-        params=tuple(params),
-        macs=tuple(macs),
+        params=tuple(_frozen(np.asarray(r.cand_params, dtype=np.int64)) for r in records),
+        macs=tuple(_frozen(np.asarray(r.cand_macs, dtype=np.int64)) for r in records),
         source=str(path),
     )
 
@@ -237,20 +225,6 @@ def subset(problem: Problem, index: Sequence[np.ndarray]) -> Problem:
     )
 
 
-def _check_header(f, path, allow_incomplete: bool) -> None:
-    if _text(f.attrs.get("format", "")) != "lana-library" or "layers" not in f:
-        raise ValueError(f"{path} is not a lana library (root attr format != 'lana-library')")
-    version = int(f.attrs.get("format_version", 0))
-    if version != 1:
-        raise ValueError(f"{path}: library format_version {version}, this lana reads version 1")
-    if not bool(f.attrs.get("complete", False)) and not allow_incomplete:
-        stages = _text(f.attrs.get("stages", "{}"))
-        raise ValueError(
-            f"{path} is incomplete (stages {stages}; it needs distill, scores and a "
-            "latency table): finish it with `lana build`, or pass allow_incomplete"
-        )
-
-
 def _pick(wanted: str | None, available: list[str], what: str, path, default: str | None) -> str:
     if not available:
         raise ValueError(f"{path} has no {what}s")
@@ -261,35 +235,7 @@ def _pick(wanted: str | None, available: list[str], what: str, path, default: st
     return wanted
 
 
-def _default_score(f, kinds: list[str]) -> str | None:
-    config = json.loads(_text(f.attrs.get("config", "{}")) or "{}")
-    if isinstance(config, dict) and config.get("default_score") in kinds:
-        return config["default_score"]
-    if "kl" in kinds:
-        return "kl"
-    return kinds[0] if kinds else None
-
-
-def _layer_order(key: str):
-    return (0, int(key), key) if key.isdigit() else (1, 0, key)
-
-
-def _read(group, key: str, layer: str, dtype) -> np.ndarray:
-    dataset = group.get(key)  # one lookup: ~0.2 ms each, and a 50-layer read makes 250
-    if dataset is None:
-        raise ValueError(f"layer {layer} has no dataset {key!r}")
-    return _frozen(np.asarray(dataset[()], dtype=dtype))
-
-
 def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.array(array)  # a copy: never share a buffer with the caller
     array.flags.writeable = False
     return array
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
-
-
-def _strings(values) -> list[str]:
-    return [_text(v) for v in np.atleast_1d(values)]

@@ -117,7 +117,7 @@ def assemble(library: str | os.PathLike, plan: Plan | str | os.PathLike, ctx=Non
     Args:
         ctx: a :func:`lana.context.context_from_library` of ``library``, to reuse loaded weights.
     """
-    from lana.pipeline import context_from_library
+    from lana.context import context_from_library
 
     plan = plan if isinstance(plan, Plan) else Plan.load(plan)
     ctx = ctx or context_from_library(library)
@@ -147,7 +147,8 @@ def save_student(
         ValueError: If ``student`` holds int8 modules.
     """
     from lana.candidates import is_quantized
-    from lana.teacher import save_state, write_json
+    from lana.files import write_json
+    from lana.teacher import save_state
 
     if any(is_quantized(module) for module in student.modules()):
         raise ValueError(

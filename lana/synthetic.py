@@ -7,7 +7,6 @@ The file follows the library layout of ARCHITECTURE.md exactly, so everything th
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,77 +56,41 @@ def write_random_library(
     Returns:
         The path written.
     """
-    import h5py
+    from lana import __version__
+    from lana.library import write_library
 
     pool = spec_pool()
     if not 1 <= n_candidates <= len(pool):
         raise ValueError(f"n_candidates must be in 1..{len(pool)}, got {n_candidates}")
     rng = np.random.default_rng(seed)
     table_scale = {t: 1.0 if i == 0 else float(rng.uniform(0.2, 3.0)) for i, t in enumerate(tables)}
-    path = Path(path)
-    with h5py.File(path, "w") as f:
-        teacher_sum = {t: 0.0 for t in tables}
-        for l in range(n_layers):
-            group = f.create_group(f"layers/{l:03d}")
-            teacher_lat = _write_layer(group, l, pool, n_candidates, rng, table_scale, score_kinds)
-            for t in tables:
-                teacher_sum[t] += teacher_lat[t]
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    records, teacher_sum = [], {t: 0.0 for t in tables}
+    for l in range(n_layers):
+        record, teacher_lat = _random_layer(l, pool, n_candidates, rng, table_scale, score_kinds)
+        records.append(record)
         for t in tables:
-            # the unreplaced stem and head: about a tenth of the network
-            fixed_ms = 0.1 * teacher_sum[t]
-            f.create_group(f"latency_tables/{t}").attrs.update(
-                {
-                    "device": "synthetic",
-                    "backend": "synthetic",
-                    "batch_size": 1,
-                    "threads": 1,
-                    "fingerprint": json.dumps({"synthetic": True}),
-                    "fixed_ms": fixed_ms,
-                    "fixed_spread_ms": 0.01 * fixed_ms,
-                    "teacher_ms": 1.03 * (fixed_ms + teacher_sum[t]),
-                    "created": created,
-                }
-            )
-        from lana import __version__
-
-        f.attrs.update(
-            {
-                "format": "lana-library",
-                "format_version": 1,
-                "complete": True,
-                "lana_version": __version__,
-                "teacher": json.dumps(
-                    {
-                        "model": "synthetic",
-                        "num_classes": 1000,
-                        "img_size": 224,
-                        "in_chans": 3,
-                        "checkpoint": None,
-                        "checkpoint_sha256": None,
-                        "pretrained": False,
-                    }
-                ),
-                "config": json.dumps(
-                    {
-                        "synthetic": {
-                            "n_layers": n_layers,
-                            "n_candidates": n_candidates,
-                            "seed": seed,
-                            "tables": list(tables),
-                            "score_kinds": list(score_kinds),
-                        }
-                    }
-                ),
-                "stages": json.dumps({"distill": True, "score": True}),
-            }
-        )
-    return path
+            teacher_sum[t] += teacher_lat[t]
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    table_attrs = []
+    for t in tables:
+        fixed_ms = 0.1 * teacher_sum[t]  # the unreplaced stem and head: about a tenth of the network
+        table_attrs.append({
+            "name": t, "device": "synthetic", "backend": "synthetic", "batch_size": 1, "threads": 1,
+            "fingerprint": {"synthetic": True}, "fixed_ms": fixed_ms, "fixed_spread_ms": 0.01 * fixed_ms,
+            "teacher_ms": 1.03 * (fixed_ms + teacher_sum[t]), "created": created,
+        })  # fmt: skip
+    teacher = {"model": "synthetic", "num_classes": 1000, "img_size": 224, "in_chans": 3, "checkpoint": None,
+               "checkpoint_sha256": None, "pretrained": False}  # fmt: skip
+    synthetic = {"n_layers": n_layers, "n_candidates": n_candidates, "seed": seed, "tables": list(tables),
+                 "score_kinds": list(score_kinds)}  # fmt: skip
+    meta = {"lana_version": __version__, "teacher": teacher, "config": {"synthetic": synthetic},
+            "stages": {"distill": True, "score": True}}  # fmt: skip
+    return write_library(path, meta, records, tables=table_attrs, complete=True)
 
 
-def _write_layer(group, l: int, pool, n_candidates: int, rng, table_scale, score_kinds) -> dict:
-    """Writes one /layers/NNN group and returns the teacher's latency on each table."""
-    import h5py
+def _random_layer(l: int, pool, n_candidates: int, rng, table_scale, score_kinds):
+    """One random layer's record, and the teacher's latency on each table."""
+    from lana.library import LayerRecord
 
     chosen = sorted(rng.choice(np.arange(2, len(pool)), size=max(n_candidates - 2, 0), replace=False))
     specs = ["teacher", "id"][:n_candidates] + [pool[i] for i in chosen]
@@ -159,35 +122,27 @@ def _write_layer(group, l: int, pool, n_candidates: int, rng, table_scale, score
         "kl": floor * 0.01 * rng.lognormal(0.0, 0.3, n),
     }
 
-    group.attrs.update(
-        {
-            "name": f"blocks.{l // 4}.{l % 4}",
-            "kind": "block",
-            "in_shape": json.dumps([channels, side, side]),
-            "out_shape": json.dumps([channels, side // stride, side // stride]),
-            "stride": stride,
-            "params": teacher_params,
-            "macs": teacher_macs,
-        }
-    )
-    group.create_dataset("specs", data=specs, dtype=h5py.string_dtype("utf-8"))
-    group.create_dataset("params", data=np.rint(teacher_params * cost * noise).astype(np.int64))
-    group.create_dataset("macs", data=np.rint(teacher_macs * cost * noise).astype(np.int64))
     distill_loss = rng.uniform(0.01, 0.5, n)
     distill_loss[0] = 0.0
-    group.create_dataset("distill_loss", data=distill_loss)
+    scores = {}
     for kind in score_kinds:
         values = score[kind] if kind in score else floor * rng.lognormal(0.0, 0.3, n)
         values = np.array(values, dtype=np.float64)
         values[0] = 0.0
-        group.create_dataset(f"scores/{kind}", data=values)
+        scores[kind] = values
     base = teacher_ms * cost**0.8 * rng.lognormal(0.0, 0.15, n)
     base[0] = teacher_ms
-    teacher_lat = {}
+    latency = {}
     for i, (t, scale) in enumerate(table_scale.items()):
         # other devices rank candidates differently: independent noise on every table but the first
-        latency = scale * base * (rng.lognormal(0.0, 0.25, n) if i else 1.0)
-        group.create_dataset(f"latency/{t}", data=latency)
-        group.create_dataset(f"latency_spread/{t}", data=0.05 * latency)
-        teacher_lat[t] = float(latency[0])
-    return teacher_lat
+        latency[t] = scale * base * (rng.lognormal(0.0, 0.25, n) if i else 1.0)
+    record = LayerRecord(
+        name=f"blocks.{l // 4}.{l % 4}", kind="block", in_shape=(channels, side, side),
+        out_shape=(channels, side // stride, side // stride), stride=stride, params=teacher_params,
+        macs=teacher_macs, specs=list(specs),
+        cand_params=np.rint(teacher_params * cost * noise).astype(np.int64),
+        cand_macs=np.rint(teacher_macs * cost * noise).astype(np.int64),
+        distill_loss=distill_loss, scores=scores, latency=latency,
+        latency_spread={t: 0.05 * v for t, v in latency.items()},
+    )  # fmt: skip
+    return record, {t: float(v[0]) for t, v in latency.items()}

@@ -8,8 +8,6 @@ or safetensors). ``tf_efficientnet_lite0`` also loads ImageNet weights offline f
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import logging
 import os
 import time
@@ -19,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lana.files import save_tensors, write_json
+
 __all__ = [
     "CheckpointError",
     "TeacherResult",
@@ -27,7 +27,7 @@ __all__ = [
     "load_teacher",
     "lite0_offline_state_dict",
     "save_state",
-    "file_sha256",
+    "TeacherConfig",
     "train_teacher",
 ]
 
@@ -55,14 +55,6 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, in_chans
 
     _check_model_name(name)
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -215,26 +207,8 @@ def load_teacher(
 
 
 def save_state(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Save a state dict as safetensors atomically (temp file + rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Write JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Save a model's state dict as safetensors, atomically."""
+    return save_tensors(path, model.state_dict(), metadata)
 
 
 @dataclass(frozen=True)
@@ -251,78 +225,79 @@ class TeacherResult:
     config: dict
 
 
-def train_teacher(
-    model: str = "resnet18",
-    dataset: str = "fashion-mnist",
-    img_size: int = 32,
-    epochs: float = 10,
-    out: str | os.PathLike = "runs/teacher",
-    checkpoint: str | None = None,
-    pretrained: bool = False,
-    lr: float | None = None,
-    batch_size: int = 128,
-    optimizer: str = "sgd",
-    max_steps: int | None = None,
-    device: str = "auto",
-    workers: int = 0,
-    seed: int = 0,
-    limit: int | None = None,
-    label_smoothing: float = 0.0,
-    augment: str = "flip",
-    weight_decay: float | None = None,
-) -> TeacherResult:
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How a teacher is trained or fine-tuned (kept whole in ``teacher.json``).
+
+    ``lr`` None: 0.2 from scratch, 0.01 when fine-tuning (``pretrained``/``checkpoint``), a
+    hundredth of that with AdamW; ``weight_decay`` None: 5e-4 (SGD) or 0.05 (AdamW).
+    """
+
+    model: str = "resnet18"
+    dataset: str = "fashion-mnist"
+    img_size: int = 32
+    epochs: float = 10
+    checkpoint: str | None = None
+    pretrained: bool = False
+    lr: float | None = None
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    max_steps: int | None = None
+    device: str = "auto"
+    workers: int = 0
+    seed: int = 0
+    limit: int | None = None
+    label_smoothing: float = 0.0
+    augment: str = "flip"
+    weight_decay: float | None = None
+
+    def recipe(self):
+        """The :class:`lana.train.Recipe` this config trains with (defaults resolved)."""
+        from lana.train import Recipe
+
+        lr = self.lr
+        if lr is None:
+            lr = 0.01 if (self.pretrained or self.checkpoint) else 0.2
+            lr = lr if self.optimizer == "sgd" else lr / 100
+        weight_decay = self.weight_decay
+        if weight_decay is None:
+            weight_decay = 5e-4 if self.optimizer == "sgd" else 0.05
+        return Recipe(
+            epochs=self.epochs, batch_size=self.batch_size, lr=lr, optimizer=self.optimizer,
+            max_steps=self.max_steps, workers=self.workers, seed=self.seed,
+            label_smoothing=self.label_smoothing, augment=self.augment, weight_decay=weight_decay,
+        )  # fmt: skip
+
+
+def train_teacher(config: TeacherConfig, out: str | os.PathLike = "runs/teacher") -> TeacherResult:
     """Train (or fine-tune, with ``pretrained``/``checkpoint``) a teacher and save it.
 
     Writes ``OUT/teacher.safetensors`` and ``OUT/teacher.json`` (config, accuracy, time).
-    The learning rate defaults to 0.2 from scratch and 0.01 when fine-tuning (SGD). The recipe's
-    defaults (flip only, no label smoothing) came out best of six recipes at 4 epochs for resnet18
-    on 32 px Fashion-MNIST (91.4% vs 88.9% with random crops; see the notes of issue 2).
+    The recipe's defaults (flip only, no label smoothing, SGD at 0.2 from scratch) came out best
+    of six recipes at 4 epochs for resnet18 on 32 px Fashion-MNIST (91.4% vs 88.9% with random
+    crops; see the notes of issue 2).
     """
     from lana.data import load_dataset
-    from lana.train import Recipe, evaluate, fit
+    from lana.train import evaluate, fit
 
-    config = {k: v for k, v in locals().items() if k not in {"load_dataset", "Recipe", "evaluate", "fit"}}
-    train_set = load_dataset(dataset, "train", img_size, limit=limit)
-    test_set = load_dataset(dataset, "test", img_size, limit=limit)
-    net = load_teacher(model, train_set.num_classes, checkpoint=checkpoint, pretrained=pretrained)
-    if lr is None:
-        lr = 0.01 if (pretrained or checkpoint) else 0.2
-        lr = lr if optimizer == "sgd" else lr / 100
-    if weight_decay is None:
-        weight_decay = 5e-4 if optimizer == "sgd" else 0.05
-    recipe = Recipe(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        max_steps=max_steps,
-        workers=workers,
-        seed=seed,
-        label_smoothing=label_smoothing,
-        augment=augment,
-        weight_decay=weight_decay,
-    )
-    config["recipe"] = asdict(recipe)
+    c = config
+    train_set = load_dataset(c.dataset, "train", c.img_size, limit=c.limit)
+    test_set = load_dataset(c.dataset, "test", c.img_size, limit=c.limit)
+    net = load_teacher(c.model, train_set.num_classes, checkpoint=c.checkpoint, pretrained=c.pretrained)
+    recipe = c.recipe()
     start = time.perf_counter()
-    result = fit(net, train_set, recipe, device=device, eval_set=test_set, desc=f"teacher {model}")
+    result = fit(net, train_set, recipe, device=c.device, eval_set=test_set, desc=f"teacher {c.model}")
     top1 = result.history[-1]["top1"] if result.history else evaluate(net, test_set)
     minutes = (time.perf_counter() - start) / 60
     out = Path(out)
-    weights = save_state(net, out / "teacher.safetensors", {"model": model})
+    weights = save_state(net, out / "teacher.safetensors", {"model": c.model})
+    steps_per_epoch = max(1, len(train_set) // c.batch_size)
     info = TeacherResult(
-        str(weights),
-        model,
-        train_set.num_classes,
-        img_size,
-        dataset,
-        top1,
-        result.steps / max(1, len(train_set) // batch_size),
-        result.steps,
-        minutes,
-        config,
-    )
+        str(weights), c.model, train_set.num_classes, c.img_size, c.dataset, top1, result.steps / steps_per_epoch,
+        result.steps, minutes, {**asdict(c), "out": str(out), "recipe": asdict(recipe)},
+    )  # fmt: skip
     write_json(out / "teacher.json", {**asdict(info), "history": list(result.history)})
     log.info(
-        "teacher %s: test top-1 %.2f%% after %d steps (%.1f min) -> %s", model, top1, result.steps, minutes, weights
+        "teacher %s: test top-1 %.2f%% after %d steps (%.1f min) -> %s", c.model, top1, result.steps, minutes, weights
     )
     return info

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lana.data import ImageDataset, augment, make_loader, to_model_input
+from lana.dist import resolve_device
 
-__all__ = ["Recipe", "FitResult", "fit", "evaluate", "predict_logits", "resolve_device", "model_norm"]
+__all__ = ["Recipe", "FitResult", "fit", "evaluate", "predict_logits", "model_norm"]
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,6 @@ class FitResult:
     steps: int
     seconds: float
     history: tuple[dict, ...]  # one entry per epoch: epoch, loss, top1 (if evaluated), seconds
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None → cuda when available else cpu; a clear error for cuda without a GPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
-    return device
 
 
 def model_norm(model: nn.Module) -> dict:
@@ -157,23 +148,12 @@ def fit(
         optimizer, lambda s: warmup_cosine(s, total, max(1, int(recipe.warmup_frac * total)))
     )
     if loss_fn is None:
-
-        def loss_fn(logits, labels, _x):
-            return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+        loss_fn = lambda logits, labels, _x: F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
 
     norm = model_norm(model)
     generator = torch.Generator().manual_seed(recipe.seed)
-    log.info(
-        "%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d, on %s",
-        desc,
-        total,
-        total / steps_per_epoch,
-        steps_per_epoch,
-        recipe.optimizer,
-        recipe.lr,
-        recipe.batch_size,
-        device,
-    )
+    log.info("%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d, on %s", desc, total, total / steps_per_epoch,
+             steps_per_epoch, recipe.optimizer, recipe.lr, recipe.batch_size, device)  # fmt: skip
     history, step, start = [], 0, time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     epoch = 0
@@ -201,14 +181,8 @@ def fit(
         entry = {"epoch": epoch, "loss": running / max(1, seen), "seconds": time.perf_counter() - start}
         if eval_set is not None:
             entry["top1"] = evaluate(model, eval_set, device=device)
-            log.info(
-                "%s epoch %d: loss %.4f, test top-1 %.2f%% (%.0f s)",
-                desc,
-                epoch,
-                entry["loss"],
-                entry["top1"],
-                entry["seconds"],
-            )
+            log.info("%s epoch %d: loss %.4f, test top-1 %.2f%% (%.0f s)", desc, epoch, entry["loss"], entry["top1"],
+                     entry["seconds"])  # fmt: skip
         history.append(entry)
         if on_epoch is not None:
             on_epoch(entry)

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules (importable because pyproject puts tests/ on the path)."""
 
+import contextlib
 import functools
 
 import pytest
@@ -29,3 +30,16 @@ def timm_model(name: str, img: int = IMG) -> tuple[nn.Module, list[Layer]]:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=10).eval()
     return model, find_layers(model, (3, img, img))
+
+
+@contextlib.contextmanager
+def edited_library(path):
+    """Open a library with h5py to change it by hand, then re-stamp its checksums, so that the
+    test sees what the edit means rather than the damage detection (which has its own tests)."""
+    import h5py
+
+    from lana.library.file import write_checksums
+
+    with h5py.File(path, "r+") as f:
+        yield f
+        write_checksums(f)

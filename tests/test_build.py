@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from lana.library import load_candidate, load_library_teacher, read_info
+from lana.context import load_candidate, load_library_teacher
+from lana.library import read_info
 from lana.pipeline import BuildConfig, build
 
 
@@ -40,7 +41,7 @@ def test_candidate_from_library_reproduces_trained_output_bit_for_bit(tiny_libra
     trained = torch.load(out.with_name(out.name + ".work") / "chunk_0.weights.pt", weights_only=True)
     key = next(k for k in trained if k.startswith("1/"))
     layer_index, spec = key.split("/", 1)
-    from lana.pipeline import context_from_library
+    from lana.context import context_from_library
 
     ctx = context_from_library(out)
     reference = ctx.build(int(layer_index), spec)

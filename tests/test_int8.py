@@ -29,7 +29,7 @@ def int8_library(tiny_build, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_context(int8_library):
-    from lana.pipeline import context_from_library
+    from lana.context import context_from_library
 
     return context_from_library(int8_library[0])
 
@@ -66,7 +66,8 @@ def test_space_for_int8_lists_a_twin_of_every_float_spec_but_id():
 
 
 def test_int8_build_refuses_cuda_and_onnxruntime_tables_before_any_work(tiny_build, tmp_path):
-    from lana.pipeline import BuildConfig, build, check_int8_target
+    from lana.meters import check_int8_target
+    from lana.pipeline import BuildConfig, build
 
     for tables in (("cpu-ort-b1",), ("cpu-b1", "cuda-b64")):
         with pytest.raises(ValueError, match="--int8 needs --device cpu and cpu-b\\* tables"):
@@ -104,10 +105,10 @@ def test_reloaded_int8_candidate_is_the_one_scored_and_timed(int8_library, int8_
     """Rebuilt as the build did (teacher from the seed, weights from the work directory,
     calibration on the same images), and from the library file: the same int8 module."""
     from lana.calibration import CalibrationSet
+    from lana.context import LibraryContext
     from lana.data import load_dataset
     from lana.distill import load_chunk_weights
     from lana.library import read_info
-    from lana.pipeline import LibraryContext
     from lana.score import score_layer
     from lana.teacher import load_teacher
     from lana.train import predict_logits
@@ -214,29 +215,27 @@ def test_int8_student_quantizes_saves_loads_and_scripts_int8(int8_library, int8_
 
 
 def test_accelerate_with_int8_fine_tunes_float_and_ships_int8(int8_library, tiny_build, tmp_path):
-    from lana.accelerate import AccelerateConfig, accelerate, library_matches
+    from dataclasses import replace
+
+    from lana.accelerate import AccelerateConfig, FinetuneConfig, accelerate, library_matches
+    from lana.pipeline import BuildConfig
+    from lana.plan import SolveOptions
     from lana.student import load_student
 
     path, _ = int8_library
     config = AccelerateConfig(
-        model="resnet10t",
-        img_size=32,
-        space="tiny",
+        build=BuildConfig(
+            model="resnet10t", img_size=32, space="tiny", max_steps=2, limit=tiny_build["limit"],
+            score_images=tiny_build["score_images"], device="cpu", latency_rounds=1, tables=TABLES, int8=True,
+        ),
         budget="0.7x",
-        table="cpu-b1",
+        solve=SolveOptions(table="cpu-b1"),
         library=str(path),
-        finetune_epochs=1,
-        max_steps=2,
-        limit=tiny_build["limit"],
-        score_images=tiny_build["score_images"],
+        finetune=FinetuneConfig(epochs=1, max_steps=2),
         eval_limit=100,
-        device="cpu",
-        latency_rounds=1,
-        tables=TABLES,
-        int8=True,
-    )
+    )  # fmt: skip
     assert library_matches(path, config, None)
-    assert not library_matches(path, AccelerateConfig(**{**vars(config), "int8": False}), None)
+    assert not library_matches(path, replace(config, build=replace(config.build, int8=False)), None)
     report = accelerate(config, tmp_path)
     assert report["stages_s"]["build"] < 60  # the int8 library was reused
     layers = report["student"]["int8_layers"]

@@ -12,8 +12,9 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from helpers import edited_library
 
-from lana.cli_solve import parse_budgets
+from lana.cli.solve import parse_budgets
 from lana.plan import Plan, pareto, plot_pareto, solve_diverse, solve_library
 from lana.problem import load_problem, parse_budget, restrict
 from lana.solver import InfeasibleBudget
@@ -57,7 +58,7 @@ def library(tmp_path_factory):
 
 def _cli(*args, check_rc=0):
     done = subprocess.run(
-        [sys.executable, "-m", "lana.cli_solve", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lana.cli.solve", *map(str, args)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == check_rc, done.stderr
     return done
@@ -75,7 +76,7 @@ def test_load_problem_defaults_to_the_first_table_and_the_kl_score(library):
 
 def test_load_problem_follows_the_builds_default_score(tmp_path):
     path = write_random_library(tmp_path / "l.h5", 3, 4, seed=0)
-    with h5py.File(path, "r+") as f:
+    with edited_library(path) as f:
         f.attrs["config"] = json.dumps({"default_score": "ce_delta"})
     assert load_problem(path).score == "ce_delta"
     assert load_problem(path, score="top1_drop").score == "top1_drop"
@@ -90,7 +91,7 @@ def test_load_problem_lists_what_is_available_when_asked_for_something_else(libr
 
 def test_load_problem_refuses_incomplete_libraries_unless_allowed(tmp_path):
     path = write_random_library(tmp_path / "l.h5", 3, 4, seed=0)
-    with h5py.File(path, "r+") as f:
+    with edited_library(path) as f:
         f.attrs["complete"] = False
     with pytest.raises(ValueError, match="incomplete"):
         load_problem(path)
@@ -110,7 +111,7 @@ def test_random_library_is_reproducible_and_in_the_documented_layout(tmp_path):
     pa, pb = load_problem(a), load_problem(b)
     assert pa.specs == pb.specs and all(np.array_equal(x, y) for x, y in zip(pa.scores, pb.scores))
     with h5py.File(a) as f:
-        assert f.attrs["format"] == "lana-library" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "lana-library" and f.attrs["format_version"] == 2
         assert bool(f.attrs["complete"]) and json.loads(f.attrs["stages"])["score"]
         assert {"fixed_ms", "teacher_ms", "device"} <= set(f["latency_tables/t2"].attrs)
         group = f["layers/000"]
@@ -289,7 +290,7 @@ def test_pareto_prints_a_table_and_draws_the_front(library, tmp_path):
 
 def test_solve_leaves_torch_out(library):
     script = (
-        "import sys, lana.cli_solve as cli;"
+        "import sys, lana.cli.solve as cli;"
         f"rc = cli.main(['solve', {str(library)!r}, '--budget', '0.5x', '--json']);"
         "sys.stderr.write(repr(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'timm', 'torchvision'))))"

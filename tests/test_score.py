@@ -12,9 +12,9 @@ def test_spearman_matches_known_values():
 
 
 def test_fanout_scores_equal_one_swap_at_a_time(tiny_library):
+    from lana.context import context_from_library
     from lana.data import load_dataset
     from lana.layers import replace_layer
-    from lana.pipeline import context_from_library
     from lana.score import LogitScorer, score_layer
     from lana.train import predict_logits
 

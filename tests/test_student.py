@@ -28,7 +28,7 @@ def test_plan_replaces_layers_with_library_candidates(plan_and_student):
 
 def test_assemble_save_load_round_trip_is_identical(plan_and_student, tmp_path):
     path, plan, student = plan_and_student
-    from lana.pipeline import context_from_library
+    from lana.context import context_from_library
 
     save_student(student, plan, context_from_library(path), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"student.safetensors", "plan.json", "student.json"}
@@ -60,24 +60,20 @@ def test_onnx_and_torchscript_exports_match_torch(plan_and_student, tmp_path):
 
 
 def test_accelerate_end_to_end_reuses_library(tiny_library, tiny_build, tmp_path):
-    from lana.accelerate import AccelerateConfig, accelerate, format_report
+    from lana.accelerate import AccelerateConfig, FinetuneConfig, accelerate, format_report
+    from lana.pipeline import BuildConfig
 
     path, _ = tiny_library
     config = AccelerateConfig(
-        model="resnet10t",
-        img_size=32,
-        space="tiny",
+        build=BuildConfig(
+            model="resnet10t", img_size=32, space="tiny", max_steps=2, limit=tiny_build["limit"],
+            score_images=tiny_build["score_images"], device="cpu", latency_rounds=1, tables=("cpu-b1",),
+        ),
         budget="0.8x",
         library=str(path),
-        finetune_epochs=1,
-        max_steps=2,
-        limit=tiny_build["limit"],
-        score_images=tiny_build["score_images"],
+        finetune=FinetuneConfig(epochs=1, max_steps=2),
         eval_limit=200,
-        device="cpu",
-        latency_rounds=1,
-        tables=("cpu-b1",),
-    )
+    )  # fmt: skip
     report = accelerate(config, tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     for key in ("budget_ms", "budget_met", "teacher", "student", "speedup", "stages_s"):
@@ -92,9 +88,9 @@ def test_accelerate_end_to_end_reuses_library(tiny_library, tiny_build, tmp_path
 def test_finetune_leaves_the_teacher_trainable_and_unchanged(tiny_library):
     from dataclasses import replace
 
+    from lana.context import context_from_library
     from lana.data import load_dataset
     from lana.finetune import FINETUNE_RECIPE, finetune
-    from lana.pipeline import context_from_library
 
     path, _ = tiny_library
     ctx = context_from_library(path)

@@ -68,11 +68,10 @@ def test_offline_lite0_weights_classify_bundled_photos():
 
 
 def test_train_teacher_writes_weights_and_sidecar(tmp_path):
-    from lana.teacher import train_teacher
+    from lana.teacher import TeacherConfig, train_teacher
 
-    result = train_teacher(
-        "resnet10t", img_size=32, epochs=1, out=tmp_path, max_steps=3, batch_size=16, limit=200, device="cpu"
-    )
+    config = TeacherConfig("resnet10t", img_size=32, epochs=1, max_steps=3, batch_size=16, limit=200, device="cpu")
+    result = train_teacher(config, tmp_path)
     sidecar = json.loads((tmp_path / "teacher.json").read_text())
     assert (tmp_path / "teacher.safetensors").is_file()
     assert sidecar["steps"] == 3 and 0 <= sidecar["top1"] <= 100 and sidecar["config"]["model"] == "resnet10t"

@@ -13,15 +13,24 @@ import math
 import sys
 from pathlib import Path
 
-__all__ = ["add_solve_parser", "add_pareto_parser", "run_solve", "run_pareto", "parse_budgets", "main"]
+from lana.cli.options import subcommand
+
+__all__ = ["add_parsers", "run_solve", "run_pareto", "parse_budgets", "solve_options", "main"]
 
 _SOLVERS = ("highs", "cbc", "pulp-highs", "cpsat")
 _SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9}
 
 
+def add_parsers(subparsers) -> None:
+    """Adds ``solve`` and ``pareto`` to the ``lana`` subparsers."""
+    add_solve_parser(subparsers)
+    add_pareto_parser(subparsers)
+
+
 def add_solve_parser(subparsers) -> argparse.ArgumentParser:
     """Adds ``lana solve`` to an argparse subparsers object; sets ``func`` to `run_solve`."""
-    parser = subparsers.add_parser(
+    parser = subcommand(
+        subparsers,
         "solve",
         help="the best plan of a library under a latency budget",
         description="Pick one candidate per layer: least summed score under the latency budget "
@@ -45,7 +54,8 @@ def add_solve_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_pareto_parser(subparsers) -> argparse.ArgumentParser:
     """Adds ``lana pareto`` to an argparse subparsers object; sets ``func`` to `run_pareto`."""
-    parser = subparsers.add_parser(
+    parser = subcommand(
+        subparsers,
         "pareto",
         help="the predicted accuracy-latency front of a library",
         description="Solve at many budgets: a table of predicted latency and drop, and a plot.",
@@ -115,8 +125,8 @@ def run_solve(args) -> int:
 
     def call():
         if args.diverse == 1:
-            return [solve_library(args.library, args.budget, **_options(args))]
-        return solve_diverse(args.library, args.budget, args.diverse, args.min_diff, **_options(args))
+            return [solve_library(args.library, args.budget, solve_options(args))]
+        return solve_diverse(args.library, args.budget, args.diverse, args.min_diff, solve_options(args))
 
     plans = _guarded("solve", call)
     if isinstance(plans, int):
@@ -158,7 +168,7 @@ def run_pareto(args) -> int:
     except ValueError as exc:
         print(f"lana pareto: error: {exc}", file=sys.stderr)
         return 1
-    plans = _guarded("pareto", lambda: pareto(args.library, budgets, **_options(args)))
+    plans = _guarded("pareto", lambda: pareto(args.library, budgets, solve_options(args)))
     if isinstance(plans, int):
         return plans
     if args.plot:
@@ -207,24 +217,20 @@ def parse_budgets(text: str) -> list[str]:
     return [f"{round(start + i * step, 10):g}{unit}" for i in range(count)]
 
 
-def _options(args) -> dict:
+def solve_options(args):
+    """The :class:`lana.plan.SolveOptions` that ``lana solve``/``pareto``'s options describe."""
+    from lana.plan import SolveOptions
+
     extra = {}
     for item in args.extra_budget:
         table, sep, budget = item.partition("=")
         if not sep:
             raise ValueError(f"--extra-budget {item!r}: expected TABLE=BUDGET (gpu-b64=0.6x)")
         extra[table.strip()] = budget.strip()
-    return {
-        "table": args.table,
-        "score": args.score,
-        "solver": args.solver,
-        "max_params": args.max_params,
-        "max_macs": args.max_macs,
-        "extra_budgets": extra,
-        "keep": args.keep,
-        "exclude": args.exclude,
-        "allow_incomplete": args.allow_incomplete,
-    }
+    return SolveOptions(
+        table=args.table, score=args.score, solver=args.solver, max_params=args.max_params, max_macs=args.max_macs,
+        extra_budgets=extra, keep=tuple(args.keep), exclude=tuple(args.exclude), allow_incomplete=args.allow_incomplete,
+    )  # fmt: skip
 
 
 def _guarded(command: str, call):
@@ -285,7 +291,7 @@ def _human(count) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m lana.cli_solve solve|pareto ...`` (the same commands as ``lana``)."""
+    """``python -m lana.cli.solve solve|pareto ...`` (the same commands as ``lana``)."""
     parser = argparse.ArgumentParser(prog="lana")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_solve_parser(subparsers)

@@ -1,0 +1,136 @@
+"""Writing a library: the whole file at the end of a build, or one latency table into a finished one.
+
+Every write is atomic (a new file beside the old one, renamed over it) and ends with the header and
+the checksums (:func:`lana.library.file.open_for_write`), so a killed process never leaves a
+half-written or unchecked library behind. The synthetic libraries of the solver's tests and
+benchmarks are written here too (:func:`write_library` without weights).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lana.library.file import STRING, LibraryError, attr_value, encode_attr, open_for_write
+from lana.library.reader import LayerRecord, Library
+
+__all__ = ["write_library", "write_latency_table"]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_library(
+    path: str | os.PathLike,
+    meta: Mapping,
+    layers: Sequence[LayerRecord],
+    weights: Mapping[tuple[int, str], Mapping[str, np.ndarray]] | None = None,
+    teacher_state: Mapping[str, np.ndarray] | None = None,
+    tables: Sequence[Mapping] = (),
+    complete: bool = True,
+) -> Path:
+    """Write a whole library atomically.
+
+    Args:
+        meta: root attributes: ``teacher`` (dict), ``config`` (dict), ``stages`` (dict), ...
+        layers: per layer its record (shapes, specs, per-candidate arrays).
+        weights: ``(layer_index, spec) -> state dict`` as numpy arrays.
+        teacher_state: the teacher's state dict, so the library alone rebuilds any student.
+        tables: latency table attributes (``name``, device, backend, ...).
+        complete: every stage done (distillation, scores, at least one latency table).
+    """
+    path = Path(path)
+    with open_for_write(path) as f:
+        f.attrs["complete"] = bool(complete)
+        f.attrs["created"] = _now()
+        for key, value in meta.items():
+            f.attrs[key] = encode_attr(value)
+        group = f.create_group("teacher_weights")
+        for key, value in (teacher_state or {}).items():
+            group.create_dataset(key, data=value)
+        group = f.create_group("layers")
+        for index, record in enumerate(layers):
+            _write_layer(group.create_group(f"{index:03d}"), record, index, weights or {})
+        group = f.create_group("latency_tables")
+        for table in tables:
+            _write_table_attrs(group, table)
+    return path
+
+
+def _write_layer(g: h5py.Group, record: LayerRecord, index: int, weights) -> None:
+    g.attrs.update(
+        name=record.name,
+        kind=record.kind,
+        in_shape=encode_attr(list(record.in_shape)),
+        out_shape=encode_attr(list(record.out_shape)),
+        stride=record.stride,
+        params=record.params,
+        macs=record.macs,
+    )
+    g.create_dataset("specs", data=np.array(record.specs, dtype=object), dtype=STRING)
+    g.create_dataset("params", data=np.asarray(record.cand_params, dtype=np.int64))
+    g.create_dataset("macs", data=np.asarray(record.cand_macs, dtype=np.int64))
+    g.create_dataset("distill_loss", data=np.asarray(record.distill_loss, dtype=np.float64))
+    for kind, values in record.scores.items():
+        g.create_dataset(f"scores/{kind}", data=np.asarray(values, dtype=np.float64))
+    for table, values in record.latency.items():
+        g.create_dataset(f"latency/{table}", data=np.asarray(values, dtype=np.float64))
+        spread = record.latency_spread.get(table, np.zeros(len(values)))
+        g.create_dataset(f"latency_spread/{table}", data=np.asarray(spread, dtype=np.float64))
+    w = g.create_group("weights")
+    for spec in record.specs:
+        state = weights.get((index, spec))
+        if state:
+            sg = w.create_group(spec)
+            for key, value in state.items():
+                sg.create_dataset(key, data=value)
+
+
+def _write_table_attrs(group: h5py.Group, table: Mapping) -> None:
+    name = table["name"]
+    if name in group:
+        del group[name]
+    g = group.create_group(name)
+    for key, value in table.items():
+        if key != "name":
+            g.attrs[key] = encode_attr(value)
+
+
+def write_latency_table(path: str | os.PathLike, table: Mapping, latency_ms: Sequence, spread_ms: Sequence) -> None:
+    """Add (or replace) a named latency table in an existing library, atomically.
+
+    Args:
+        table: attributes, with at least ``name``, ``device``, ``backend``, ``batch_size``,
+            ``fixed_ms`` and ``teacher_ms``.
+        latency_ms, spread_ms: per layer, one value per candidate, in the library's spec order.
+
+    Raises:
+        LibraryError: the library is damaged, or the table's shape is not the library's.
+    """
+    library = Library(path)  # checks the header and every dataset the edit keeps
+    records = library.layers()
+    name = table["name"]
+    if len(records) != len(latency_ms):
+        raise LibraryError(f"table {name!r} has {len(latency_ms)} layers, the library {len(records)}")
+    for record, values in zip(records, latency_ms):
+        if len(values) != len(record.specs):
+            raise LibraryError(
+                f"table {name!r}: layer {record.name} has {len(record.specs)} candidates, got {len(values)} times"
+            )
+    with open_for_write(path, copy_from=path) as f:
+        keys = sorted(f["layers"], key=int)
+        for key, values, spread in zip(keys, latency_ms, spread_ms):
+            g = f["layers"][key]
+            for sub, data in (("latency", values), ("latency_spread", spread)):
+                if f"{sub}/{name}" in g:
+                    del g[f"{sub}/{name}"]
+                g.create_dataset(f"{sub}/{name}", data=np.asarray(data, dtype=np.float64))
+        _write_table_attrs(f.require_group("latency_tables"), {**table, "created": _now()})
+        stages = attr_value(f.attrs.get("stages", "{}")) or {}
+        f.attrs["complete"] = bool(stages.get("distill") and stages.get("score"))
