@@ -87,8 +87,8 @@ def _cmd_demo(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="the whole story on Fashion-MNIST with resnet18 at 32 px (cached after the first run)"
+    p = subcommand(
+        sub, "demo", help="the whole story on Fashion-MNIST with resnet18 at 32 px (cached after the first run)"
     )
     p.add_argument("--out", default="runs/demo", help="folder of the demo's teacher, library and students")
     p.add_argument("--teacher-epochs", type=float, default=None, help="teacher training epochs (default: the demo's)")
