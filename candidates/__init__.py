@@ -12,8 +12,9 @@ Modules: ``spec`` (decode / encode / registry grid), ``blocks`` (the nn.Modules)
 (GhostNet modules), ``rep`` (re-parameterisable RepVGG / MobileOne units and their fusion),
 ``builder`` (spec + layer -> module), ``count`` (parameters and MACs), ``space`` (presets,
 ``space_for``), ``fuse`` (``inference_form``: rep fusion and BN folding, what ships), ``quant``
-(``quantize_int8``: post-training int8 for CPU; int8 specs are ``<float spec>_int8``), ``summary`` (the per-layer table behind
-``lana candidates``).
+(``quantize_int8``: post-training int8 for CPU; int8 specs are ``<float spec>_int8``), ``slim``
+(``slim_*``: the teacher's own block with fewer hidden channels, weights sliced from it),
+``summary`` (the per-layer table behind ``lana candidates``).
 """
 
 from .builder import BlockPlan, build_candidate, plan_candidate
@@ -29,6 +30,7 @@ from .quant import (
     quantize_int8,
 )
 from .rep import reparameterize
+from .slim import SLIM_WIDTHS, build_slim, slim_channels, slim_specs
 from .space import DEFAULT_MAX_MACS_RATIO, PRESETS, list_candidates, list_spaces, space_for
 from .spec import KINDS, decode_spec, encode_spec
 from .summary import SpaceRow, SpaceSummary
@@ -38,12 +40,14 @@ __all__ = [
     "INT8_SUFFIX",
     "KINDS",
     "PRESETS",
+    "SLIM_WIDTHS",
     "BlockPlan",
     "Candidate",
     "QuantizationError",
     "SpaceRow",
     "SpaceSummary",
     "build_candidate",
+    "build_slim",
     "count_params_macs",
     "decode_spec",
     "encode_spec",
@@ -60,5 +64,7 @@ __all__ = [
     "quantization_error",
     "quantize_int8",
     "reparameterize",
+    "slim_channels",
+    "slim_specs",
     "space_for",
 ]

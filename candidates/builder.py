@@ -25,6 +25,7 @@ from .blocks import CandidateBlock, ConvBnAct, Crop, SqueezeExcite, init_weights
 from .ghost import GHOST_EXPANSION, GhostOp
 from .quant import float_parent, is_int8
 from .rep import RepConvBnAct, RepOp
+from .slim import build_slim
 from .spec import decode_spec
 
 if TYPE_CHECKING:
@@ -294,15 +295,16 @@ def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = N
             calibration data (``lana.context.LibraryContext.load`` does both).
         layer: The layer it replaces (``in_shape``, ``out_shape``, ``stride``).
         teacher_block: The layer's original module; required for ``teacher``, which returns a
-            deep copy of it (weights included), ignored otherwise.
+            deep copy of it (weights included), and for ``slim_*``, cut from a copy of it
+            (``lana.candidates.slim``); ignored otherwise.
 
     Returns:
-        The candidate module: a fresh one is in training mode, a ``teacher`` copy keeps the
-        mode of ``teacher_block``.
+        The candidate module: a fresh one is in training mode, a ``teacher`` or ``slim_*`` copy
+        keeps the mode of ``teacher_block``.
 
     Raises:
-        ValueError: For an invalid spec, ``teacher`` without ``teacher_block``, or ``id`` where
-            the layer changes shape.
+        ValueError: For an invalid spec, ``teacher`` or ``slim_*`` without ``teacher_block``, a
+            slim spec the block does not take, or ``id`` where the layer changes shape.
     """
     if is_int8(spec):
         return build_candidate(float_parent(spec), layer, teacher_block)
@@ -311,6 +313,10 @@ def build_candidate(spec: str, layer: Layer, teacher_block: nn.Module | None = N
         if teacher_block is None:
             raise ValueError("spec 'teacher' copies the layer's block: pass teacher_block=")
         return copy.deepcopy(teacher_block)
+    if kind == "slim":
+        if teacher_block is None:
+            raise ValueError(f"spec {spec!r} is cut from the layer's block: pass teacher_block=")
+        return build_slim(spec, teacher_block)
     if kind == "id":
         _check_id_fits(layer)
         return nn.Identity()

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .builder import ConvOp, SEOp, plan_candidate
+from .builder import ConvOp, SEOp, build_candidate, plan_candidate
+from .fuse import inference_form
 from .quant import float_parent, is_int8
 from .spec import decode_spec
 
@@ -110,7 +111,9 @@ def _unit_cost(op, height: int, width: int, inference: bool) -> tuple[int, int, 
     return op.cost(height, width, inference)  # GhostOp, RepOp
 
 
-def estimate_cost(spec: str, layer: Layer, inference: bool = False) -> Candidate:
+def estimate_cost(
+    spec: str, layer: Layer, inference: bool = False, teacher_block: nn.Module | None = None
+) -> Candidate:
     """Parameters and MACs of candidate ``spec`` at ``layer``, computed from its plan.
 
     Exact (tests compare it with ``count_params_macs`` on built modules) and about a thousand
@@ -127,15 +130,28 @@ def estimate_cost(spec: str, layer: Layer, inference: bool = False) -> Candidate
             folded into conv biases, rep branches fused into one conv: fewer MACs for ``rep*``,
             fewer parameters for all) instead of the module that is trained. ``teacher`` still
             costs what the layer reports.
+        teacher_block: The layer's original module; required for ``slim_*`` specs, which are
+            cut from it and counted on the built module (they have no plan).
 
     Returns:
         The ``Candidate`` (named ``spec``, int8 or not).
+
+    Raises:
+        ValueError: For an invalid spec, or a ``slim_*`` spec without ``teacher_block``.
     """
     if is_int8(spec):
-        return dataclasses.replace(estimate_cost(float_parent(spec), layer, inference), spec=spec)
+        parent = estimate_cost(float_parent(spec), layer, inference, teacher_block)
+        return dataclasses.replace(parent, spec=spec)
     kind, _ = decode_spec(spec)
     if kind == "teacher":
         return Candidate(spec, int(layer.params), int(layer.macs))
+    if kind == "slim":
+        if teacher_block is None:
+            raise ValueError(f"{spec!r} is cut from the layer's block, so it is counted on it: pass teacher_block=")
+        module = build_candidate(spec, layer, teacher_block)
+        if inference:
+            module = inference_form(module)
+        return Candidate(spec, *count_params_macs(module, tuple(layer.in_shape)))
     if kind == "id":
         return Candidate(spec, 0, 0)
     plan = plan_candidate(spec, layer)

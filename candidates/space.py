@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .count import estimate_cost
 from .quant import int8_spec
-from .spec import decode_spec, encode_spec, registered_specs
+from .spec import KINDS, decode_spec, encode_spec, registered_specs
 
 if TYPE_CHECKING:
     from lana.layers import Layer
@@ -82,13 +82,21 @@ DEFAULT_MAX_MACS_RATIO = 2.0
 def list_candidates(pattern: str = "*") -> list[str]:
     """All registered candidate specs matching ``pattern`` (fnmatch), sorted.
 
+    Teacher-derived specs (``slim_*``) exist per teacher block, so they are listed only by a
+    pattern that starts with their kind (``"slim_*"``, ``"slim_w0.5*"``), never by ``"*"``, and no
+    preset holds them (``lana.candidates.slim.slim_specs`` gives those of one block).
+
     Args:
         pattern: A shell-style pattern, e.g. ``"ir_*"``, ``"*_se*"``, ``"basic_w?.5"``.
 
     Returns:
         The matching specs in canonical spelling, sorted.
     """
-    return sorted(fnmatch.filter(registered_specs(), pattern))
+    specs = registered_specs()
+    for kind, info in KINDS.items():
+        if info.teacher_derived and pattern.startswith(kind):
+            specs += registered_specs(kind)
+    return sorted(fnmatch.filter(specs, pattern))
 
 
 def list_spaces() -> list[str]:
@@ -105,6 +113,14 @@ def _resolve(space: str) -> tuple[str, ...]:
     registry = registered_specs()
     chosen: set[str] = set()
     for pattern in patterns:
+        derived = [kind for kind, info in KINDS.items() if info.teacher_derived and pattern.startswith(kind)]
+        if derived:
+            # TODO(limit): space_for sees only the layer's shapes; slim specs need its teacher
+            # block to be costed and deduplicated (slim_specs), so spaces cannot name them yet
+            raise ValueError(
+                f"{pattern!r} in space {space!r}: {derived[0]}_* candidates are cut from the teacher's block "
+                "and are not part of spaces yet; lana.candidates.slim_specs(layer, block) lists a block's"
+            )
         if not any(ch in pattern for ch in "*?["):
             # an exact spec: decode it so a typo gets the decoder's message and any option
             # order (ir_e3_k5) maps to the canonical spelling

@@ -21,6 +21,9 @@ a kind token, then ``_``-separated options. An option is either a key letter fol
                          the channels and a cheap kxk depthwise conv the rest, squeeze-excite
     rep_k3               RepVGG block: kxk + 1x1 + identity-BN branches, fused into one conv
     repdw_k3_silu        MobileOne-style depthwise-separable rep block, SiLU
+    slim_w0.5            the teacher's own block with half its hidden channels, weights sliced
+                         from the teacher (``lana.candidates.slim``); ``slim_k3`` crops its
+                         k5/k7 depthwise kernel to 3x3, ``slim_w0.5_k3`` does both
 
 Specs are what the plan JSON and the library file store, so decoding must be strict: a value
 outside the registered grid is an error rather than a silently different module.
@@ -67,6 +70,13 @@ class KindInfo:
         se: Whether the ``se`` flag (squeeze-excite) is accepted.
         act: Whether an activation flag is accepted.
         lin: Whether the ``lin`` flag (drop the block's inner activation) is accepted.
+        optional: Whether keys may be left out (at least one must be given); an absent key is
+            absent from the decoded args.
+        unlisted: Key letter -> extra values that decode but are not in the registered grid
+            (``slim_w1``: the uncut teacher through the slicing path, for tests).
+        teacher_derived: Built from the teacher's block rather than from the layer's shapes,
+            so it exists per block: ``registered_specs()`` leaves it out (and with it every
+            preset), ``registered_specs(kind)`` and patterns naming the kind list it.
     """
 
     description: str
@@ -74,6 +84,9 @@ class KindInfo:
     se: bool = False
     act: bool = False
     lin: bool = False
+    optional: bool = False
+    unlisted: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    teacher_derived: bool = False
 
 
 KINDS: dict[str, KindInfo] = {
@@ -102,6 +115,15 @@ KINDS: dict[str, KindInfo] = {
     # one kernel: RepVGG's 3x3 (a 5x5 rep conv costs 2.8x more and RepVGG/MobileOne never use it)
     "rep": KindInfo("RepVGG block, fused into one conv for inference", {"k": (3,)}, act=True),
     "repdw": KindInfo("MobileOne-style depthwise-separable rep block, fused for inference", {"k": (3,)}, act=True),
+    # the teacher's block cut to a width (once-for-all's elastic width) and/or its k5/k7
+    # depthwise kernel cropped to 3 (elastic kernel): 4 widths x (k kept, k3) + k3 alone = 9
+    "slim": KindInfo(
+        "the teacher's block with its hidden channels cut (weights sliced from the teacher)",
+        {"w": (0.75, 0.5, 0.375, 0.25), "k": (3,)},
+        optional=True,
+        unlisted={"w": (1.0,)},
+        teacher_derived=True,
+    ),
 }
 
 
@@ -121,12 +143,12 @@ def _keys_help(info: KindInfo) -> str:
     return ", ".join(f"{key} ({_KEY_NAMES[key][1]})" for key in info.keys)
 
 
-def _parse_value(spec: str, key: str, text: str, allowed: tuple[float, ...]) -> float:
+def _parse_value(spec: str, key: str, text: str, allowed: tuple[float, ...], unlisted: tuple[float, ...] = ()) -> float:
     try:
         value = float(text)
     except ValueError:
         value = None
-    if value not in allowed:
+    if value not in allowed + unlisted:
         allowed_text = ", ".join(_format_number(v) for v in allowed)
         raise ValueError(f"bad value {text!r} for {key} ({_KEY_NAMES[key][1]}) in {spec!r}; allowed: {allowed_text}")
     return int(value) if key in _INT_KEYS else value
@@ -147,7 +169,8 @@ def decode_spec(spec: str) -> tuple[str, dict]:
         for the kinds that take them, ``se`` (bool) where squeeze-excite is allowed and ``act``
         (one of ``ACTIVATIONS``) where an activation is, and ``lin=True`` only when the ``lin``
         flag is given (absent otherwise, so the args of specs older than the flag are
-        unchanged); ``teacher`` and ``id`` have empty args.
+        unchanged); ``teacher`` and ``id`` have empty args, ``slim`` only the keys given
+        (``slim_k3`` -> ``{"kernel_size": 3}``).
 
     Raises:
         ValueError: On an unknown kind, key or flag, a value outside the registered grid, a
@@ -169,12 +192,14 @@ def decode_spec(spec: str) -> tuple[str, dict]:
             raise ValueError(f"{what} given twice in {spec!r}")
         given[slot] = value
     missing = [key for key in info.keys if key not in given]
-    if missing:
+    if info.optional and len(missing) == len(info.keys):
+        raise ValueError(f"{spec!r} needs at least one of {_keys_help(info)}; e.g. {registered_specs(kind)[0]!r}")
+    if missing and not info.optional:
         raise ValueError(
             f"{spec!r} lacks {', '.join(f'{k} ({_KEY_NAMES[k][1]})' for k in missing)}; "
             f"e.g. {registered_specs(kind)[0]!r}"
         )
-    args = {_KEY_NAMES[key][0]: given[key] for key in info.keys}
+    args = {_KEY_NAMES[key][0]: given[key] for key in info.keys if key in given}
     if info.se:
         args["se"] = given.get("se", False)
     if info.act:
@@ -204,7 +229,7 @@ def _decode_option(spec: str, info: KindInfo, option: str) -> tuple[str, object]
     if not value:
         allowed = ", ".join(_format_number(v) for v in info.keys[key])
         raise ValueError(f"key {key!r} in {spec!r} has no value; allowed: {allowed}")
-    return key, _parse_value(spec, key, value, info.keys[key])
+    return key, _parse_value(spec, key, value, info.keys[key], info.unlisted.get(key, ()))
 
 
 def encode_spec(kind: str, args: dict) -> str:
@@ -212,7 +237,7 @@ def encode_spec(kind: str, args: dict) -> str:
     the activation only when it is not the default, ``lin`` last. Inverse of ``decode_spec``."""
     info = KINDS[kind]
     parts = [kind]
-    parts += [f"{key}{_format_number(args[_KEY_NAMES[key][0]])}" for key in info.keys]
+    parts += [f"{key}{_format_number(args[_KEY_NAMES[key][0]])}" for key in info.keys if _KEY_NAMES[key][0] in args]
     if info.se and args.get("se"):
         parts.append("se")
     if info.act and args.get("act", DEFAULT_ACTIVATION) != DEFAULT_ACTIVATION:
@@ -227,20 +252,26 @@ def registered_specs(kind: str | None = None) -> list[str]:
 
     Each kind contributes the product of its key values, with and without ``se`` where allowed,
     times every activation where allowed, with and without ``lin`` where allowed: e.g. ``ir``
-    gives 3 kernels x 5 expansions x 2 x 3 x 2 = 180, and all kinds together 322.
+    gives 3 kernels x 5 expansions x 2 x 3 x 2 = 180, and all kinds together 322. A kind with
+    optional keys also has each key absent (but not all at once): ``slim`` gives 9. Teacher-derived
+    kinds (``slim``) come only when asked for by name: they exist per teacher block.
     """
     specs = []
     for name, info in KINDS.items():
-        if kind is not None and name != kind:
+        if (kind is not None and name != kind) or (kind is None and info.teacher_derived):
             continue
-        value_grid = itertools.product(*info.keys.values())
+        if info.optional:  # None: the key is left out
+            value_grid = itertools.product(*((None, *values) for values in info.keys.values()))
+            value_grid = (values for values in value_grid if any(v is not None for v in values))
+        else:
+            value_grid = itertools.product(*info.keys.values())
         for values, se, act, lin in itertools.product(
             value_grid,
             (False, True) if info.se else (False,),
             ACTIVATIONS if info.act else (None,),
             (False, True) if info.lin else (False,),
         ):
-            args = {_KEY_NAMES[key][0]: value for key, value in zip(info.keys, values, strict=True)}
+            args = {_KEY_NAMES[key][0]: v for key, v in zip(info.keys, values, strict=True) if v is not None}
             args.update({"se": se, "act": act, "lin": lin} if act else {"se": se})
             specs.append(encode_spec(name, args))
     return specs
