@@ -244,7 +244,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     start = time.perf_counter()
     library = Library(_prepare_library(config, out, device))
     stages["build"] = time.perf_counter() - start
-    solve = replace(config.solve, table=config.solve.table or sorted(library.tables)[0])
+    solve = SolveOptions.of(config.solve, table=config.solve.table or sorted(library.tables)[0])
     start = time.perf_counter()
     ctx = context_from_library(library)
     plan = _pick_plan(config, library.path, ctx, solve)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lana.table_names import check_int8_target, default_tables, parse_table_name, table_name  # noqa: F401
+
 __all__ = [
     "BACKENDS",
     "Timing",
@@ -277,69 +279,10 @@ def make_meter(
     return TorchMeter(device=device, batch_size=batch_size, threads=threads, **options)
 
 
-# ---- latency table names: a table is named after the target that timed it ------------------
-
-
-def parse_table_name(name: str) -> dict:
-    """``cpu-b64`` / ``cpu-ort-b1`` / ``cuda-b64`` → device, backend and batch size.
-
-    Raises:
-        ValueError: a name that does not follow ``DEVICE[-BACKEND]-bN``.
-    """
-    parts = name.split("-")
-    try:
-        batch = int(parts[-1].removeprefix("b"))
-        if not parts[-1].startswith("b"):
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"table name {name!r} must end in -b<batch size>, e.g. cpu-b64, cpu-ort-b1, cuda-b64"
-        ) from None
-    device = parts[0]
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"table name {name!r} must start with cpu or cuda")
-    backend = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "torch"}.get(
-        parts[1] if len(parts) == 3 else "torch"
-    )
-    if backend is None:
-        raise ValueError(f"table name {name!r}: backend must be torch or ort (onnxruntime)")
-    return {"device": device, "backend": backend, "batch_size": batch}
-
-
-def table_name(device: str, backend: str, batch_size: int) -> str:
-    """The inverse of :func:`parse_table_name`: ``("cpu", "onnxruntime", 1)`` → ``cpu-ort-b1``."""
-    return f"{device}{'' if backend == 'torch' else '-ort'}-b{batch_size}"
-
-
-def default_tables(device: str) -> tuple[str, ...]:
-    """Batch 1 and 64 on the build's device."""
-    return ("cuda-b1", "cuda-b64") if device == "cuda" else ("cpu-b1", "cpu-b64")
-
-
 def meter_for_table(name: str, threads: int | None = None, **options) -> LatencyMeter:
     """The meter that times table ``name``'s target."""
     spec = parse_table_name(name)
     return make_meter(spec["device"], spec["backend"], spec["batch_size"], threads=threads, **options)
-
-
-def check_int8_target(device: str, tables) -> None:
-    """Int8 candidates run on PyTorch's x86 quantized kernels (fbgemm / oneDNN) only: refuse
-    another device or backend before any work is done.
-
-    Raises:
-        ValueError: For a device other than the CPU, or a table not timed by torch on the CPU.
-    """
-    wrong = [
-        name
-        for name in tables
-        if parse_table_name(name)["device"] != "cpu" or parse_table_name(name)["backend"] != "torch"
-    ]
-    if device != "cpu" or wrong:
-        what = f"device {device!r}" if device != "cpu" else f"table(s) {', '.join(wrong)}"
-        raise ValueError(
-            f"--int8 needs --device cpu and cpu-b* tables (got {what}): int8 candidates run on "
-            "PyTorch's x86 quantized kernels only, which neither CUDA nor ONNX Runtime tables time"
-        )
 
 
 def _cpu_name() -> str:

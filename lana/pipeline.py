@@ -24,7 +24,9 @@ from lana.context import LibraryContext, context_from_library
 from lana.distill import DistillConfig, chunk_plan, distill, load_chunk_weights
 from lana.files import file_sha256, read_json, write_json
 from lana.library import LayerRecord, write_latency_table, write_library
-from lana.meters import check_int8_target, default_tables, meter_for_table, parse_table_name
+from lana.meters import meter_for_table
+from lana.noise import MAX_RETIMES
+from lana.table_names import canonical_table, check_int8_target, default_tables, parse_table_name
 from lana.teacher import load_teacher
 
 __all__ = ["BuildConfig", "BuildResult", "build", "add_latency_table"]
@@ -97,6 +99,7 @@ class BuildConfig:
         tables = tuple(self.tables) if self.tables else default_tables(device.type)
         for name in tables:
             parse_table_name(name)  # fail before hours of work on a bad table name
+        tables = tuple(dict.fromkeys(canonical_table(name) for name in tables))  # ort-b1 is cpu-ort-b1
         if self.int8:
             check_int8_target(device.type, tables)
         return replace(self, checkpoint_sha256=sha, device=device.type, tables=tables)
@@ -257,7 +260,8 @@ def _latency_stage(config: BuildConfig, run: _Inputs) -> list[dict]:
             meter = meter_for_table(name, threads=config.threads)
             # timed in shipped form (BN folded, rep branches fused): the tables measure what ships
             table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
-                                  input_shape=ctx.input_shape, rounds=config.latency_rounds, seed=config.seed)  # fmt: skip
+                                  input_shape=ctx.input_shape, rounds=config.latency_rounds, seed=config.seed,
+                                  max_retimes=MAX_RETIMES)  # fmt: skip
             data = {**table.attrs(), "latency_ms": [r.tolist() for r in table.latency_ms],
                     "spread_ms": [r.tolist() for r in table.spread_ms]}  # fmt: skip
             write_json(path, data, indent=None)
@@ -360,12 +364,14 @@ def add_latency_table(
     from lana.candidates import is_int8
     from lana.latency import measure_table
 
+    parse_table_name(name)  # a bad name fails before the library is loaded
+    name = canonical_table(name)
     ctx = context_from_library(path)
     if any(is_int8(s) for specs in ctx.specs for s in specs):
         check_int8_target(parse_table_name(name)["device"], [name])
     meter = meter_for_table(name, threads=threads)
     table = measure_table(ctx.inference_teacher(), ctx.layers, ctx.specs, ctx.load_inference, meter, name,
-                          input_shape=ctx.input_shape, rounds=rounds, seed=seed)  # fmt: skip
+                          input_shape=ctx.input_shape, rounds=rounds, seed=seed, max_retimes=MAX_RETIMES)  # fmt: skip
     attrs = table.attrs()
     write_latency_table(path, attrs, table.latency_ms, table.spread_ms)
     return {**attrs, "table": table, "context": ctx}

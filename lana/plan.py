@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lana.problem import TEACHER, Problem, load_problem, parse_budget, restrict
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Plan", "SolveOptions", "solve_library", "solve_diverse", "pareto", "plot_pareto"]
 
@@ -158,9 +161,13 @@ class SolveOptions:
     @classmethod
     def of(cls, options: SolveOptions | None = None, **changes) -> SolveOptions:
         """``options`` (default ones when None) with ``changes``; unknown names raise TypeError."""
+        from lana.table_names import canonical_table  # ort-b1 and cpu-ort-b1 name one table
+
         options = dataclasses.replace(options or cls(), **changes)
-        return dataclasses.replace(options, keep=tuple(options.keep), exclude=tuple(options.exclude),
-                                   extra_budgets=dict(options.extra_budgets or {}))  # fmt: skip
+        extra = {canonical_table(t): b for t, b in (options.extra_budgets or {}).items()}
+        table = canonical_table(options.table) if options.table else None
+        return dataclasses.replace(options, table=table, keep=tuple(options.keep), exclude=tuple(options.exclude),
+                                   extra_budgets=extra)  # fmt: skip
 
 
 def solve_library(path, budget: str | float, options: SolveOptions | None = None, **changes) -> Plan:
@@ -300,6 +307,9 @@ def _setup(path, options: SolveOptions):
     """Loads the problem, records the teacher's latencies (before --exclude may drop `teacher`)
     and restricts it; returns it with the run's settings."""
     full = load_problem(path, options.table, options.score, allow_incomplete=options.allow_incomplete)
+    for table in dict.fromkeys([full.table, *options.extra_budgets]):
+        if table in full.noisy:
+            log.warning("%s", full.noisy[table])
     return restrict(full, options.keep, options.exclude), _settings(full, options)
 
 
@@ -314,6 +324,7 @@ def _settings(problem: Problem, options: SolveOptions) -> dict[str, Any]:
         "exclude": list(options.exclude),
         "extra_budgets": dict(options.extra_budgets),
         "library": problem.source,
+        "noisy_tables": sorted(problem.noisy),
         "teacher_ms": {t: problem.teacher_ms(t) for t in problem.tables} if has_teacher else {},
         "lana_version": __version__,
     }

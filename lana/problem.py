@@ -38,6 +38,7 @@ class Problem:
         params: per-layer parameter counts.
         macs: per-layer multiply-accumulate counts.
         source: the library path it was read from.
+        noisy: tables stored with ``noisy=True`` (:mod:`lana.noise`), with the warning to show.
     """
 
     model: str
@@ -51,6 +52,7 @@ class Problem:
     params: tuple[np.ndarray, ...] = ()
     macs: tuple[np.ndarray, ...] = ()
     source: str = ""
+    noisy: Mapping[str, str] = field(default_factory=dict, hash=False)  # table -> why it is not trusted
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -137,6 +139,7 @@ def load_problem(
             the available ones).
     """
     from lana.library import Library  # h5py costs ~0.1 s at import: only loading needs it
+    from lana.noise import describe
 
     library = Library(path)
     if not allow_incomplete:
@@ -144,6 +147,9 @@ def load_problem(
     records = library.layers()
     tables = list(library.tables)
     kinds = library.score_kinds()
+    from lana.table_names import canonical_table
+
+    table = canonical_table(table) if table is not None and table not in tables else table
     table = _pick(table, tables, "table", path, default=tables[0] if tables else None)
     score = _pick(score, kinds, "score", path, default=library.default_score(kinds))
     fixed_ms = {t: float(library.tables[t].get("fixed_ms", 0.0)) for t in tables}
@@ -167,6 +173,7 @@ def load_problem(
         params=tuple(_frozen(np.asarray(r.cand_params, dtype=np.int64)) for r in records),
         macs=tuple(_frozen(np.asarray(r.cand_macs, dtype=np.int64)) for r in records),
         source=str(path),
+        noisy={t: warning for t in tables if (warning := describe(t, library.tables[t]))},
     )
 
 

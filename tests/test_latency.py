@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -300,3 +305,115 @@ def test_check_latency_flags_a_machine_that_stays_busy(teacher, table):
                            input_shape=INPUT_SHAPE, rounds=2, max_rounds=4)  # fmt: skip
     assert report.rounds_run == 4 and not report.quiet
     assert "machine busy" in report.to_text().splitlines()[-1]
+
+
+# -- noise: a table timed under load is flagged or re-timed, never silently written ----------------
+
+BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+
+
+@dataclass(frozen=True)
+class LoadStartingMeter(TorchMeter):
+    """A real meter that starts busy loops on every core after ``start_at`` calls (half-way
+    through a table) and keeps them for at most ``seconds``; ``procs`` collects them."""
+
+    start_at: int = 0
+    seconds: float = 20.0
+    procs: list = field(default_factory=list)
+    calls: list = field(default_factory=list)
+
+    def __call__(self, module, input_shape):
+        self.calls.append(1)
+        if len(self.calls) == self.start_at and not self.procs:
+            code = BUSY.format(seconds=self.seconds)
+            self.procs.extend([subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 2)])
+            time.sleep(0.3)  # let them start
+        return super().__call__(module, input_shape)
+
+
+def test_assess_flags_other_processes_and_drift_with_the_figures():
+    from lana.noise import DRIFT_LIMIT_PCT, OTHERS_CORES_LIMIT, assess
+
+    quiet = assess([1.0, 1.02, 1.01], 0.01)
+    assert not quiet["noisy"] and quiet["teacher_drift_pct"] == 2.0 and quiet["reason"] == ""
+    busy = assess([1.0, 1.0], OTHERS_CORES_LIMIT + 0.5)
+    assert busy["noisy"] and "other processes used" in busy["reason"]
+    drift = assess([1.0, 1.0 + DRIFT_LIMIT_PCT / 100 + 0.05], None)
+    assert drift["noisy"] and "drifted" in drift["reason"] and drift["others_cores"] is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the CPU probe reads Linux's /proc")
+def test_cpu_probe_sees_a_busy_loop_in_another_process():
+    from lana.noise import CpuProbe
+
+    probe = CpuProbe.start()
+    subprocess.run([sys.executable, "-c", BUSY.format(seconds=1.5)], check=True)
+    assert probe.others_cores() > 0.5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the CPU probe reads Linux's /proc")
+def test_a_table_timed_under_a_busy_loop_started_half_way_is_flagged_or_retimed(teacher):
+    from lana.noise import OTHERS_CORES_LIMIT
+
+    rounds, per_round = 4, max(map(len, SPECS)) + 1  # in-network: one call per student, plus the teacher
+    meter = LoadStartingMeter(batch_size=2, threads=1, repeats=80, warmup=1, start_at=rounds * per_round // 2)
+    try:
+        table = measure_table(teacher, LAYERS, SPECS, build, meter, "cpu-b2", progress=False,
+                              input_shape=INPUT_SHAPE, rounds=rounds, max_retimes=1)  # fmt: skip
+    finally:
+        for proc in meter.procs:
+            proc.kill()
+            proc.wait()
+    noise = table.fingerprint["noise"]
+    assert meter.procs, "the busy loop never started"
+    assert noise["attempts"][0]["others_cores"] > OTHERS_CORES_LIMIT  # the load was detected...
+    assert table.noisy or len(noise["attempts"]) == 2  # ...and the table flagged, or timed again
+    if not table.noisy:  # re-timed back within the thresholds (the loops ended in between)
+        assert noise["others_cores"] <= OTHERS_CORES_LIMIT
+
+
+def test_a_flagged_table_is_shown_by_info_and_warned_about_by_solve(tmp_path):
+    from helpers import edited_library
+
+    from lana.cli import main
+    from lana.library import format_info, read_info
+    from lana.synthetic import write_random_library
+
+    path = write_random_library(tmp_path / "lib.h5", 4, 6, seed=0, tables=("cpu-b1", "cpu-b64"))
+    reason = "other processes used 1.20 cores (limit 0.3)"
+    with edited_library(path) as f:
+        f["latency_tables/cpu-b1"].attrs["noisy"] = True
+        f["latency_tables/cpu-b1"].attrs["fingerprint"] = json.dumps({"noise": {"reason": reason, "noisy": True}})
+    assert f"NOISY ({reason})" in format_info(read_info(path))
+    done = subprocess.run([sys.executable, "-m", "lana", "solve", str(path), "--budget", "0.8x", "--table", "cpu-b1"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "flagged noisy" in done.stderr and "--retime cpu-b1" in done.stderr
+    quiet = subprocess.run([sys.executable, "-m", "lana", "solve", str(path), "--budget", "0.8x", "--table", "cpu-b64"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert quiet.returncode == 0 and "noisy" not in quiet.stderr
+    assert main(["solve", str(path), "--budget", "0.8x", "--table", "cpu-b1", "--json"]) == 0
+
+
+def test_retime_replaces_a_stored_table(tiny_library, tmp_path):
+    import shutil
+
+    from lana.cli import main
+    from lana.library import Library
+
+    path = tmp_path / "copy.h5"
+    shutil.copyfile(tiny_library[0], path)
+    before = Library(path).table("cpu-b1")
+    assert main(["latency", str(path), "--retime", "cpu-b1", "--rounds", "1"]) == 0
+    after = Library(path).table("cpu-b1")
+    assert after["created"] != before["created"] and "noise" in after["fingerprint"]
+    assert after["threads"] == before["threads"]
+
+
+def test_ort_names_are_one_table():
+    from lana.table_names import canonical_table, parse_table_name
+
+    assert parse_table_name("ort-b1") == parse_table_name("cpu-ort-b1") == {
+        "device": "cpu", "backend": "onnxruntime", "batch_size": 1}  # fmt: skip
+    assert canonical_table("ort-b64") == "cpu-ort-b64" and canonical_table("cpu-b1") == "cpu-b1"
+    with pytest.raises(ValueError, match="must end in -b<batch size>"):
+        parse_table_name("ort-x")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from lana.cli.options import add_build_options, add_model_options, add_run_options, build_config, subcommand
 
@@ -53,19 +54,33 @@ def _cmd_latency(args) -> int:
     from lana.latency import LatencyTable
     from lana.library import Library
     from lana.meters import meter_for_table, table_name
+    from lana.noise import describe
     from lana.pipeline import add_latency_table
+    from lana.table_names import canonical_table
 
-    name = args.name or table_name(args.device, args.backend, args.batch_size)
-    if name in Library(args.library).tables and args.check and not args.remeasure:
-        ctx, table = context_from_library(args.library), LatencyTable.from_library(args.library, name)
+    library = Library(args.library)
+    threads = args.threads
+    if args.retime:  # the stored table's target, timed again
+        stored = library.table(args.retime)
+        name = args.retime if args.retime in library.tables else canonical_table(args.retime)
+        threads = threads or stored.get("threads")
+    else:
+        name = args.name or table_name(args.device, args.backend, args.batch_size)
+    if name in library.tables and args.check and not args.remeasure and not args.retime:
+        ctx, table = context_from_library(library), LatencyTable.from_library(library, name)
         print(f"checking the stored table {name} (pass --remeasure to time it again)")
     else:
-        result = add_latency_table(args.library, name, threads=args.threads, rounds=args.rounds)
+        result = add_latency_table(args.library, name, threads=threads, rounds=args.rounds)
         ctx, table = result["context"], result["table"]
+        noise = table.fingerprint.get("noise", {})
         print(
-            f"table {name}: teacher {table.teacher_ms:.3f} ms, fixed part {table.fixed_ms:.3f} ms "
-            f"({table.device}/{table.backend}, batch {table.batch_size})"
+            f"table {table.name}: teacher {table.teacher_ms:.3f} ms, fixed part {table.fixed_ms:.3f} ms "
+            f"({table.device}/{table.backend}, batch {table.batch_size}); other processes used "
+            f"{noise.get('others_cores')} cores, the teacher drifted {noise.get('teacher_drift_pct')}%"
         )
+        warning = describe(table.name, table.attrs() | {"fingerprint": table.fingerprint})
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if args.check:
         from lana.latency_check import check_latency, random_choices
 
@@ -99,6 +114,10 @@ def _add_latency(sub) -> None:
         help="also time the teacher and K random students end to end (default K=10)",
     )
     p.add_argument("--remeasure", action="store_true", help="with --check: time the table again even if it exists")
+    p.add_argument(
+        "--retime", metavar="TABLE", default=None,
+        help="time a stored table again on its own target and threads and replace it (for one flagged noisy)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the random students")
     p.set_defaults(func=_cmd_latency)
 

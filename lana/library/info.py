@@ -61,6 +61,17 @@ def read_info(path: str | os.PathLike) -> dict:
     }
 
 
+def _noise_text(table: dict) -> str:
+    """``; NOISY (why)`` for a flagged table, the measured noise figures for a trusted one."""
+    noise = (table.get("fingerprint") or {}).get("noise") or {}
+    if table.get("noisy"):
+        return f"; NOISY ({noise.get('reason') or 'unknown'}): re-time with `lana latency LIB --retime {table['name']}`"
+    if not noise:
+        return ""
+    others = noise.get("others_cores")
+    return f"; noise: others {'?' if others is None else f'{others:.2f}'} cores, drift {noise.get('teacher_drift_pct', 0):.1f}%"
+
+
 def format_info(info: dict) -> str:
     """A human table of :func:`read_info`'s data."""
     t = info["teacher"]
@@ -73,6 +84,7 @@ def format_info(info: dict) -> str:
         lines.append(
             f"latency table {table['name']}: {table.get('device')}/{table.get('backend')} batch {table.get('batch_size')}, "
             f"fixed {table.get('fixed_ms', float('nan')):.3f} ms, teacher {table.get('teacher_ms', float('nan')):.3f} ms"
+            + _noise_text(table)
         )
     score = info.get("default_score") or "kl"
     table = info["latency_tables"][0]["name"] if info["latency_tables"] else None

@@ -238,6 +238,9 @@ class Library:
 
     def table(self, name: str) -> dict:
         """A latency table's attributes (device, backend, batch_size, fixed_ms, teacher_ms, ...)."""
+        from lana.table_names import canonical_table
+
+        name = name if name in self.tables else canonical_table(name)
         if name not in self.tables:
             have = ", ".join(self.tables) or "none"
             raise LibraryError(

@@ -9,8 +9,8 @@ benchmarks are written here too (:func:`write_library` without weights).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import h5py
@@ -23,7 +23,8 @@ __all__ = ["write_library", "write_latency_table"]
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    """Local time with milliseconds: a table re-timed within a second of the build still differs."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 def write_library(
@@ -59,7 +60,7 @@ def write_library(
             _write_layer(group.create_group(f"{index:03d}"), record, index, weights or {})
         group = f.create_group("latency_tables")
         for table in tables:
-            _write_table_attrs(group, table)
+            _write_table_attrs(group, {"created": _now(), **table})
     return path
 
 
