@@ -145,7 +145,7 @@ def main(argv=None) -> None:
     input_shape = (3, args.img_size, args.img_size)
     teacher = timm.create_model(args.model, pretrained=False, num_classes=10).eval()
     layers = find_layers(teacher, input_shape)
-    specs = [space_for(layer, args.space) for layer in layers]
+    specs = [space_for(layer, args.space, teacher_block=teacher.get_submodule(layer.name)) for layer in layers]
     built: dict = {}
 
     def build(index: int, spec: str) -> nn.Module:

@@ -19,10 +19,13 @@ block of every stage of Lite0 at width 0.5, brought to 0.02-0.15 by refitting th
    its bias.
 
 Covered: the blocks whose last unit is a 1x1 conv (+ BN) or a linear: inverted residual, EdgeResidual,
-ResNet and RegNet bottlenecks, ConvNeXt. ``TODO(limit)``: the basic block (a 3x3 last conv: unfold
-its patches), the ghost bottleneck (a ghost module last), ``slim_k3`` kernel fits and SE
-``conv_reduce`` bias corrections (WAVE2.md's list) are not done; none of this is wired into
-distillation yet.
+ResNet and RegNet bottlenecks, ConvNeXt; and ResNet's basic block, whose last conv is 3x3: its rows
+are the kept channels' 3x3 patches (``unfold``, ``d = 9 x kept``). On maps of 2x2 or less most taps
+see padding and there are few pixels; the ridge toward the sliced teacher keeps those fits
+determined (WAVE2.md suggests fitting the centre tap alone there: not done). ``TODO(limit)``: the
+ghost bottleneck (a ghost module last), ``slim_k3`` kernel fits and SE ``conv_reduce`` bias
+corrections (WAVE2.md's list) are not done. Distillation runs this on every slim candidate before
+its first step (``lana.distill``, ``DistillConfig.ls_images``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = ["LeastSquaresStart", "least_squares_start"]
 _PROJECTIONS = {
     "InvertedResidual": ("conv_pwl", "bn3"),
     "EdgeResidual": ("conv_pwl", "bn2"),
+    "BasicBlock": ("conv2", "bn2"),  # a 3x3 conv: its input rows are the kept channels' 3x3 patches
     "Bottleneck": ("conv3", "bn3"),  # resnet's; regnet's names its units conv3.conv / conv3.bn
     "ConvNeXtBlock": ("mlp.fc2", None),
 }
@@ -73,10 +77,9 @@ def _projection(block: nn.Module) -> tuple[str, str | None]:
     if not isinstance(getattr(block, "conv3", None), nn.Conv2d) and kind == "Bottleneck":
         proj, bn = "conv3.conv", "conv3.bn"  # RegNet's ConvNormAct units
     module = block.get_submodule(proj)
-    if isinstance(module, nn.Conv2d) and (
-        module.kernel_size != (1, 1) or module.stride != (1, 1) or module.groups != 1
-    ):
-        raise ValueError(f"{proj} of this {kind} is not a dense 1x1 conv")
+    square = module.kernel_size == (1, 1) or kind == "BasicBlock"
+    if isinstance(module, nn.Conv2d) and (not square or module.stride != (1, 1) or module.groups != 1):
+        raise ValueError(f"{proj} of this {kind} is not a dense stride-1 conv")
     return proj, bn
 
 
@@ -85,6 +88,17 @@ def _rows(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return tensor.reshape(-1, tensor.shape[-1])
     return tensor.permute(0, 2, 3, 1).reshape(-1, tensor.shape[1])
+
+
+def _input_rows(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """What a conv reads at each output pixel, as rows: for a kxk conv the ``C*k*k`` patch
+    (``unfold``: channel-major, the order of ``weight.reshape(out, -1)``), else the pixel."""
+    if not isinstance(module, nn.Conv2d) or module.kernel_size == (1, 1):
+        return _rows(tensor, module)
+    patches = torch.nn.functional.unfold(
+        tensor, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+    )  # (B, C*k*k, L), L in the output's row-major pixel order
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
 @torch.no_grad()
@@ -179,7 +193,7 @@ def least_squares_start(
     proj, bn_path = _projection(slim)
     conv = slim.get_submodule(proj)
     bn = slim.get_submodule(bn_path) if bn_path else None
-    x = _rows(_capture(slim, inputs, proj, want_input=True), conv)
+    x = _input_rows(_capture(slim, inputs, proj, want_input=True), conv)
     y = _rows(_capture(teacher, inputs, bn_path or proj, want_input=False), conv)
     if len(x) > positions:
         keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:positions]

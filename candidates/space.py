@@ -50,6 +50,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "ghost_k5_r4",
         "rep_k3",
         "repdw_k3",
+        "slim_*",
     ),
     # the cheap end of every family (11 + teacher + id): the demo's space plus one `_lin` block;
     # what the benchmark (bench/) can distil on a 2-core CPU within an hour
@@ -66,6 +67,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "ghost_k3_r2",
         "rep_k3",
         "repdw_k3",
+        "slim_*",
     ),
     # every registered combination of kernel, expansion/width/ratio, SE, activation and lin
     # (320 + 2)
@@ -104,6 +106,16 @@ def list_spaces() -> list[str]:
     return list(PRESETS)
 
 
+def _is_teacher_derived(pattern: str) -> bool:
+    return any(info.teacher_derived and pattern.startswith(kind) for kind, info in KINDS.items())
+
+
+def _derived_patterns(space: str) -> tuple[str, ...]:
+    """The patterns of a space that name teacher-derived specs (``slim_*``, ``slim_w0.5``)."""
+    patterns = PRESETS.get(space) or tuple(p.strip() for p in space.split(",") if p.strip())
+    return tuple(p for p in patterns if _is_teacher_derived(p))
+
+
 @functools.lru_cache(maxsize=64)
 def _resolve(space: str) -> tuple[str, ...]:
     """Specs (registry order) named by a preset or a comma-separated list of patterns."""
@@ -113,14 +125,8 @@ def _resolve(space: str) -> tuple[str, ...]:
     registry = registered_specs()
     chosen: set[str] = set()
     for pattern in patterns:
-        derived = [kind for kind, info in KINDS.items() if info.teacher_derived and pattern.startswith(kind)]
-        if derived:
-            # TODO(limit): space_for sees only the layer's shapes; slim specs need its teacher
-            # block to be costed and deduplicated (slim_specs), so spaces cannot name them yet
-            raise ValueError(
-                f"{pattern!r} in space {space!r}: {derived[0]}_* candidates are cut from the teacher's block "
-                "and are not part of spaces yet; lana.candidates.slim_specs(layer, block) lists a block's"
-            )
+        if _is_teacher_derived(pattern):  # cut from the teacher's block: space_for adds them per block
+            continue
         if not any(ch in pattern for ch in "*?["):
             # an exact spec: decode it so a typo gets the decoder's message and any option
             # order (ir_e3_k5) maps to the canonical spelling
@@ -146,6 +152,7 @@ def space_for(
     space: str = "default",
     max_macs_ratio: float | None = DEFAULT_MAX_MACS_RATIO,
     int8: bool = False,
+    teacher_block=None,
 ) -> list[str]:
     """The candidate specs of ``space`` that fit ``layer``.
 
@@ -163,6 +170,9 @@ def space_for(
             ``teacher`` and ``id`` are never dropped.
         int8: Add each float candidate's int8 twin (``lana.candidates.quant``; CPU only), so
             that the ILP can choose the precision per layer.
+        teacher_block: The teacher's block at the layer: the space's teacher-derived specs
+            (``slim_*``, in ``compact`` and ``default``) are cut from it, so without it they are
+            left out.
 
     Returns:
         The specs.
@@ -188,9 +198,29 @@ def space_for(
         specs.append(spec)
     order = {spec: i for i, spec in enumerate(_resolve(space))}
     specs = specs[: 1 + fits_id] + sorted(specs[1 + fits_id :], key=order.get)
+    if teacher_block is not None:
+        specs += _derived_specs(layer, space, teacher_block)
     if int8:
         specs += [int8_spec(spec) for spec in specs if spec != "id"]
     return specs
+
+
+def _derived_specs(layer: Layer, space: str, teacher_block) -> list[str]:
+    """The block's slim specs that the space's patterns name; on maps of 2x2 or less, where a
+    k5/k7 kernel sees what a k3 sees (``_effective_spec``), without the ``_k3`` variants."""
+    from .slim import slim_specs
+
+    patterns = _derived_patterns(space)
+    if not patterns:
+        return []
+    tiny_map = 2 * max(layer.in_shape[1:]) - 1 <= 3
+    out = []
+    for spec in slim_specs(layer, teacher_block):
+        if tiny_map and decode_spec(spec)[1].get("kernel_size"):
+            continue
+        if any(fnmatch.fnmatchcase(spec, p) for p in patterns):
+            out.append(spec)
+    return out
 
 
 def _kernel_of(spec: str) -> int:

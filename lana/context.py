@@ -41,12 +41,17 @@ class LibraryContext:
             calibration: a :class:`lana.calibration.CalibrationSet`; needed by int8 specs only.
         """
         from lana.candidates import estimate_cost
+        from lana.layers import get_layer
 
         self.teacher = teacher.eval()
         self.input_shape = tuple(input_shape)
         self.layers = list(layers)
         self.specs = [list(s) for s in specs]
-        self.costs = [[estimate_cost(s, layer) for s in specs] for layer, specs in zip(self.layers, self.specs)]
+        # teacher-derived candidates (slim_*) are counted on the module cut from the teacher's block
+        self.costs = [
+            [estimate_cost(s, layer, teacher_block=get_layer(self.teacher, layer.name)) for s in specs]
+            for layer, specs in zip(self.layers, self.specs)
+        ]
         self.weights: dict[str, dict[str, torch.Tensor]] = dict(weights or {})
         self.calibration = calibration
         self._calibration_inputs: dict[str, list[torch.Tensor]] | None = None
@@ -57,11 +62,14 @@ class LibraryContext:
     ) -> LibraryContext:
         """The teacher's layers (found by tracing) with the candidates of ``space`` that fit each."""
         from lana.candidates import space_for
-        from lana.layers import find_layers
+        from lana.layers import find_layers, get_layer
 
         input_shape = (3, img_size, img_size)
         layers = find_layers(teacher, input_shape)
-        specs = [space_for(layer, space, max_macs_ratio=max_macs_ratio, int8=int8) for layer in layers]
+        specs = [
+            space_for(layer, space, max_macs_ratio=max_macs_ratio, int8=int8, teacher_block=get_layer(teacher, layer.name))
+            for layer in layers
+        ]
         return cls(teacher, input_shape, layers, specs, calibration=calibration)
 
     def build(self, li: int, spec: str):
@@ -175,10 +183,11 @@ def load_candidate(path: str | os.PathLike, layer: int | str, spec: str, teacher
     state = library.weights(index, spec)  # also checks that the layer has the spec
     if is_int8(spec):  # the distilled parent, quantized on the teacher's inputs: needs the whole context
         return context_from_library(library).load(index, spec)
+    # the teacher's block is where `teacher` and the teacher-derived candidates (slim_*) come from
+    teacher = teacher if teacher is not None else load_library_teacher(library)
+    module = build_candidate(spec, record, teacher_block=get_layer(teacher, record.name))
     if spec == "teacher":
-        teacher = teacher if teacher is not None else load_library_teacher(library)
-        return build_candidate(spec, record, teacher_block=get_layer(teacher, record.name)).eval()
-    module = build_candidate(spec, record)
+        return module.eval()
     if state is not None:
         module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return module.eval()

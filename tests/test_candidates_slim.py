@@ -266,7 +266,7 @@ def test_exempt_kinds_get_no_width_specs_and_building_says_why():
     assert k5 and all(slim_specs(layer, get_layer(lcnet, layer.name)) == ["slim_k3"] for layer in k5)
 
 
-def test_the_slim_family_is_listed_by_name_but_in_no_preset():
+def test_the_slim_family_is_listed_by_name_and_joins_compact_and_default_with_a_teacher_block():
     assert list_candidates("slim_*") == [
         "slim_k3",
         "slim_w0.25",
@@ -279,10 +279,22 @@ def test_the_slim_family_is_listed_by_name_but_in_no_preset():
         "slim_w0.75_k3",
     ]
     assert not any(spec.startswith("slim") for spec in list_candidates())
-    layer, _ = _blocks("resnet18")[0]
-    assert not any(spec.startswith("slim") for spec in space_for(layer, "full"))
-    with pytest.raises(ValueError, match="not part of spaces yet"):
-        space_for(layer, "slim_*")
+    layer, block = _blocks("resnet18")[0]
+    assert not any(spec.startswith("slim") for spec in space_for(layer, "full", teacher_block=block))
+    for space in ("compact", "default"):
+        assert not any(spec.startswith("slim") for spec in space_for(layer, space))  # no block: none
+        with_block = space_for(layer, space, teacher_block=block)
+        assert [s for s in with_block if s.startswith("slim")] == slim_specs(layer, block)
+    assert space_for(layer, "dw_k3,slim_w0.5", teacher_block=block)[-1] == "slim_w0.5"
+
+
+def test_k3_variants_are_left_out_where_the_map_is_too_small_for_k5_to_matter():
+    model, layers = timm_model("efficientnet_b0", 32)
+    small = [layer for layer in layers if max(layer.in_shape[1:]) <= 2]
+    big = [layer for layer in layers if max(layer.in_shape[1:]) >= 4]
+    for group, has_k3 in ((small, False), (big, True)):
+        specs = [s for layer in group for s in space_for(layer, "compact", teacher_block=get_layer(model, layer.name))]
+        assert any(s.startswith("slim") and s.endswith("k3") for s in specs) == has_k3
 
 
 @pytest.mark.parametrize(
@@ -310,6 +322,8 @@ LSQ_CASES = [
     ("resnet26", "layer2.0"),
     ("regnety_002", "s2.b1"),
     ("convnext_atto", "stages.1.blocks.0"),  # fc2 has a bias, no BN
+    ("resnet18", "layer2.0"),  # BasicBlock: a 3x3 last conv, fitted on its input's 3x3 patches
+    ("resnet18", "layer1.1"),
 ]
 
 
@@ -338,7 +352,7 @@ def test_least_squares_start_lowers_the_held_out_error_of_slim_w05(model_name, l
 def test_least_squares_start_refuses_blocks_it_does_not_cover():
     from lana.candidates.lsq import least_squares_start
 
-    layer, block = next(pair for pair in _blocks("resnet18") if pair[0].name == "layer2.0")
+    layer, block = next(pair for pair in _blocks("ghostnet_100") if pair[0].name == "blocks.1.0")
     slim = build_candidate("slim_w0.5", layer, teacher_block=block)
-    with pytest.raises(ValueError, match="no least-squares start for a BasicBlock"):
+    with pytest.raises(ValueError, match="no least-squares start for a GhostBottleneck"):
         least_squares_start(slim, block, torch.randn(2, *layer.in_shape))
