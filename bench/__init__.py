@@ -10,7 +10,9 @@ at each budget (a factor of the teacher's latency measured now, on the budget's 
    fine-tuning): exactly what ``lana accelerate`` gives a user.
 2. **random** / **greedy**: plans from the same library under the same predicted budget.
 3. **prune** / **sibling**: Torch-Pruning and a smaller sibling, matched to the latency of lana's
-   student as measured (:mod:`bench.baselines`).
+   student as measured (:mod:`bench.baselines`): the competitors.
+4. **uniform_slim**: the ablation of per-layer choice, every block cut to one width by lana's
+   slim surgery with its least-squares start, the width matched to lana's student likewise.
 
 Every student is fine-tuned with lana's KD recipe for the same epochs (the sibling, which starts
 from random weights, gets the teacher's recipe plus KD). Last, all models of a workload are timed
@@ -197,6 +199,47 @@ def _matched_baselines(run, budget: str, lana: dict, target) -> None:
         run.cached(budget, method, make, rebuild(method), depends={"lana": lana["plan"]})
 
 
+def _uniform_slim(run, budget: str, lana: dict, target) -> None:
+    """Every block cut to one slim width, bisected to the measured latency of lana's student,
+    refitted by least squares on the library's number of images, then fine-tuned like lana's."""
+    from bench.baselines import least_squares_blocks, match_latency, uniform_slim_model
+    from lana.distill import DistillConfig
+    from lana.teacher import load_state_file, save_state
+
+    w = run.w
+    search = {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
+
+    def build(width: float):
+        return uniform_slim_model(run.teacher, width, w.input_shape)
+
+    def make(folder: Path):
+        model, match = match_latency(build, target, w.input_shape, w.budget_table, 0.05, 1.0, increasing=True, **search)
+        start = time.perf_counter()
+        fits = least_squares_blocks(model, run.teacher, run.train_set.images[: DistillConfig.ls_images], w.input_shape)
+        seconds = time.perf_counter() - start
+        before = run.evaluate(model, limit=w.corr_images)
+        train_s = run.finetune(model, w.finetune_epochs, f"uniform slim {budget}")
+        save_state(model, folder / "model.safetensors")
+        return {
+            "method": "uniform_slim",
+            "budget": budget,
+            "top1": run.evaluate(model),
+            "top1_before_ft": before,
+            "search_s": match.seconds + seconds,
+            "train_s": train_s,
+            "match": asdict(match),
+            "width": match.knob,
+            "ls_start": {name: [round(a, 5), round(b, 5)] for name, (a, b) in fits.items()},
+        }, model
+
+    def rebuild(row: dict, folder: Path):
+        model = build(row["match"]["knob"])
+        model.load_state_dict(load_state_file(folder / "model.safetensors"))
+        return model
+
+    run.cached(budget, "uniform_slim", make, rebuild, depends={"lana": lana["plan"]})
+
+
 def _measure_all(run) -> dict:
     """Every model of the workload, timed interleaved on every table; sizes; speed-ups."""
     from lana.accelerate import measure_latency
@@ -305,6 +348,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
                 continue
             _library_plans(run, budget, lana)
             _matched_baselines(run, budget, lana, student)
+            _uniform_slim(run, budget, lana, student)
             budgets[budget] = {
                 "budget_ms": lana["budget_ms"],
                 "solve_s": lana["solve_s"],
@@ -318,6 +362,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
             "teacher": {k: v for k, v in run.teacher_info.items() if k != "config"},
             "teacher_ms": teacher_ms,
             "teacher_ms_measured": measured_ms,
+            "train_images": len(run.train_set),
             "library": {
                 **run.library,
                 "layers": len(run.problem.layers),

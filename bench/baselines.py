@@ -8,6 +8,10 @@
 * **prune**: structured channel pruning of the teacher with Torch-Pruning (DepGraph groups, L2
   group-magnitude importance, the same ratio in every layer, channels rounded to 8), the ratio found
   by bisection on measured latency; then the same KD fine-tuning as lana's student.
+* **uniform slim** (an ablation, not a competitor): every block of the teacher cut to one width by
+  lana's own slim surgery (:func:`lana.candidates.slim.cut_block`), the width bisected to lana's
+  measured latency, each block refitted by lana's least-squares start, then the same fine-tuning.
+  lana minus uniform slim is what choosing per layer adds.
 * **random** / **greedy**: plans inside lana's own library, to show what the exact ILP adds: the
   best (by predicted score) of N random feasible plans, and a greedy per-layer choice.
 
@@ -35,6 +39,8 @@ __all__ = [
     "prune_model",
     "random_feasible_plans",
     "sibling_model",
+    "uniform_slim_model",
+    "least_squares_blocks",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,6 +174,57 @@ def prune_model(teacher: nn.Module, ratio: float, input_shape, round_to: int = 8
     )
     pruner.step()
     return model.eval()
+
+
+def uniform_slim_model(teacher: nn.Module, width: float, input_shape) -> nn.Module:
+    """A copy of ``teacher`` with every block that ``find_layers`` returns cut to ``width`` by
+    lana's slim surgery; the block kinds it exempts (no hidden channels) stay the teacher's."""
+    from lana.candidates.slim import cut_block
+    from lana.layers import find_layers, get_layer, replace_layer
+
+    model = copy.deepcopy(teacher).cpu().eval()
+    for layer in find_layers(teacher, tuple(input_shape)):
+        try:
+            block = cut_block(get_layer(teacher, layer.name), width)
+        except ValueError as why:
+            log.debug("uniform slim: %s stays the teacher's (%s)", layer.name, why)
+            continue
+        replace_layer(model, layer.name, block)
+    return model
+
+
+def _size(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def least_squares_blocks(model: nn.Module, teacher: nn.Module, images: torch.Tensor, input_shape) -> dict:
+    """lana's least-squares start for every cut block of ``model``, in place, fitted as the
+    library's slim candidates are: on the teacher's own activations at the block's input for
+    ``images`` (uint8, as the data sets hold them). Returns ``{layer: (nMSE before, after)}``."""
+    from lana.candidates.lsq import least_squares_start
+    from lana.data import to_model_input
+    from lana.distill import capture_io
+    from lana.layers import find_layers, get_layer
+    from lana.train import model_norm
+
+    teacher = teacher.cpu().eval()
+    layers = [layer.name for layer in find_layers(teacher, tuple(input_shape))]
+    names = [name for name in layers if _size(get_layer(model, name)) != _size(get_layer(teacher, name))]
+    norm, inputs = model_norm(teacher), {name: [] for name in names}
+    for start in range(0, len(images), 64):
+        x = to_model_input(images[start : start + 64], **norm)
+        for name, (x_in, _y) in capture_io(teacher, names, x).items():
+            inputs[name].append(x_in.float())
+    fits = {}
+    for name in names:
+        try:
+            fit = least_squares_start(get_layer(model, name), get_layer(teacher, name), torch.cat(inputs[name]))
+        except ValueError as why:
+            log.debug("uniform slim: no least-squares start for %s (%s)", name, why)
+            continue
+        fits[name] = (fit.nmse_before, fit.nmse_after)
+    return fits
 
 
 def _costs(problem) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -15,15 +15,20 @@ from bench.library_analysis import markdown
 
 __all__ = ["findings", "goals", "plot_fronts", "plot_workload", "write_report"]
 
-_ORDER = ("teacher", "lana", "random", "greedy", "prune", "sibling")
+_ORDER = ("teacher", "lana", "prune", "sibling", "uniform_slim", "greedy", "random")
 _LABEL = {
     "teacher": "teacher",
     "lana": "lana (ILP)",
     "random": "random plans (best of N)",
     "greedy": "greedy plan",
+    "uniform_slim": "uniform slim",
     "prune": "Torch-Pruning",
     "sibling": "smaller sibling",
 }
+# What a user would do instead of lana: "the best baseline" is the better of these. The other
+# methods are ablations of lana itself (plans from its own library, one slim width everywhere).
+COMPETITORS = ("prune", "sibling")
+ABLATIONS = ("uniform_slim", "greedy", "random")
 
 
 def _ms(value: float) -> str:
@@ -58,6 +63,29 @@ def _by(result: dict, method: str, budget: str) -> dict | None:
     return next((r for r in result["rows"] if r["method"] == method and r["budget"] == budget), None)
 
 
+def train_images(result: dict, row: dict) -> float | None:
+    """Training images a method saw in all (epochs x training-set size, summed over its stages):
+    the compute behind each row. lana and the plans of its library count the library's block
+    distillation too; the W2 teacher's ImageNet pre-training is not counted (marked in the table)."""
+    w, n = result["workload"], result.get("train_images")
+    if not n:
+        return None
+    epochs = {
+        "teacher": w["teacher_epochs"],
+        "lana": w["build_epochs"] + w["finetune_epochs"],
+        "random": w["build_epochs"] + w["finetune_epochs"],
+        "greedy": w["build_epochs"] + w["finetune_epochs"],
+        "prune": w["finetune_epochs"],
+        "uniform_slim": w["finetune_epochs"],
+        "sibling": w["sibling_epochs"],
+    }[row["method"]]
+    return epochs * n
+
+
+def _images(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e3:.0f}k"
+
+
 def _results_table(result: dict) -> list[str]:
     w = result["workload"]
     tables = w["tables"]
@@ -66,7 +94,7 @@ def _results_table(result: dict) -> list[str]:
         ["method", "budget", "top-1 %", "Δ top-1", "before FT %"]
         + [f"{t} ms (IQR)" for t in tables]
         + [f"speed-up {t}" for t in tables]
-        + [f"latency / lana ({w['budget_table']})", "params M", "MMACs", "search s", "train s"]
+        + [f"latency / lana ({w['budget_table']})", "params M", "MMACs", "search s", "train s", "train images"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in _rows(result):
@@ -85,6 +113,7 @@ def _results_table(result: dict) -> list[str]:
             f"{r['macs'] / 1e6:.1f}",
             _num(r.get("search_s"), "{:.1f}"),
             _num(r.get("train_s"), "{:.0f}"),
+            _images(train_images(result, r)) + (" + ImageNet" if r["method"] == "teacher" and w["pretrained"] else ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     cached = [f"{r['method']}@{r['budget']}" for r in _rows(result) if r.get("cached")]
@@ -125,7 +154,7 @@ def _stages_table(result: dict) -> list[str]:
             ),
             f"| {budget}: lana fine-tune | {lana['train_s']:.0f} | {result['workload']['finetune_epochs']:g} epoch(s) KD |",
             (
-                f"| {budget}: all methods | {info['wall_s']:.0f} | lana + 4 baselines, searches included"
+                f"| {budget}: all methods | {info['wall_s']:.0f} | lana, competitors and ablations, searches included"
                 f"{'; cached rows reused' if any(r.get('cached') for r in result['rows'] if r['budget'] == budget) else ''} |"
             ),
         ]
@@ -143,7 +172,7 @@ def findings(result: dict) -> list[str]:
             out.append(f"**{budget}**: lana has no student at this budget ({reason}); no baseline was matched to it.")
             continue
         others = [r for r in result["rows"] if r["budget"] == budget and r["method"] not in ("lana", "teacher")]
-        best = max(others, key=lambda r: r["top1"], default=None)
+        best = max((r for r in others if r["method"] in COMPETITORS), key=lambda r: r["top1"], default=None)
         head = (
             f"**{budget}** (lana {_ms(lana['latency'][table]['median_ms'])} ms on {table}, "
             f"{lana['speedup'][table]:.2f}x): "
@@ -176,11 +205,20 @@ def findings(result: dict) -> list[str]:
         off = [
             f"{r['method']} {r['latency_vs_lana']:.2f}x"
             for r in others
-            if r["method"] in ("prune", "sibling") and abs(r["latency_vs_lana"] - 1) > tolerance
+            if r["method"] in (*COMPETITORS, "uniform_slim") and abs(r["latency_vs_lana"] - 1) > tolerance
         ]
         if off:
             text += f" Latency match missed (> {100 * tolerance:.0f}% from lana's, final pass): {', '.join(off)}."
         out.append(text)
+        uniform = next((r for r in others if r["method"] == "uniform_slim"), None)
+        if uniform:
+            gain = lana["top1"] - uniform["top1"]
+            out.append(
+                f"{budget}, what choosing per layer adds (ablation): uniform slim, every block cut to width "
+                f"{uniform['width']:.3f} at {uniform['latency_vs_lana']:.2f}x lana's latency, "
+                f"{_num(uniform.get('top1_before_ft'))}% before fine-tuning → {uniform['top1']:.2f}%; lana "
+                f"{_num(lana.get('top1_before_ft'))}% → {lana['top1']:.2f}%: lana {gain:+.2f} points."
+            )
         library = [r for r in others if r["method"] in ("random", "greedy")]
         if library:
             parts = [
@@ -212,13 +250,13 @@ def findings(result: dict) -> list[str]:
 
 
 def goals(results: list[dict]) -> list[str]:
-    """The goals of issue 8 as a table: met or not, with the numbers behind each verdict."""
+    """The goals (issues 8 and 14) as a table: met or not, with the numbers behind each verdict."""
     lines = ["| goal | workload | result | met |", "|---|---|---|---|"]
     for result in results:
         w = result["workload"]
         for budget in ("0.5x", "0.35x"):
             lana = _by(result, "lana", budget)
-            others = [r for r in result["rows"] if r["budget"] == budget and r["method"] not in ("lana", "teacher")]
+            others = [r for r in result["rows"] if r["budget"] == budget and r["method"] in COMPETITORS]
             if lana is None or not others:
                 why = (
                     "infeasible for lana's library" if "infeasible" in result["budgets"].get(budget, {}) else "not run"
@@ -230,6 +268,20 @@ def goals(results: list[dict]) -> list[str]:
             lines.append(
                 f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {margin:+.2f} "
                 f"(vs {best['method']}) | {'yes' if margin >= 1 else 'no'} |"
+            )
+        for method in ("greedy", "uniform_slim"):
+            pairs = [(budget, _by(result, "lana", budget), _by(result, method, budget)) for budget in w["budgets"]]
+            pairs = [(b, lana, other) for b, lana, other in pairs if lana and other]
+            if pairs:
+                text = ", ".join(f"{b}: {lana['top1'] - other['top1']:+.2f}" for b, lana, other in pairs)
+                met = all(lana["top1"] >= other["top1"] for _, lana, other in pairs)
+                lines.append(f"| lana ≥ {method} at every budget | {w['name']} | {text} | {'yes' if met else 'no'} |")
+        lana = _by(result, "lana", "0.5x")
+        if w["pretrained"] and lana and lana.get("top1_before_ft") is not None:
+            before = lana["top1_before_ft"]
+            lines.append(
+                f"| lana's 0.5x student ≥ 70% before fine-tuning | {w['name']} | {before:.2f}% | "
+                f"{'yes' if before >= 70 else 'no'} |"
             )
         teacher = _by(result, "teacher", "-")
         batch = {t: int(t.rsplit("-b", 1)[1]) for t in w["tables"]}
@@ -402,7 +454,20 @@ def write_report(
                 "sibling",
                 "a narrower network of the family (W1: the teacher at reduced width; W2: LCNet), width bisected to lana's latency.",
             ),
+            (
+                "uniform_slim",
+                "(ablation) every block cut to one width by lana's slim surgery, width bisected to lana's measured "
+                "latency, least-squares start, then the same fine-tuning: what choosing per layer adds.",
+            ),
         )
+    ]
+    lines += [
+        "",
+        (
+            "The best baseline is the better of the competitors, Torch-Pruning and the sibling; random, greedy and "
+            "uniform slim are ablations of lana (its own library or its own surgery), reported apart. `train images`: "
+            "training images seen in all, every stage counted (lana: block distillation + fine-tuning)."
+        ),
     ]
     lines += [
         "",
@@ -471,6 +536,6 @@ def write_report(
                 f"![{w['name']}: predicted fronts with and without the families of issue 10]({fronts_png.name})",
                 "",
             ]
-    lines += ["## Goals of issue 8", "", *goals(results), ""]
+    lines += ["## Goals", "", *goals(results), ""]
     _atomic_write(path, "\n".join(lines))
     return path

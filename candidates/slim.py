@@ -68,7 +68,7 @@ from .spec import decode_spec, encode_spec
 if TYPE_CHECKING:
     from lana.layers import Layer
 
-__all__ = ["SLIM_WIDTHS", "build_slim", "slim_channels", "slim_specs"]
+__all__ = ["SLIM_WIDTHS", "build_slim", "cut_block", "slim_channels", "slim_specs"]
 
 SLIM_WIDTHS = (0.75, 0.5, 0.375, 0.25)
 
@@ -468,12 +468,39 @@ def build_slim(spec: str, teacher_block: nn.Module) -> nn.Module:
     """
     recipe = _recipe_or_error(spec, teacher_block)
     width, kernel = _parse(spec)
+    return _cut_copy(repr(spec), recipe, teacher_block, width, kernel)
+
+
+def _cut_copy(what: str, recipe: _Recipe, teacher_block: nn.Module, width: float | None, kernel: int | None):
     block = copy.deepcopy(teacher_block)
     try:
         for group in recipe.groups if width is not None else ():
             _cut(block, group, _kept_units(group, width))
     except _NotCovered as why:
-        raise ValueError(f"{spec!r} cannot be cut from this {type(teacher_block).__name__}: {why}") from None
+        raise ValueError(f"{what} cannot be cut from this {type(teacher_block).__name__}: {why}") from None
     if kernel is not None:
         _crop_kernel(block.get_submodule(recipe.depthwise), kernel)
     return block
+
+
+@torch.no_grad()
+def cut_block(teacher_block: nn.Module, width: float, kernel_size: int | None = None) -> nn.Module:
+    """``build_slim`` at any width in (0, 1], not only the preset ones: the same importance, the
+    same rounding to multiples of 8, the same surgery. For what is built outside the library
+    (the bench's uniform-slim ablation cuts every block to one bisected width).
+
+    Raises:
+        ValueError: For a width outside (0, 1], or a block kind ``build_slim`` does not cut.
+    """
+    if not 0 < width <= 1:
+        raise ValueError(f"width {width!r} is outside (0, 1]")
+    what = f"width {width:g}"
+    try:
+        recipe = _recipe(teacher_block)
+    except _NotCovered as why:
+        raise ValueError(f"{what} cannot be cut from a {type(teacher_block).__name__}: {why}") from None
+    if width < 1.0 and not recipe.groups:
+        raise ValueError(f"a {type(teacher_block).__name__} has no hidden channels to cut (its width is its input's)")
+    if kernel_size is not None and recipe.depthwise is None:
+        raise ValueError(f"a {type(teacher_block).__name__} here has no k5/k7 depthwise conv to crop")
+    return _cut_copy(what, recipe, teacher_block, width, kernel_size)

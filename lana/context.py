@@ -67,7 +67,9 @@ class LibraryContext:
         input_shape = (3, img_size, img_size)
         layers = find_layers(teacher, input_shape)
         specs = [
-            space_for(layer, space, max_macs_ratio=max_macs_ratio, int8=int8, teacher_block=get_layer(teacher, layer.name))
+            space_for(
+                layer, space, max_macs_ratio=max_macs_ratio, int8=int8, teacher_block=get_layer(teacher, layer.name)
+            )
             for layer in layers
         ]
         return cls(teacher, input_shape, layers, specs, calibration=calibration)

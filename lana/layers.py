@@ -358,5 +358,7 @@ def describe_space(
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     in_chans = _default_input_shape(model)[0]
     layers = find_layers(model, (in_chans, img_size, img_size))
-    rows = tuple(SpaceRow(layer, len(space_for(layer, space, teacher_block=get_layer(model, layer.name)))) for layer in layers)
+    rows = tuple(
+        SpaceRow(layer, len(space_for(layer, space, teacher_block=get_layer(model, layer.name)))) for layer in layers
+    )
     return SpaceSummary(model=model_name, space=space, img_size=img_size, rows=rows)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(ROOT))
 
-METHODS = ("lana", "random", "greedy", "prune", "sibling")
+METHODS = ("lana", "prune", "sibling", "uniform_slim", "greedy", "random")
 
 
 @pytest.fixture(scope="module")
@@ -89,16 +89,36 @@ def test_smoke_writes_the_plot_results_and_findings(smoke_run):
     png = out / "BENCHMARKS-W1-smoke.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "BENCHMARKS.md").read_text()
-    assert "Smoke run" in report and "## Goals of issue 8" in report and "### What this shows" in report
+    assert "Smoke run" in report and "## Goals" in report and "### What this shows" in report
     result = json.loads((out / "results.json").read_text())["results"][0]
     assert result["workload"]["name"] == "W1-smoke"
     for row in result["rows"]:
-        if row["method"] in ("prune", "sibling"):  # matched by bisection against lana's student
+        if row["method"] in ("prune", "sibling", "uniform_slim"):  # matched by bisection against lana's student
             assert row["match"]["tries"] and 0 < row["match"]["ratio"] < 10
     print(f"smoke run: {seconds:.0f} s")  # shown with -s; the target is ~90 s on 2 cores
     assert "### Candidate families (issue 10)" in report
     assert (out / "BENCHMARKS-W1-smoke-families.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(row["same_optimum"] for row in result["analysis"]["pruning"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_best_baseline_is_a_competitor_and_uniform_slim_is_an_ablation(smoke_run):
+    """A greedy or uniform-slim row far above the rest must not become "the best baseline"."""
+    from bench.report import findings, goals
+
+    out, _ = smoke_run
+    result = json.loads((out / "results.json").read_text())["results"][0]
+    uniform = [row for row in result["rows"] if row["method"] == "uniform_slim"]
+    assert uniform and all(0 < row["width"] <= 1 and row["ls_start"] for row in uniform)
+    for row in result["rows"]:
+        if row["method"] in ("greedy", "uniform_slim"):
+            row["top1"] = 100.0
+    text = "\n".join(findings(result) + goals([result]))
+    assert "best baseline, greedy" not in text and "best baseline, uniform" not in text
+    assert "(vs greedy)" not in text and "(vs uniform_slim)" not in text
+    assert "(vs prune)" in text or "(vs sibling)" in text
+    assert "| lana ≥ uniform_slim at every budget | W1-smoke |" in text and "what choosing per layer adds" in text
 
 
 @pytest.mark.slow
