@@ -10,7 +10,8 @@ STAMP := .cache/installed.stamp
 $(STAMP): pyproject.toml
 	@mkdir -p .cache
 	@$(PYTHON) -c "import lana" 2>/dev/null && [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ] || \
-		$(PIP) install --disable-pip-version-check -q -e '.[dev]'
+		{ echo "installing lana-accel and its dependencies (pip; a few minutes on a fresh machine)" && \
+		  $(PIP) install --disable-pip-version-check -e '.[dev]'; }
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +32,7 @@ demo: install data
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(PYTHON) -m lana demo
 
 test: install data
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
 
 bench: install data
 	HF_HUB_OFFLINE=1 $(PYTHON) -m bench

@@ -249,7 +249,7 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
     try:
         build(config, path)
     except ValueError as error:  # an interrupted build with other settings: start it over
-        if "interrupted build" not in str(error):
+        if "other settings" not in str(error):  # an interrupted build, or a complete library, of other settings
             raise
         log.warning("%s; restarting the build", error)
         build(config, path, restart=True)

@@ -71,7 +71,8 @@ def score_correlation(
     """Assemble ``count`` random students, measure top-1, correlate with each summed score.
 
     Each student replaces each layer with probability ``max_replaced`` by a random non-teacher
-    candidate (so students range from near-teacher to heavily changed).
+    candidate (so students range from near-teacher to heavily changed). Plans a calibrated score
+    kind was fitted on are drawn again, so every kind is judged on plans it never saw.
     """
     from lana.context import context_from_library
     from lana.data import load_dataset
@@ -93,14 +94,19 @@ def score_correlation(
     )
     rng = np.random.default_rng(seed)
     kinds = sorted(scores[0])
+    # a calibrated kind is judged on plans its fit never saw (issue 15): its fitted samples are skipped
+    fitted = {tuple(s["plan"]) for c in lib.calibrations.values() for s in c.get("samples", []) if not s["held_out"]}
     top1, summed = [], {k: [] for k in kinds}
     for i in range(count):
-        choices = []
-        for specs in ctx.specs:
-            index = 0
-            if rng.random() < max_replaced and len(specs) > 1:
-                index = int(rng.integers(1, len(specs)))
-            choices.append(index)
+        for _ in range(100):
+            choices = []
+            for specs in ctx.specs:
+                index = 0
+                if rng.random() < max_replaced and len(specs) > 1:
+                    index = int(rng.integers(1, len(specs)))
+                choices.append(index)
+            if tuple(choices) not in fitted:
+                break
         plan = Plan(
             ctx.teacher.default_cfg.get("architecture", "model"),
             tuple((layer.name, ctx.specs[li][c]) for li, (layer, c) in enumerate(zip(ctx.layers, choices))),

@@ -132,7 +132,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _download_fashion_mnist() -> bool:
-    """Fetch Fashion-MNIST through torchvision when online; False when that fails."""
+    """Fetch Fashion-MNIST through torchvision, only when ``LANA_DOWNLOAD=1`` asks for it (lana
+    downloads nothing unasked); False when not asked or when that fails."""
+    if os.environ.get("LANA_DOWNLOAD") != "1":
+        return False
     cache = fashion_mnist_dirs()[-3]
     try:
         from torchvision.datasets import FashionMNIST
@@ -156,8 +159,8 @@ def _load_fashion_mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataNotFoundError(
             f"Fashion-MNIST file {image_stem}(.gz) not found. Looked in:\n  {looked}\n"
             "Install the Debian package 'dataset-fashion-mnist' (sudo apt-get install "
-            "dataset-fashion-mnist; files go to /usr/share/datasets/fashion-mnist), or put the four "
-            "IDX files in $LANA_DATA."
+            "dataset-fashion-mnist; files go to /usr/share/datasets/fashion-mnist), put the four "
+            "IDX files in $LANA_DATA, or set LANA_DOWNLOAD=1 to let torchvision download them."
         )
     images, labels = (_read_idx(p) for p in paths)
     if images.shape[0] != labels.shape[0]:

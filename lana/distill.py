@@ -154,6 +154,7 @@ class _Chunk:
 
     def __init__(self, layer_ids, layers, specs, build: Callable[[int, str], nn.Module], config: DistillConfig, device):
         self.layer_ids = list(layer_ids)
+        self.updating = False  # inside optimizer.step(): the weights are half-stepped
         self.modules: dict[str, nn.Module] = {}
         for li in self.layer_ids:
             for spec in specs[li]:
@@ -384,44 +385,65 @@ def _least_squares_starts(run: _Run, chunk: _Chunk) -> dict[str, dict]:
     return out
 
 
-def _train_chunk(run: _Run, chunk: _Chunk, names, step: int, elapsed: float, ckpt: Path, desc: str):
-    """The optimisation steps from ``step`` to ``run.total``, checkpointing on a timer; returns the
-    last step and the (resume-adjusted) start time."""
+def _step(run: _Run, chunk: _Chunk, names, step: int, warmup: int) -> float:
+    """One optimisation step of every candidate of the chunk; returns the mean loss."""
     config, device = run.config, run.device
-    warmup = max(1, int(config.warmup_frac * run.total))
+    epoch, offset = divmod(step, run.batches_per_epoch)
+    index = _batch_indices(len(run.train_set), config.batch_size, epoch, config.seed)[offset]
+    x = to_model_input(run.train_set.images[index], device, channels_last=run.channels_last, **run.norm)
+    if config.augment:
+        torch.manual_seed(config.seed * 31 + step)  # resumable: augmentation depends on the step only
+        x = augment(x)
+    for group in chunk.optimizer.param_groups:
+        group["lr"] = config.lr * warmup_cosine(step, run.total, warmup)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        io = capture_io(run.teacher, names, x)
+        variances = {n: io[n][1].float().var().clamp_min(1e-8) for n in names}
+        losses = []
+        for key, module in chunk.modules.items():
+            name = run.layers[int(key.split("/")[0])].name
+            x_in, y = io[name]
+            losses.append(_normalised_mse(module(x_in), y, variances[name]))
+    loss = torch.stack(losses).sum()
+    chunk.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    chunk.updating = True  # an interrupt inside the update leaves the weights half-stepped
+    chunk.optimizer.step()
+    chunk.updating = False
+    return float(loss.detach()) / len(losses)
+
+
+def _train_chunk(run: _Run, chunk: _Chunk, names, step: int, elapsed: float, ckpt: Path, desc: str):
+    """The optimisation steps from ``step`` to ``run.total``, checkpointing on a timer and on
+    Ctrl-C (so that an interrupt in the first minute loses nothing either); returns the last
+    step and the (resume-adjusted) start time."""
+    warmup = max(1, int(run.config.warmup_frac * run.total))
     bar = tqdm(total=run.total, initial=step, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
     start, last_save = time.perf_counter() - elapsed, time.perf_counter()
     running = None
-    while step < run.total and chunk.optimizer is not None:
-        epoch, offset = divmod(step, run.batches_per_epoch)
-        index = _batch_indices(len(run.train_set), config.batch_size, epoch, config.seed)[offset]
-        x = to_model_input(run.train_set.images[index], device, channels_last=run.channels_last, **run.norm)
-        if config.augment:
-            torch.manual_seed(config.seed * 31 + step)  # resumable: augmentation depends on the step only
-            x = augment(x)
-        for group in chunk.optimizer.param_groups:
-            group["lr"] = config.lr * warmup_cosine(step, run.total, warmup)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            io = capture_io(run.teacher, names, x)
-            variances = {n: io[n][1].float().var().clamp_min(1e-8) for n in names}
-            losses = []
-            for key, module in chunk.modules.items():
-                name = run.layers[int(key.split("/")[0])].name
-                x_in, y = io[name]
-                losses.append(_normalised_mse(module(x_in), y, variances[name]))
-        loss = torch.stack(losses).sum()
-        chunk.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        chunk.optimizer.step()
-        step += 1
-        mean = float(loss.detach()) / len(losses)
-        running = mean if running is None else 0.95 * running + 0.05 * mean
-        bar.update(1)
-        bar.set_postfix(mean_loss=f"{running:.3f}")
-        if time.perf_counter() - last_save > config.checkpoint_every_s and step < run.total:
-            torch_save({"chunk": chunk.state(), "step": step, "seconds": time.perf_counter() - start}, ckpt)
-            last_save = time.perf_counter()
-    bar.close()
+
+    def save(at: int) -> None:
+        torch_save({"chunk": chunk.state(), "step": at, "seconds": time.perf_counter() - start}, ckpt)
+
+    try:
+        while step < run.total and chunk.optimizer is not None:
+            mean = _step(run, chunk, names, step, warmup)
+            step += 1
+            running = mean if running is None else 0.95 * running + 0.05 * mean
+            bar.update(1)
+            bar.set_postfix(mean_loss=f"{running:.3f}")
+            if time.perf_counter() - last_save > run.config.checkpoint_every_s and step < run.total:
+                save(step)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        if not chunk.updating and step > 0:  # the weights are those after `step` steps
+            save(step)
+            log.warning(
+                "interrupted: step %d of %d saved in %s; rerun the same command to resume", step, run.total, ckpt
+            )
+        raise
+    finally:
+        bar.close()
     return step, start
 
 

@@ -337,7 +337,7 @@ def replace_layer(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 
 def describe_space(
-    model_name: str, space: str = "default", img_size: int = 224, num_classes: int = 1000
+    model_name: str, space: str = "default", img_size: int = 32, num_classes: int = 1000
 ) -> SpaceSummary:
     """Build a timm model (random weights) and summarise its candidate space.
 
@@ -353,9 +353,10 @@ def describe_space(
     Returns:
         The ``SpaceSummary``.
     """
-    import timm  # deferred: only this function needs it
+    from lana.teacher import check_img_size, create_model  # deferred: only this function needs timm
 
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    model = create_model(model_name, num_classes)
+    check_img_size(model, img_size, model_name)
     in_chans = _default_input_shape(model)[0]
     layers = find_layers(model, (in_chans, img_size, img_size))
     rows = tuple(

@@ -1,7 +1,7 @@
 """Latency meters: one small base class, one method, timing a module at an input shape.
 
 ``TorchMeter`` (eager torch on the CPU with a set number of threads, or CUDA with events),
-``OnnxRuntimeMeter`` (a CPU session), ``make_meter`` to pick one by name, and ``fingerprint`` to
+``OnnxRuntimeMeter`` (a CPU session), ``OpenVinoMeter`` (a compiled CPU model), ``make_meter`` to pick one by name, and ``fingerprint`` to
 record what a table was measured on. The tables built from them live in :mod:`lana.latency`.
 """
 
@@ -29,6 +29,7 @@ __all__ = [
     "TorchMeter",
     "CudaMeter",
     "OnnxRuntimeMeter",
+    "OpenVinoMeter",
     "make_meter",
     "meter_for_table",
     "fingerprint",
@@ -38,7 +39,7 @@ __all__ = [
     "check_int8_target",
 ]
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 # 20 samples put the median within a few % even when single samples scatter by 20-30% (batch 1
 # on a busy 2-core CPU); 3 warm-up calls cover oneDNN/cuDNN kernel selection and cache fill.
@@ -226,14 +227,53 @@ class OnnxRuntimeMeter(LatencyMeter):
             _onnx_bytes(module, x, self.opset), options, providers=["CPUExecutionProvider"]
         )
         feed = {session.get_inputs()[0].name: x.numpy()}
-        for _ in range(self.warmup):
-            session.run(None, feed)
-        samples = []
-        for _ in range(self.repeats):
-            start = time.perf_counter()
-            session.run(None, feed)
-            samples.append((time.perf_counter() - start) * 1e3)
-        return Timing.of(samples)
+        return _timed_calls(lambda: session.run(None, feed), self.warmup, self.repeats)
+
+
+@dataclass(frozen=True)
+class OpenVinoMeter(LatencyMeter):
+    """OpenVINO on CPU: the module is exported to ONNX (as for ONNX Runtime), read and compiled by
+    OpenVINO with the latency hint, one stream and ``threads`` inference threads; one infer
+    request is timed, as a deployed batch-``batch_size`` service would call it."""
+
+    batch_size: int = 1
+    threads: int | None = None
+    repeats: int = _DEFAULT_REPEATS
+    warmup: int = _DEFAULT_WARMUP
+    opset: int = 17
+
+    backend = "openvino"
+    device = "cpu"
+    eager = False
+
+    def __call__(self, module: nn.Module, input_shape: Sequence[int]) -> Timing:
+        import tempfile
+
+        import openvino
+
+        x = torch.randn((self.batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
+        core = openvino.Core()
+        with tempfile.TemporaryDirectory() as folder:  # OpenVINO reads ONNX from a file
+            path = os.path.join(folder, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(_onnx_bytes(module, x, self.opset))
+            config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                      "INFERENCE_NUM_THREADS": str(self.threads or _all_cores())}  # fmt: skip
+            compiled = core.compile_model(core.read_model(path), "CPU", config)
+        request, feed = compiled.create_infer_request(), {0: x.numpy()}
+        return _timed_calls(lambda: request.infer(feed), self.warmup, self.repeats)
+
+
+def _timed_calls(call, warmup: int, repeats: int) -> Timing:
+    """``warmup`` untimed calls, then ``repeats`` timed ones (wall clock, ms)."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return Timing.of(samples)
 
 
 def _onnx_bytes(module: nn.Module, x: torch.Tensor, opset: int) -> bytes:
@@ -272,10 +312,11 @@ def make_meter(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown latency backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         if torch.device(device).type != "cpu":
-            raise ValueError(f"the onnxruntime meter times the CPU only, not {device!r}")
-        return OnnxRuntimeMeter(batch_size=batch_size, threads=threads, **options)
+            raise ValueError(f"the {backend} meter times the CPU only, not {device!r}")
+        meter = OnnxRuntimeMeter if backend == "onnxruntime" else OpenVinoMeter
+        return meter(batch_size=batch_size, threads=threads, **options)
     return TorchMeter(device=device, batch_size=batch_size, threads=threads, **options)
 
 
@@ -302,12 +343,15 @@ def fingerprint(meter: LatencyMeter) -> dict:
         installed), ``backend``, ``device``, ``gpu`` (None off CUDA), ``cuda``, ``batch_size``,
         ``channels_last``, ``python`` and ``platform``.
     """
-    try:
-        import onnxruntime
+    from importlib.metadata import PackageNotFoundError, version
 
-        onnxruntime_version = onnxruntime.__version__
-    except ImportError:
-        onnxruntime_version = None
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    onnxruntime_version = installed("onnxruntime")
     device = torch.device(meter.device)
     on_cuda = device.type == "cuda"
     return {
@@ -316,6 +360,7 @@ def fingerprint(meter: LatencyMeter) -> dict:
         "threads": meter.threads or _all_cores(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime_version,
+        "openvino": installed("openvino") if meter.backend == "openvino" else None,
         "backend": meter.backend,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if on_cuda else None,

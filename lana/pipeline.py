@@ -23,11 +23,11 @@ import lana
 from lana.context import LibraryContext, context_from_library
 from lana.distill import DistillConfig, chunk_plan, distill, load_chunk_weights
 from lana.files import file_sha256, read_json, write_json
-from lana.library import LayerRecord, write_latency_table, write_library
+from lana.library import LayerRecord, Library, LibraryError, write_latency_table, write_library
 from lana.meters import meter_for_table
 from lana.noise import MAX_RETIMES
 from lana.table_names import canonical_table, check_int8_target, default_tables, parse_table_name
-from lana.teacher import load_teacher
+from lana.teacher import check_img_size, load_teacher
 
 __all__ = ["BuildConfig", "BuildResult", "build", "add_latency_table"]
 
@@ -112,6 +112,7 @@ class BuildResult:
     candidates: int
     stages_s: dict
     peak_memory_mb: float
+    reused: bool = False  # a complete library of the same settings was there: nothing was built
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -181,6 +182,13 @@ def _setup(config: BuildConfig, out: Path, restart: bool) -> tuple[BuildConfig, 
     teacher = load_teacher(
         config.model, train_set.num_classes, checkpoint=config.checkpoint, pretrained=config.pretrained
     )
+    check_img_size(teacher, config.img_size, config.model)
+    if not config.checkpoint and not config.pretrained:
+        log.warning(
+            "%s has neither a checkpoint nor pretrained weights: distilling a randomly initialised teacher "
+            "(give --checkpoint FILE or --pretrained for a real one)",
+            config.model,
+        )
     ctx = LibraryContext.for_space(
         teacher,
         config.img_size,
@@ -320,13 +328,92 @@ def _write(out: Path, config: BuildConfig, run: _Inputs, records, scores, tables
     return complete
 
 
+def _existing(out: Path, config: BuildConfig, restart: bool) -> tuple[BuildResult | None, dict]:
+    """What an existing file at ``out`` means for a build: ``(result, later)``.
+
+    A complete library of this very build is kept as it is (``result`` set; tables the build
+    asks for and the file lacks are timed into it). One of other settings, or a file that is not
+    a readable library, is replaced only with ``restart``. ``later``: the tables of the file that
+    the build does not make (added with ``lana latency``), kept to be carried into the new file.
+    """
+    if not out.exists():
+        return None, {}
+    try:
+        library = Library(out)
+    except LibraryError as error:
+        if restart:
+            return None, {}
+        raise ValueError(f"{error}; pass --restart to build over it, or choose another output") from None
+    from lana.dist import resolve_device
+
+    wanted = config.resolved(resolve_device(config.device))
+    changed = library.same_build(wanted.identity())
+    names = [name for name in library.tables if name not in wanted.tables]
+    records = library.layers() if names else []  # read now: the new file will replace this one
+    later = {
+        name: (
+            library.tables[name],
+            [(r.name, list(r.specs)) for r in records],
+            [r.latency[name] for r in records],
+            [r.latency_spread[name] for r in records],
+        )
+        for name in names
+    }
+    if library.complete and not changed and not restart:
+        missing = [name for name in wanted.tables if name not in library.tables]
+        for name in missing:
+            log.info("%s is complete; timing the table it lacks: %s", out, name)
+            add_latency_table(out, name, threads=config.threads, rounds=config.latency_rounds, seed=config.seed)
+        layers = library.layers()
+        log.info(
+            "%s is already a complete library of these settings: nothing to do (--restart rebuilds it)%s",
+            out,
+            f"; added {', '.join(missing)}" if missing else "",
+        )
+        stages = {k: float(v) for k, v in library.config.get("stages_s", {}).items()}
+        return BuildResult(str(out), len(layers), sum(len(r.specs) for r in layers), stages, 0.0, reused=True), {}
+    if library.complete and changed and not restart:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"{out} is a complete library built with other settings ({detail}); pass --restart to rebuild it "
+            "(the file is replaced when the new build is done), or choose another output"
+        )
+    return None, later
+
+
+def _carry_tables(out: Path, later: dict) -> None:
+    """Put the tables added to the old file with ``lana latency`` into the new one, where the
+    layers and candidates are the same (a table times architectures, not weights)."""
+    if not later:
+        return
+    shape = [(r.name, list(r.specs)) for r in Library(out).layers()]
+    for name, (attrs, old_shape, latency, spread) in later.items():
+        if old_shape != shape:
+            log.warning(
+                "table %s of the old %s is dropped: its candidates differ; time it again with `lana latency`", name, out
+            )
+            continue
+        write_latency_table(out, {**attrs, "name": name}, latency, spread)
+        log.info("kept table %s of the old %s", name, out)
+
+
 def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, keep_work: bool = False) -> BuildResult:
     """Build a library: distil, score and time every candidate of every layer of the teacher.
 
     Resumable: rerunning the same command after an interruption continues from the last
     checkpoint in ``OUT.work/``. The library is written (atomically) only when all is done.
+    Onto a complete library of the same settings it is a no-op (it only times tables the file
+    lacks); onto one of other settings it refuses unless ``restart``. Either way the tables
+    added later with ``lana latency`` are kept (where the candidates are the same).
+
+    Raises:
+        ValueError: ``out`` holds a library (or a work directory) of other settings, and no
+            ``restart``; or bad settings.
     """
     out = Path(out)
+    done, later = _existing(out, config, restart)
+    if done is not None:
+        return done
     stages: dict[str, float] = {}
     with _timed(stages, "setup"):
         config, run = _setup(config, out, restart)
@@ -346,6 +433,7 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
     peak = _peak_memory_mb(run.device)
     records = _layer_records(run.ctx, losses, scores, tables)
     complete = _write(out, config, run, records, scores, tables, stages)
+    _carry_tables(out, later)
     if not keep_work:
         shutil.rmtree(run.work, ignore_errors=True)
     log.info("library %s written (%s): %d layers, %d candidates; peak memory %.0f MB", out,

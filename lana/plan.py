@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,9 @@ from lana.problem import TEACHER, Problem, load_problem, parse_budget, restrict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Plan", "SolveOptions", "solve_library", "solve_diverse", "pareto", "plot_pareto"]
+__all__ = ["Plan", "SolveOptions", "solve_library", "solve_diverse", "pareto", "plot_pareto", "verify_plan"]
+
+_REQUIRED = ("model", "choices", "predicted_latency_ms", "predicted_drop")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,23 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        """Reads plan JSON content; only the keys of ARCHITECTURE.md's example are required."""
+        """Reads plan JSON content; only the keys of ARCHITECTURE.md's example are required.
+
+        Raises:
+            ValueError: not a JSON object, a required key missing, or ``choices`` not ``{layer: spec}``.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a plan is a JSON object, not a {type(data).__name__}")
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ValueError(
+                f"the plan lacks {', '.join(missing)}: a plan holds at least {', '.join(_REQUIRED)} "
+                "(`lana solve LIB --budget 0.5x --out PLAN.json` writes one)"
+            )
+        if not isinstance(data["choices"], Mapping) or not data["choices"]:
+            raise ValueError(
+                'the plan\'s choices must be an object {"layer name": "candidate spec", ...}, one per layer'
+            )
         choices = tuple((str(layer), str(spec)) for layer, spec in data["choices"].items())
         per_layer = {
             key: tuple(float(data[key][layer]) for layer, _ in choices)
@@ -128,8 +147,25 @@ class Plan:
 
     @classmethod
     def load(cls, path) -> Plan:
-        """Reads a plan JSON file."""
-        return cls.from_json(Path(path).read_text())
+        """Reads a plan JSON file.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not plan JSON (the message names the file and what is wrong).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no plan file {path} (`lana solve LIB --budget 0.5x --out {path}` writes one)")
+        try:
+            return cls.from_json(path.read_text())
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{path} is not a plan: it is not text (a plan is the JSON of `lana solve --out`)"
+            ) from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a plan: not valid JSON ({error})") from None
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path} is not a valid plan: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -303,10 +339,87 @@ def plot_pareto(plans: Sequence[Plan], png_path) -> Path:
     return png_path
 
 
+def _plan_errors(plan: Plan, problem: Problem) -> list[str]:
+    """Everything about ``plan`` that does not fit the library ``problem`` was read from."""
+    errors = []
+    if plan.model != problem.model:
+        errors.append(f"it is a plan for {plan.model!r}, the library's teacher is {problem.model!r}")
+    named = [layer for layer, _ in plan.choices]
+    unknown = [layer for layer in named if layer not in problem.layers]
+    if unknown:
+        errors.append(f"it names layers the library does not have: {', '.join(unknown)}")
+    missing = [layer for layer in problem.layers if layer not in named]
+    if missing:
+        errors.append(f"it has no choice for layer(s) {', '.join(missing)} (a plan names every layer)")
+    twice = sorted({layer for layer in named if named.count(layer) > 1})
+    if twice:
+        errors.append(f"it names layer(s) {', '.join(twice)} more than once")
+    index = {name: i for i, name in enumerate(problem.layers)}
+    bad = [
+        f"{layer}: {spec}" for layer, spec in plan.choices if layer in index and spec not in problem.specs[index[layer]]
+    ]
+    if bad:
+        errors.append(f"it chooses candidates the library does not hold ({'; '.join(bad)})")
+    return errors
+
+
+def verify_plan(plan: Plan, path) -> Plan:
+    """``plan`` checked against the library at ``path`` before any work is done on it, with its
+    predictions (latency on every table, drop, params, MACs) recomputed from the library.
+
+    A plan edited by hand, or solved on another library, is refused with one message naming all
+    that does not fit; predictions that differ from the library's are replaced (and said so), so
+    that a student never carries stale ones.
+
+    Raises:
+        ValueError: another teacher, a layer missing, unknown or twice, an unknown candidate, or
+            a table or score kind the library does not have.
+        lana.library.LibraryError: the library is missing or damaged.
+    """
+    full = load_problem(path, allow_incomplete=True)
+    errors = _plan_errors(plan, full)
+    if errors:
+        raise ValueError(f"the plan does not fit {path}: " + "; ".join(errors))
+    problem = load_problem(path, plan.table or None, plan.score or None, allow_incomplete=True)
+    specs = plan.specs
+    choices = tuple((layer, specs[layer]) for layer in problem.layers)
+    choice = [problem.specs[l].index(spec) for l, (_, spec) in enumerate(choices)]
+    fresh = dataclasses.replace(
+        plan,
+        choices=choices,
+        table=problem.table,
+        score=problem.score,
+        predicted_latency_ms=problem.predicted_latency_ms(choice),
+        predicted_drop=problem.predicted_drop(choice),
+        latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
+        params=problem.total_params(choice),
+        macs=problem.total_macs(choice),
+        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
+        layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)),
+    )
+    stale = [
+        f"{what} {old:.6g} -> {new:.6g}"
+        for what, old, new in (
+            ("latency ms", plan.predicted_latency_ms, fresh.predicted_latency_ms),
+            ("drop", plan.predicted_drop, fresh.predicted_drop),
+        )
+        if not math.isclose(old, new, rel_tol=1e-6, abs_tol=1e-9)
+    ]
+    if stale:
+        log.warning("the plan's predictions differ from %s's (%s): the library's are kept", path, ", ".join(stale))
+    return fresh
+
+
 def _setup(path, options: SolveOptions):
     """Loads the problem, records the teacher's latencies (before --exclude may drop `teacher`)
     and restricts it; returns it with the run's settings."""
     full = load_problem(path, options.table, options.score, allow_incomplete=options.allow_incomplete)
+    unknown = [t for t in options.extra_budgets if t not in full.tables]
+    if unknown:
+        raise ValueError(
+            f"--extra-budget names table(s) {', '.join(unknown)} that {path} does not have; its tables are "
+            f"{', '.join(full.tables)} (`lana latency {path} TABLE` adds one)"
+        )
     for table in dict.fromkeys([full.table, *options.extra_budgets]):
         if table in full.noisy:
             log.warning("%s", full.noisy[table])
@@ -326,5 +439,6 @@ def _settings(problem: Problem, options: SolveOptions) -> dict[str, Any]:
         "library": problem.source,
         "noisy_tables": sorted(problem.noisy),
         "teacher_ms": {t: problem.teacher_ms(t) for t in problem.tables} if has_teacher else {},
+        "teacher_measured_ms": dict(problem.teacher_measured_ms),
         "lana_version": __version__,
     }

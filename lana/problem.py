@@ -39,6 +39,8 @@ class Problem:
         macs: per-layer multiply-accumulate counts.
         source: the library path it was read from.
         noisy: tables stored with ``noisy=True`` (:mod:`lana.noise`), with the warning to show.
+        teacher_measured_ms: table name -> the teacher timed whole when the table was made (what
+            ``x`` budgets do *not* multiply: see :func:`parse_budget`).
     """
 
     model: str
@@ -53,6 +55,7 @@ class Problem:
     macs: tuple[np.ndarray, ...] = ()
     source: str = ""
     noisy: Mapping[str, str] = field(default_factory=dict, hash=False)  # table -> why it is not trusted
+    teacher_measured_ms: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -90,16 +93,22 @@ class Problem:
 def parse_budget(budget: str | float, teacher_ms: float | None) -> float:
     """Turns a budget into milliseconds.
 
+    What ``x`` multiplies: the teacher's *predicted* latency on the budget's table (its fixed part
+    plus its own blocks' numbers), the very sum the ILP compares plans with, so that ``1x`` always
+    admits the teacher and a plan's ``0.5x`` is half of the same yardstick whatever the table's
+    bias. The table also holds the teacher timed whole when it was made (``lana info`` shows both,
+    and ``lana solve`` prints both beside the budget).
+
     Args:
-        budget: ``"0.5x"`` (a factor of the teacher's predicted latency), ``"3.2ms"`` or ``"3.2"``
-            or a number (milliseconds).
+        budget: ``"0.5x"`` (a factor of the teacher's predicted latency), ``"3.2ms"``, or a
+            number (milliseconds; a string needs its unit, ``"3.2"`` is refused as ambiguous).
         teacher_ms: the teacher's predicted latency on the budget's table; only needed for ``x``.
 
     Returns:
         The budget in ms, > 0.
 
     Raises:
-        ValueError: the budget is not understood or not positive.
+        ValueError: the budget is not understood, has no unit, or is not positive.
     """
     text = str(budget).strip().lower()
     relative = text.endswith("x")
@@ -108,14 +117,22 @@ def parse_budget(budget: str | float, teacher_ms: float | None) -> float:
         value = float(number)
     except ValueError:
         raise ValueError(
-            f"budget {budget!r} is not understood: give a factor of the teacher's "
+            f"budget {budget!r} is not understood: give a factor of the teacher's predicted "
             "latency such as 0.5x, or milliseconds such as 3.2ms"
         ) from None
+    if isinstance(budget, str) and not relative and not text.endswith("ms"):
+        raise ValueError(
+            f"budget {budget!r} has no unit: write {number}ms for milliseconds or {number}x for a factor of "
+            "the teacher's predicted latency"
+        )
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"budget {budget!r} must be a positive number")
+        raise ValueError(f"budget {budget!r} must be positive: 0.5x (half the teacher's latency) or 3.2ms")
     if relative:
         if teacher_ms is None:
-            raise ValueError(f"budget {budget!r} is relative, but the teacher's latency is unknown")
+            raise ValueError(
+                f"budget {budget!r} is relative, but the library has no teacher candidate in every layer to "
+                "measure it by: give the budget in ms"
+            )
         return value * teacher_ms
     return value
 
@@ -174,6 +191,7 @@ def load_problem(
         macs=tuple(_frozen(np.asarray(r.cand_macs, dtype=np.int64)) for r in records),
         source=str(path),
         noisy={t: warning for t in tables if (warning := describe(t, library.tables[t]))},
+        teacher_measured_ms={t: float(a["teacher_ms"]) for t, a in library.tables.items() if "teacher_ms" in a},
     )
 
 

@@ -116,10 +116,14 @@ def assemble(library: str | os.PathLike, plan: Plan | str | os.PathLike, ctx=Non
 
     Args:
         ctx: a :func:`lana.context.context_from_library` of ``library``, to reuse loaded weights.
+
+    Raises:
+        ValueError: the plan does not fit the library (:func:`lana.plan.verify_plan`).
     """
     from lana.context import context_from_library
+    from lana.plan import verify_plan
 
-    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    plan = verify_plan(plan if isinstance(plan, Plan) else Plan.load(plan), library)
     ctx = ctx or context_from_library(library)
     return student_from_context(ctx, plan)
 
@@ -183,7 +187,7 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
     images it names, which are loaded from their data set.
     """
     from lana.candidates import build_candidate, float_parent
-    from lana.layers import Layer, replace_layer
+    from lana.layers import Layer, get_layer, replace_layer
     from lana.teacher import create_model, load_state_file
 
     directory = Path(directory)
@@ -200,7 +204,9 @@ def load_student(directory: str | os.PathLike) -> nn.Module:
         layer = Layer(
             a["name"], a["kind"], tuple(a["in_shape"]), tuple(a["out_shape"]), a["stride"], a["params"], a["macs"]
         )
-        replace_layer(model, name, build_candidate(spec, layer))
+        # slim_* are cut from the teacher's block: their shapes follow from its architecture alone
+        # (lana.candidates.slim), so the untrained model's block gives them; the weights follow
+        replace_layer(model, name, build_candidate(spec, layer, teacher_block=get_layer(model, name)))
     state = load_state_file(directory / "student.safetensors")
     model.load_state_dict(state, strict=True)
     if config.get("int8_layers"):

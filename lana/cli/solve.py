@@ -1,8 +1,8 @@
 """``lana solve`` and ``lana pareto``: parse, call `lana.plan`, print. No torch is imported.
 
-Exit codes: 0 done; 1 bad input (unknown table, pattern matching nothing, unreadable file);
-2 infeasible budget, with the minimum achievable latency and the binding constraint on stderr
-(argparse's usage errors are 2 as well).
+Exit codes (``lana.cli.options.EXIT_CODES``): 0 done; 1 bad input (unknown table, pattern
+matching nothing, unreadable file); 2 usage (argparse); 4 infeasible budget, with the minimum
+achievable latency and the binding constraint on stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from lana.cli.options import subcommand
+from lana.cli.options import EXIT_BAD_INPUT, EXIT_INFEASIBLE, subcommand
 
 __all__ = ["add_parsers", "run_solve", "run_pareto", "parse_budgets", "solve_options", "main"]
 
@@ -38,7 +38,10 @@ def add_solve_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("library", help="the library .h5 file")
     parser.add_argument(
-        "--budget", required=True, help="0.5x (of the teacher's predicted latency on the table) or 3.2ms"
+        "--budget",
+        required=True,
+        help="0.5x: a factor of the teacher's predicted latency on the table (fixed part + its blocks, the sum "
+        "the ILP compares plans with; lana info shows it beside the teacher measured whole), or 3.2ms",
     )
     _add_common(parser)
     parser.add_argument(
@@ -167,7 +170,7 @@ def run_pareto(args) -> int:
         budgets = parse_budgets(args.budgets)
     except ValueError as exc:
         print(f"lana pareto: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     plans = _guarded("pareto", lambda: pareto(args.library, budgets, solve_options(args)))
     if isinstance(plans, int):
         return plans
@@ -234,24 +237,27 @@ def solve_options(args):
 
 
 def _guarded(command: str, call):
-    """Runs ``call``; maps an infeasible budget to exit code 2, bad input to 1."""
+    """Runs ``call``; maps an infeasible budget to exit code 4, bad input to 1."""
     from lana.solver import InfeasibleBudget, SolverError
 
     try:
         return call()
     except InfeasibleBudget as exc:
         print(f"lana {command}: infeasible: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INFEASIBLE
     except (ValueError, KeyError, OSError, SolverError) as exc:
         print(f"lana {command}: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
 
 
 def _print_plan(plan) -> None:
     teacher = plan.config.get("teacher_ms", {}).get(plan.table)
-    relative = f" ({plan.budget_ms / teacher:.3f}x of the teacher's {teacher:.4f} ms)" if teacher else ""
+    measured = plan.config.get("teacher_measured_ms", {}).get(plan.table)
+    relative = f" ({plan.budget_ms / teacher:.3f}x of the teacher's predicted {teacher:.4f} ms" if teacher else ""
+    if teacher and measured:
+        relative += f"; the teacher measured whole {measured:.4f} ms when the table was made"
     print(f"{plan.model} on {plan.table}, score {plan.score}, solver {plan.solver}")
-    print(f"budget {plan.budget_ms:.4f} ms{relative}")
+    print(f"budget {plan.budget_ms:.4f} ms{relative + ')' if relative else ''}")
     width = max([len("layer")] + [len(layer) for layer, _ in plan.choices])
     spec_width = max([len("spec")] + [len(spec) for _, spec in plan.choices])
     print(f"{'layer':<{width}}  {'spec':<{spec_width}}  {'latency_ms':>10}  {'score':>12}")

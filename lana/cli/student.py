@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from lana.cli.options import DEVICES, add_build_options, add_model_options, add_run_options, build_config, subcommand
+from lana.cli.options import (
+    DEVICES,
+    EXIT_BUDGET_NOT_MET,
+    add_build_options,
+    add_model_options,
+    add_run_options,
+    build_config,
+    subcommand,
+)
 
 __all__ = ["add_parsers"]
 
@@ -12,11 +20,11 @@ def _cmd_assemble(args) -> int:
     from lana.data import load_dataset
     from lana.finetune import finetune
     from lana.library import Library
-    from lana.plan import Plan
+    from lana.plan import Plan, verify_plan
     from lana.student import save_student, student_from_context
 
+    plan = verify_plan(Plan.load(args.plan), args.library)  # before any work: one message for all that is wrong
     ctx = context_from_library(args.library)
-    plan = Plan.load(args.plan)
     # float: fine-tuning needs it, and save_student keeps float weights (load_student quantizes int8 layers)
     student = student_from_context(ctx, plan, float_only=True)
     if args.finetune_epochs > 0:
@@ -59,7 +67,7 @@ def _cmd_accelerate(args) -> int:
     report = accelerate(config, args.out)
     print(format_report(report))
     print(f"report: {args.out}/report.json")
-    return 0 if report["budget_met"] else 3
+    return 0 if report["budget_met"] else EXIT_BUDGET_NOT_MET
 
 
 def _add_accelerate(sub) -> None:
@@ -67,7 +75,9 @@ def _add_accelerate(sub) -> None:
     add_model_options(p)
     add_run_options(p)
     add_build_options(p, epochs_flag="--build-epochs")
-    p.add_argument("--budget", required=True, help="0.5x (of the teacher's latency) or 3.2ms")
+    p.add_argument(
+        "--budget", required=True, help="0.5x (a factor of the teacher's predicted latency on the table) or 3.2ms"
+    )
     p.add_argument("--table", default=None, help="latency table the budget refers to (default: the library's first)")
     p.add_argument("--library", default=None, help="library file (default OUT/library.h5; reused when it matches)")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="KD fine-tuning epochs of the student")

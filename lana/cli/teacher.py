@@ -55,7 +55,7 @@ def _add_candidates(sub) -> None:
     p.add_argument(
         "--space", default="default", help="tiny, compact, default, full, or patterns like 'ir_k3_*,dw_*,id'"
     )
-    p.add_argument("--img-size", type=int, default=224, help="input side in pixels")
+    p.add_argument("--img-size", type=int, default=32, help="input side in pixels (as lana build takes it)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the model's head")
     p.set_defaults(func=_cmd_candidates)
 

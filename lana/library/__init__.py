@@ -10,7 +10,7 @@ from a library (teacher, candidates) are built in :mod:`lana.context`.
 from lana.library.file import FORMAT, FORMAT_VERSION, LibraryError, attr_value
 from lana.library.info import format_info, read_info
 from lana.library.reader import LayerRecord, Library
-from lana.library.writer import write_latency_table, write_library
+from lana.library.writer import write_latency_table, write_library, write_scores
 
 __all__ = [
     "FORMAT",
@@ -23,4 +23,5 @@ __all__ = [
     "read_info",
     "write_latency_table",
     "write_library",
+    "write_scores",
 ]

@@ -55,7 +55,10 @@ def read_info(path: str | os.PathLike) -> dict:
         "teacher": root.get("teacher", {}),
         "config": root.get("config", {}),
         "stages": root.get("stages", {}),
-        "default_score": root.get("default_score"),
+        "default_score": library.default_score(),
+        "calibrations": {
+            k: {key: v for key, v in c.items() if key != "samples"} for k, c in library.calibrations.items()
+        },
         "layers": layers,
         "latency_tables": tables,
     }
@@ -72,6 +75,19 @@ def _noise_text(table: dict) -> str:
     return f"; noise: others {'?' if others is None else f'{others:.2f}'} cores, drift {noise.get('teacher_drift_pct', 0):.1f}%"
 
 
+def _teacher_predicted_ms(info: dict, table: dict) -> float | None:
+    """The teacher's predicted latency on ``table`` (fixed part + its own blocks): what budgets in
+    ``x`` multiply; None when a layer has no timed ``teacher`` candidate."""
+    total = table.get("fixed_ms")
+    for layer in info["layers"]:
+        own = next((c for c in layer["candidates"] if c["spec"] == "teacher"), None)
+        value = own["latency_ms"].get(table["name"]) if own else None
+        if value is None or total is None:
+            return None
+        total += value
+    return total
+
+
 def format_info(info: dict) -> str:
     """A human table of :func:`read_info`'s data."""
     t = info["teacher"]
@@ -81,10 +97,19 @@ def format_info(info: dict) -> str:
         f"space={info['config'].get('space')}  dataset={info['config'].get('dataset')}",
     ]
     for table in info["latency_tables"]:
+        predicted = _teacher_predicted_ms(info, table)
         lines.append(
             f"latency table {table['name']}: {table.get('device')}/{table.get('backend')} batch {table.get('batch_size')}, "
-            f"fixed {table.get('fixed_ms', float('nan')):.3f} ms, teacher {table.get('teacher_ms', float('nan')):.3f} ms"
+            f"fixed {table.get('fixed_ms', float('nan')):.3f} ms, teacher "
+            + (f"predicted {predicted:.3f} ms (what 1x means) / " if predicted is not None else "")
+            + f"measured whole {table.get('teacher_ms', float('nan')):.3f} ms"
             + _noise_text(table)
+        )
+    for kind, made in (info.get("calibrations") or {}).items():
+        lines.append(
+            f"score {kind}: calibrated from {made.get('base')} on {made.get('samples')} whole students; Spearman on "
+            f"{made.get('held_out')} held-out plans {made.get('spearman_one_swap', float('nan')):.3f} (one-swap sum) -> "
+            f"{made.get('spearman_calibrated', float('nan')):.3f} (calibrated); the default score"
         )
     score = info.get("default_score") or "kl"
     table = info["latency_tables"][0]["name"] if info["latency_tables"] else None

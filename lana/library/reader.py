@@ -292,10 +292,16 @@ class Library:
         records = self.layers()
         return sorted(set.intersection(*(set(r.scores) for r in records))) if records else []
 
+    @property
+    def calibrations(self) -> dict:
+        """Score kinds fitted on whole students (``lana calibrate``): kind -> how it was made."""
+        return dict(self.attrs.get("calibrations") or {})
+
     def default_score(self, kinds: Iterable[str] | None = None) -> str | None:
-        """The build's ``default_score`` when present, else ``kl``, else the first kind."""
+        """A calibrated kind when present (``lana calibrate``), else the build's ``default_score``,
+        else ``kl``, else the first kind."""
         kinds = list(self.score_kinds() if kinds is None else kinds)
-        for kind in (self.config.get("default_score"), self.attrs.get("default_score"), "kl"):
+        for kind in (*self.calibrations, self.config.get("default_score"), self.attrs.get("default_score"), "kl"):
             if kind in kinds:
                 return kind
         return kinds[0] if kinds else None

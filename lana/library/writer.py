@@ -103,6 +103,29 @@ def _write_table_attrs(group: h5py.Group, table: Mapping) -> None:
             g.attrs[key] = encode_attr(value)
 
 
+def _check_per_candidate(path, values_per_layer: Sequence, what: str, unit: str) -> None:
+    """Raise unless there is one value per candidate of every layer (the library's order); reading
+    the library first also checks the header and every dataset the edit keeps."""
+    records = Library(path).layers()
+    if len(records) != len(values_per_layer):
+        raise LibraryError(f"{what} has {len(values_per_layer)} layers, the library {len(records)}")
+    for record, values in zip(records, values_per_layer):
+        if len(values) != len(record.specs):
+            raise LibraryError(
+                f"{what}: layer {record.name} has {len(record.specs)} candidates, got {len(values)} {unit}"
+            )
+
+
+def _layer_groups(f: h5py.File) -> list[h5py.Group]:
+    return [f["layers"][key] for key in sorted(f["layers"], key=int)]
+
+
+def _replace(group: h5py.Group, name: str, values) -> None:
+    if name in group:
+        del group[name]
+    group.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+
+
 def write_latency_table(path: str | os.PathLike, table: Mapping, latency_ms: Sequence, spread_ms: Sequence) -> None:
     """Add (or replace) a named latency table in an existing library, atomically.
 
@@ -114,24 +137,31 @@ def write_latency_table(path: str | os.PathLike, table: Mapping, latency_ms: Seq
     Raises:
         LibraryError: the library is damaged, or the table's shape is not the library's.
     """
-    library = Library(path)  # checks the header and every dataset the edit keeps
-    records = library.layers()
     name = table["name"]
-    if len(records) != len(latency_ms):
-        raise LibraryError(f"table {name!r} has {len(latency_ms)} layers, the library {len(records)}")
-    for record, values in zip(records, latency_ms):
-        if len(values) != len(record.specs):
-            raise LibraryError(
-                f"table {name!r}: layer {record.name} has {len(record.specs)} candidates, got {len(values)} times"
-            )
+    _check_per_candidate(path, latency_ms, f"table {name!r}", "times")
     with open_for_write(path, copy_from=path) as f:
-        keys = sorted(f["layers"], key=int)
-        for key, values, spread in zip(keys, latency_ms, spread_ms):
-            g = f["layers"][key]
-            for sub, data in (("latency", values), ("latency_spread", spread)):
-                if f"{sub}/{name}" in g:
-                    del g[f"{sub}/{name}"]
-                g.create_dataset(f"{sub}/{name}", data=np.asarray(data, dtype=np.float64))
+        for g, values, spread in zip(_layer_groups(f), latency_ms, spread_ms):
+            _replace(g, f"latency/{name}", values)
+            _replace(g, f"latency_spread/{name}", spread)
         _write_table_attrs(f.require_group("latency_tables"), {**table, "created": _now()})
         stages = attr_value(f.attrs.get("stages", "{}")) or {}
         f.attrs["complete"] = bool(stages.get("distill") and stages.get("score"))
+
+
+def write_scores(path: str | os.PathLike, kind: str, scores: Sequence, info: Mapping) -> None:
+    """Add (or replace) score kind ``kind`` in every layer of an existing library, atomically,
+    with what made it in the root attribute ``calibrations[kind]``.
+
+    Args:
+        scores: per layer, one value per candidate, in the library's spec order.
+        info: JSON-able record of how the scores were made (samples, fit, correlations).
+
+    Raises:
+        LibraryError: the library is damaged, or the scores' shape is not the library's.
+    """
+    _check_per_candidate(path, scores, f"score kind {kind!r}", "scores")
+    with open_for_write(path, copy_from=path) as f:
+        for g, values in zip(_layer_groups(f), scores):
+            _replace(g, f"scores/{kind}", values)
+        calibrations = attr_value(f.attrs.get("calibrations", "{}")) or {}
+        f.attrs["calibrations"] = encode_attr({**calibrations, kind: dict(info)})
