@@ -106,3 +106,27 @@ def test_finetune_leaves_the_teacher_trainable_and_unchanged(tiny_library):
     )
     assert all(p.requires_grad for p in ctx.teacher.parameters()), "copies assembled later must stay trainable"
     assert all(torch.equal(v, ctx.teacher.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_closed_loop_bisects_back_toward_the_budget_after_a_miss(monkeypatch):
+    """A plan mispredicted by 50% must not cost the rest of the budget: after the miss, the loop
+    bisects the solve target and keeps the best plan that measured within the budget."""
+    from types import SimpleNamespace
+
+    import lana.accelerate as acc
+
+    def plan_at(target):  # the ILP's plan at a target: predicted just under it, drop falls with time
+        return Plan("m", (("l", f"p{target:.3f}"),), 0.99 * target, 10 / target, budget_ms=target)
+
+    def measured(ctx, plan, table, b):  # plans predicted over 7 ms hold a candidate timed 50% too fast
+        return plan.predicted_latency_ms * (1.5 if plan.predicted_latency_ms > 7 else 0.98)
+
+    monkeypatch.setattr(acc, "_measured_ms", measured)
+    monkeypatch.setattr(acc, "_resolve", lambda library, target, solve: plan_at(target))
+    library = SimpleNamespace(table_noise=lambda table: 0.03)
+    config = SimpleNamespace(build=None)
+    plan, rounds = acc._meet_budget(config, library, None, plan_at(9.25), SimpleNamespace(table="t"))
+    assert len(rounds) == 5 and rounds[0]["measured_ms"] > 9.25 * 1.03
+    met = [r for r in rounds if r["measured_ms"] <= 9.25 * 1.03]
+    assert plan.predicted_latency_ms == pytest.approx(max(r["predicted_ms"] for r in met))
+    assert 6.9 < plan.predicted_latency_ms < 7.0  # not the 6.2 ms plan the first tightening found
