@@ -137,14 +137,31 @@ def _library_plans(run, budget: str, lana: dict) -> None:
             log.warning("%s %s: %s", budget, method, error)
 
 
+def _search(w) -> dict:
+    """The latency bisection's settings of workload ``w`` (:func:`bench.baselines.match_latency`)."""
+    return {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
+
+
+def _rebuild(build):
+    """``rebuild(row, folder)`` for run.cached: the same knob rebuilds the same architecture (pruning
+    by magnitude, slimming by importance are deterministic), then the saved weights load."""
+    from lana.teacher import load_state_file
+
+    def load(row: dict, folder: Path):
+        model = build(row["match"]["knob"])
+        model.load_state_dict(load_state_file(folder / "model.safetensors"))
+        return model
+
+    return load
+
+
 def _matched_baselines(run, budget: str, lana: dict, target) -> None:
     """Torch-Pruning and the sibling, each bisected to the measured latency of lana's student."""
     from bench.baselines import match_latency, prune_model, sibling_model
-    from lana.teacher import load_state_file, save_state
+    from lana.teacher import save_state
     from lana.train import Recipe
 
-    w, classes = run.w, len(run.test_set.classes)
-    search = {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
+    w, classes, search = run.w, len(run.test_set.classes), _search(run.w)
     build = {
         "prune": lambda ratio: prune_model(run.teacher, ratio, w.input_shape),
         "sibling": lambda width: sibling_model(w.sibling, width, classes),
@@ -186,17 +203,8 @@ def _matched_baselines(run, budget: str, lana: dict, target) -> None:
             "sibling": f"{w.sibling} x{match.knob:.3f}",
         }, model
 
-    def rebuild(method: str):
-        def load(row: dict, folder: Path):
-            # the same knob rebuilds the same architecture (pruning by magnitude is deterministic)
-            model = build[method](row["match"]["knob"])
-            model.load_state_dict(load_state_file(folder / "model.safetensors"))
-            return model
-
-        return load
-
     for method, make in (("prune", make_pruned), ("sibling", make_sibling)):
-        run.cached(budget, method, make, rebuild(method), depends={"lana": lana["plan"]})
+        run.cached(budget, method, make, _rebuild(build[method]), depends={"lana": lana["plan"]})
 
 
 def _uniform_slim(run, budget: str, lana: dict, target) -> None:
@@ -204,10 +212,9 @@ def _uniform_slim(run, budget: str, lana: dict, target) -> None:
     refitted by least squares on the library's number of images, then fine-tuned like lana's."""
     from bench.baselines import least_squares_blocks, match_latency, uniform_slim_model
     from lana.distill import DistillConfig
-    from lana.teacher import load_state_file, save_state
+    from lana.teacher import save_state
 
-    w = run.w
-    search = {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
+    w, search = run.w, _search(run.w)
 
     def build(width: float):
         return uniform_slim_model(run.teacher, width, w.input_shape)
@@ -232,12 +239,7 @@ def _uniform_slim(run, budget: str, lana: dict, target) -> None:
             "ls_start": {name: [round(a, 5), round(b, 5)] for name, (a, b) in fits.items()},
         }, model
 
-    def rebuild(row: dict, folder: Path):
-        model = build(row["match"]["knob"])
-        model.load_state_dict(load_state_file(folder / "model.safetensors"))
-        return model
-
-    run.cached(budget, "uniform_slim", make, rebuild, depends={"lana": lana["plan"]})
+    run.cached(budget, "uniform_slim", make, _rebuild(build), depends={"lana": lana["plan"]})
 
 
 def _measure_all(run) -> dict:

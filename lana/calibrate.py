@@ -260,7 +260,8 @@ def calibrate(path, config: CalibrationConfig | None = None) -> CalibrationResul
     plans = sample_plans(problem, count, config.seed)
     drops = _measure(ctx, problem, plans, data, device, teacher_top1)
     held = np.random.default_rng(config.seed).permutation(len(plans))[: max(3, int(config.holdout * len(plans)))]
-    fit_rows = [i for i in range(len(plans)) if i not in set(held)]
+    held_out = set(held.tolist())
+    fit_rows = [i for i in range(len(plans)) if i not in held_out]
     scores, _ = fit_calibration(problem, [plans[i] for i in fit_rows], [drops[i] for i in fit_rows], config.seed)
     predicted = [sum(scores[l][c] for l, c in enumerate(plans[i])) for i in held]
     one_swap = [problem.predicted_drop(plans[i]) for i in held]
@@ -269,7 +270,7 @@ def calibrate(path, config: CalibrationConfig | None = None) -> CalibrationResul
     scores, fit = fit_calibration(problem, plans, drops, config.seed)  # the stored one sees every sample
     result = CalibrationResult(CALIBRATED, base, len(plans), len(fit_rows), len(held), rho_one, rho_cal,
                                fit["ridge"], fit["beta"], time.perf_counter() - start, build_s)  # fmt: skip
-    samples = [{"plan": list(map(int, p)), "drop": float(d), "held_out": bool(i in set(held))}
+    samples = [{"plan": list(map(int, p)), "drop": float(d), "held_out": i in held_out}
                for i, (p, d) in enumerate(zip(plans, drops))]  # fmt: skip
     write_scores(path, CALIBRATED, scores, {**asdict(result), "fit": fit, "config": asdict(config),
                                            "teacher_top1": teacher_top1, "samples": samples})  # fmt: skip

@@ -195,13 +195,10 @@ class CudaMeter(TorchMeter):
 
 
 @dataclass(frozen=True)
-class OnnxRuntimeMeter(LatencyMeter):
-    """ONNX Runtime on CPU: the module is exported to ONNX in memory, then a session is timed.
-
-    Export uses the TorchScript exporter (``dynamo=False``): it is ~15x faster than the dynamo
-    exporter here (0.35 s vs 6 s for resnet18) and every candidate block is traced. Sessions use
-    all graph optimisations, sequential execution and ``threads`` intra-op threads.
-    """
+class _ExportedMeter(LatencyMeter):
+    """What the CPU runtimes share: the module exported to ONNX (:func:`_onnx_bytes`) at a fixed
+    random input, ``threads`` threads, ``repeats`` timed calls after ``warmup``; a graph, so
+    blocks are timed alone (``eager`` False)."""
 
     batch_size: int = 1
     threads: int | None = None
@@ -209,14 +206,28 @@ class OnnxRuntimeMeter(LatencyMeter):
     warmup: int = _DEFAULT_WARMUP
     opset: int = 17
 
-    backend = "onnxruntime"
     device = "cpu"
     eager = False
+
+    def _input(self, input_shape: Sequence[int]) -> torch.Tensor:
+        return torch.randn((self.batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeMeter(_ExportedMeter):
+    """ONNX Runtime on CPU: the module is exported to ONNX in memory, then a session is timed.
+
+    Export uses the TorchScript exporter (``dynamo=False``): it is ~15x faster than the dynamo
+    exporter here (0.35 s vs 6 s for resnet18) and every candidate block is traced. Sessions use
+    all graph optimisations, sequential execution and ``threads`` intra-op threads.
+    """
+
+    backend = "onnxruntime"
 
     def __call__(self, module: nn.Module, input_shape: Sequence[int]) -> Timing:
         import onnxruntime
 
-        x = torch.randn((self.batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
+        x = self._input(input_shape)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads or _all_cores()
         options.inter_op_num_threads = 1
@@ -231,27 +242,19 @@ class OnnxRuntimeMeter(LatencyMeter):
 
 
 @dataclass(frozen=True)
-class OpenVinoMeter(LatencyMeter):
+class OpenVinoMeter(_ExportedMeter):
     """OpenVINO on CPU: the module is exported to ONNX (as for ONNX Runtime), read and compiled by
     OpenVINO with the latency hint, one stream and ``threads`` inference threads; one infer
     request is timed, as a deployed batch-``batch_size`` service would call it."""
 
-    batch_size: int = 1
-    threads: int | None = None
-    repeats: int = _DEFAULT_REPEATS
-    warmup: int = _DEFAULT_WARMUP
-    opset: int = 17
-
     backend = "openvino"
-    device = "cpu"
-    eager = False
 
     def __call__(self, module: nn.Module, input_shape: Sequence[int]) -> Timing:
         import tempfile
 
         import openvino
 
-        x = torch.randn((self.batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
+        x = self._input(input_shape)
         core = openvino.Core()
         with tempfile.TemporaryDirectory() as folder:  # OpenVINO reads ONNX from a file
             path = os.path.join(folder, "model.onnx")

@@ -37,7 +37,16 @@ from lana.problem import TEACHER, Problem, load_problem, parse_budget, restrict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Plan", "SolveOptions", "solve_library", "solve_diverse", "pareto", "plot_pareto", "verify_plan"]
+__all__ = [
+    "Plan",
+    "SolveOptions",
+    "solve_library",
+    "solve_diverse",
+    "pareto",
+    "plot_pareto",
+    "plan_errors",
+    "verify_plan",
+]
 
 _REQUIRED = ("model", "choices", "predicted_latency_ms", "predicted_drop")
 
@@ -339,25 +348,25 @@ def plot_pareto(plans: Sequence[Plan], png_path) -> Path:
     return png_path
 
 
-def _plan_errors(plan: Plan, problem: Problem) -> list[str]:
-    """Everything about ``plan`` that does not fit the library ``problem`` was read from."""
+def plan_errors(plan: Plan, layers: Sequence[str], specs: Sequence[Sequence[str]], model: str | None = None,
+                complete: bool = True) -> list[str]:  # fmt: skip
+    """Everything about ``plan`` that does not fit a library of ``layers`` with candidates
+    ``specs`` (and teacher ``model``, when given); ``complete``: every layer must be named."""
     errors = []
-    if plan.model != problem.model:
-        errors.append(f"it is a plan for {plan.model!r}, the library's teacher is {problem.model!r}")
+    if model is not None and plan.model != model:
+        errors.append(f"it is a plan for {plan.model!r}, the library's teacher is {model!r}")
     named = [layer for layer, _ in plan.choices]
-    unknown = [layer for layer in named if layer not in problem.layers]
+    unknown = [layer for layer in named if layer not in layers]
     if unknown:
         errors.append(f"it names layers the library does not have: {', '.join(unknown)}")
-    missing = [layer for layer in problem.layers if layer not in named]
-    if missing:
+    missing = [layer for layer in layers if layer not in named]
+    if complete and missing:
         errors.append(f"it has no choice for layer(s) {', '.join(missing)} (a plan names every layer)")
     twice = sorted({layer for layer in named if named.count(layer) > 1})
     if twice:
         errors.append(f"it names layer(s) {', '.join(twice)} more than once")
-    index = {name: i for i, name in enumerate(problem.layers)}
-    bad = [
-        f"{layer}: {spec}" for layer, spec in plan.choices if layer in index and spec not in problem.specs[index[layer]]
-    ]
+    index = {name: i for i, name in enumerate(layers)}
+    bad = [f"{layer}: {spec}" for layer, spec in plan.choices if layer in index and spec not in specs[index[layer]]]
     if bad:
         errors.append(f"it chooses candidates the library does not hold ({'; '.join(bad)})")
     return errors
@@ -368,7 +377,8 @@ def verify_plan(plan: Plan, path) -> Plan:
     predictions (latency on every table, drop, params, MACs) recomputed from the library.
 
     A plan edited by hand, or solved on another library, is refused with one message naming all
-    that does not fit; predictions that differ from the library's are replaced (and said so), so
+    that does not fit (a table or score kind the library lacks is named on its own, by the one
+    read of the library); predictions that differ from the library's are replaced (and said so), so
     that a student never carries stale ones.
 
     Raises:
@@ -376,11 +386,10 @@ def verify_plan(plan: Plan, path) -> Plan:
             a table or score kind the library does not have.
         lana.library.LibraryError: the library is missing or damaged.
     """
-    full = load_problem(path, allow_incomplete=True)
-    errors = _plan_errors(plan, full)
+    problem = load_problem(path, plan.table or None, plan.score or None, allow_incomplete=True)
+    errors = plan_errors(plan, problem.layers, problem.specs, problem.model)
     if errors:
         raise ValueError(f"the plan does not fit {path}: " + "; ".join(errors))
-    problem = load_problem(path, plan.table or None, plan.score or None, allow_incomplete=True)
     specs = plan.specs
     choices = tuple((layer, specs[layer]) for layer in problem.layers)
     choice = [problem.specs[l].index(spec) for l, (_, spec) in enumerate(choices)]

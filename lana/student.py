@@ -40,15 +40,13 @@ log = logging.getLogger(__name__)
 
 
 def _check_plan(plan: Plan, layer_names: list[str], specs: list[list[str]]) -> None:
-    unknown = [layer for layer, _ in plan.choices if layer not in layer_names]
-    if unknown:
-        raise ValueError(
-            f"plan names layers the library does not have: {', '.join(unknown)}; layers are {', '.join(layer_names)}"
-        )
-    index = {name: i for i, name in enumerate(layer_names)}
-    bad = [f"{layer}: {spec}" for layer, spec in plan.choices if spec not in specs[index[layer]]]
-    if bad:
-        raise ValueError(f"plan chooses candidates the library does not hold: {'; '.join(bad)}")
+    """The checks of :func:`lana.plan.plan_errors`, a partial plan allowed (unnamed layers keep
+    the teacher's block)."""
+    from lana.plan import plan_errors
+
+    errors = plan_errors(plan, layer_names, specs, complete=False)
+    if errors:
+        raise ValueError("the plan does not fit the library: " + "; ".join(errors))
 
 
 def int8_layers(plan: Plan) -> list[str]:
