@@ -178,9 +178,10 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
         log.info(
             "student measured %.3f ms against a budget of %.3f ms: solving at %.3f ms", measured, budget_ms, target
         )
-        plan = _resolve(library, target, solve)
-        if plan is None:
+        tighter = _resolve(library, target, solve)
+        if tighter is None:  # nothing is predicted that fast: keep what was measured
             break
+        plan = tighter
     return best or plan, rounds
 
 

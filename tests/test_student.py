@@ -130,3 +130,16 @@ def test_the_closed_loop_bisects_back_toward_the_budget_after_a_miss(monkeypatch
     met = [r for r in rounds if r["measured_ms"] <= 9.25 * 1.03]
     assert plan.predicted_latency_ms == pytest.approx(max(r["predicted_ms"] for r in met))
     assert 6.9 < plan.predicted_latency_ms < 7.0  # not the 6.2 ms plan the first tightening found
+
+
+def test_the_closed_loop_keeps_the_last_plan_when_nothing_faster_exists(monkeypatch):
+    from types import SimpleNamespace
+
+    import lana.accelerate as acc
+
+    first = Plan("m", (("l", "slow"),), 9.0, 1.0, budget_ms=9.25)
+    monkeypatch.setattr(acc, "_measured_ms", lambda ctx, plan, table, b: 13.5)  # always over budget
+    monkeypatch.setattr(acc, "_resolve", lambda library, target, solve: None)  # infeasible when tightened
+    library = SimpleNamespace(table_noise=lambda table: 0.03)
+    plan, rounds = acc._meet_budget(SimpleNamespace(build=None), library, None, first, SimpleNamespace(table="t"))
+    assert plan is first and len(rounds) == 1
