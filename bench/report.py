@@ -138,6 +138,13 @@ def _stages_table(result: dict) -> list[str]:
     note = "cached" if library["cached"] else "this run"
     for stage, seconds in library["stages_s"].items():
         lines.append(f"| library: {stage} | {seconds:.0f} | {note} |")
+    cal = library.get("calibration")
+    if cal:
+        share = 100 * cal["seconds"] / cal["build_seconds"] if cal["build_seconds"] else float("nan")
+        lines.append(
+            f"| library: calibrate | {cal['seconds']:.0f} | {'cached' if cal['cached'] else 'this run'}, "
+            f"{cal['samples']} whole students, {share:.0f}% of the build |"
+        )
     for budget, info in result["budgets"].items():
         lana = _by(result, "lana", budget)
         if lana is None:
@@ -240,6 +247,15 @@ def findings(result: dict) -> list[str]:
             f"The {corr['score']} score ranks the pre-fine-tune accuracy drop of {corr['n']} library plans with "
             f"Spearman ρ = {_num(rho)} ({strength}), on {corr['images']} test images."
         )
+    cal = result["library"].get("calibration")
+    if cal:
+        out.append(
+            f"Calibration (`lana calibrate`, issue 15): {cal['samples']} whole students assembled from the library, "
+            f"{cal['held_out']} of them kept out of the fit; Spearman between predicted and measured drop on those: "
+            f"one-swap sum ({cal['base']}) {_num(cal['spearman_one_swap'])}, calibrated ({cal['kind']}) "
+            f"{_num(cal['spearman_calibrated'])}, on the score split; it took {cal['seconds']:.0f} s, "
+            f"{100 * cal['seconds'] / max(cal['build_seconds'], 1e-9):.0f}% of the library's build."
+        )
     for t, e in result["additivity"].items():
         out.append(
             f"Latency model on {t}: the library's predictions are off by {e['median_abs_pct']:.1f}% (median; "
@@ -250,7 +266,7 @@ def findings(result: dict) -> list[str]:
 
 
 def goals(results: list[dict]) -> list[str]:
-    """The goals (issues 8 and 14) as a table: met or not, with the numbers behind each verdict."""
+    """The goals (issues 8, 14 and 15) as a table: met or not, with the numbers behind each verdict."""
     lines = ["| goal | workload | result | met |", "|---|---|---|---|"]
     for result in results:
         w = result["workload"]
@@ -269,13 +285,26 @@ def goals(results: list[dict]) -> list[str]:
                 f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {margin:+.2f} "
                 f"(vs {best['method']}) | {'yes' if margin >= 1 else 'no'} |"
             )
-        for method in ("greedy", "uniform_slim"):
+        for method in ("greedy", "random", "uniform_slim"):
             pairs = [(budget, _by(result, "lana", budget), _by(result, method, budget)) for budget in w["budgets"]]
             pairs = [(b, lana, other) for b, lana, other in pairs if lana and other]
             if pairs:
                 text = ", ".join(f"{b}: {lana['top1'] - other['top1']:+.2f}" for b, lana, other in pairs)
                 met = all(lana["top1"] >= other["top1"] for _, lana, other in pairs)
                 lines.append(f"| lana ≥ {method} at every budget | {w['name']} | {text} | {'yes' if met else 'no'} |")
+        cal = result["library"].get("calibration")
+        if cal:
+            target = 0.8 if w["pretrained"] else 0.9  # issue 15: W2's library (pretrained) 0.8, W1 0.9
+            rho = cal["spearman_calibrated"]
+            lines.append(
+                f"| held-out Spearman of the calibrated score ≥ {target} | {w['name']} | {_num(rho)} "
+                f"(one-swap {_num(cal['spearman_one_swap'])}, {cal['held_out']} plans) | {'yes' if rho >= target else 'no'} |"
+            )
+            share = 100 * cal["seconds"] / max(cal["build_seconds"], 1e-9)
+            lines.append(
+                f"| calibration ≤ 15% of the library's build | {w['name']} | {share:.1f}% ({cal['seconds']:.0f} s) "
+                f"| {'yes' if share <= 15 else 'no'} |"
+            )
         lana = _by(result, "lana", "0.5x")
         if w["pretrained"] and lana and lana.get("top1_before_ft") is not None:
             before = lana["top1_before_ft"]

@@ -64,6 +64,8 @@ class Workload:
         search_rounds: interleaved rounds per latency measurement of the search.
         latency_rounds: interleaved rounds of the library tables and of the final measurement.
         threads: CPU threads for training and timing (None: torch's default / every core).
+        calibrate: fit the calibrated score (``lana calibrate``, issue 15) on whole students of the
+            library after its build; lana's plans, greedy and random then rank by it.
     """
 
     name: str = "W1"
@@ -94,6 +96,7 @@ class Workload:
     threads: int | None = None
     device: str = "auto"
     seed: int = 0
+    calibrate: bool = True
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -244,7 +247,8 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
     config = build_config(workload, checkpoint)
     if path.exists() and _library_is_current(path, config):
         log.info("%s: reusing library %s", workload.name, path)
-        return {"path": str(path), "cached": True, "stages_s": library_stages(path)}
+        return {"path": str(path), "cached": True, "stages_s": library_stages(path),
+                "calibration": _calibration(workload, path)}  # fmt: skip
     start = time.perf_counter()
     try:
         build(config, path)
@@ -255,7 +259,22 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
         build(config, path, restart=True)
     stages = library_stages(path)
     log.info("%s: library built in %.0f s (%s)", workload.name, time.perf_counter() - start, stages)
-    return {"path": str(path), "cached": False, "stages_s": stages}
+    return {"path": str(path), "cached": False, "stages_s": stages, "calibration": _calibration(workload, path)}
+
+
+def _calibration(workload: Workload, path: Path) -> dict | None:
+    """The library's calibration (made now when the workload wants one and the library has none):
+    ``CalibrationResult``'s fields plus ``cached``; None when the workload does not calibrate."""
+    from lana.calibrate import CALIBRATED, CalibrationConfig, calibrate
+    from lana.library import Library
+
+    if not workload.calibrate:
+        return None
+    done = Library(path).calibrations.get(CALIBRATED)
+    if done:
+        return {k: v for k, v in done.items() if k not in ("samples", "fit", "config")} | {"cached": True}
+    result = calibrate(path, CalibrationConfig(device=workload.device, seed=workload.seed))
+    return {**asdict(result), "cached": False}
 
 
 def library_stages(path: str | Path) -> dict[str, float]:

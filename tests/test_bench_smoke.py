@@ -99,6 +99,11 @@ def test_smoke_writes_the_plot_results_and_findings(smoke_run):
     assert "### Candidate families (issue 10)" in report
     assert (out / "BENCHMARKS-W1-smoke-families.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(row["same_optimum"] for row in result["analysis"]["pruning"])
+    calibration = result["library"]["calibration"]  # issue 15: the bench plans on the calibrated score
+    assert calibration["samples"] >= 24 and calibration["held_out"] >= 3
+    assert result["correlation"]["score"] == calibration["kind"] == "top1_cal"
+    assert "Calibration (`lana calibrate`" in report and "| library: calibrate |" in report
+    assert "| held-out Spearman of the calibrated score ≥ 0.9 | W1-smoke |" in report
 
 
 @pytest.mark.slow
@@ -158,7 +163,7 @@ def test_smoke_rerun_reuses_the_teacher_and_library(smoke_run):
     workload = smoke(WORKLOADS["W1"])
     teacher = prepare_teacher(workload, out / workload.name)
     library = prepare_library(workload, teacher["path"], out / workload.name)
-    assert teacher["cached"] and library["cached"]
+    assert teacher["cached"] and library["cached"] and library["calibration"]["cached"]
 
 
 def test_ilp_predicts_no_worse_than_greedy_or_random_plans(tmp_path):
