@@ -38,7 +38,7 @@ class _NoPlan(Exception):
 
 def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
     """``lana accelerate`` at ``budget_ms`` on the budget's table, from the cached library."""
-    from bench.workloads import build_config
+    from bench.workloads import budget_table, build_config
     from lana.accelerate import AccelerateConfig, FinetuneConfig, accelerate
     from lana.plan import Plan, SolveOptions
     from lana.student import load_student, student_from_context
@@ -49,7 +49,7 @@ def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
         config = AccelerateConfig(
             build=build_config(w, run.teacher_info["path"]),
             budget=f"{budget_ms:.6g}ms",
-            solve=SolveOptions(table=w.budget_table),
+            solve=SolveOptions(table=budget_table(w, budget)),
             finetune=FinetuneConfig(epochs=w.finetune_epochs, max_steps=w.max_steps),
             library=run.library["path"],
             eval_limit=w.eval_limit,
@@ -86,9 +86,11 @@ def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
 def _library_plans(run, budget: str, lana: dict) -> None:
     """Best-of-N random and greedy plans under lana's (final) predicted budget, fine-tuned alike."""
     from bench.baselines import greedy_plan, plan_of, random_feasible_plans
+    from bench.workloads import budget_table
     from lana.student import load_student, save_student, student_from_context
 
-    w, problem, budget_ms = run.w, run.problem, lana["library_budget_ms"]
+    w, budget_ms = run.w, lana["library_budget_ms"]
+    problem = run.problem_on(budget_table(w, budget))
 
     def train(folder: Path, method: str, choice, seconds: float, extra: dict):
         plan = plan_of(problem, choice, budget_ms, method, seconds)
@@ -158,19 +160,19 @@ def _rebuild(build):
 def _matched_baselines(run, budget: str, lana: dict, target) -> None:
     """Torch-Pruning and the sibling, each bisected to the measured latency of lana's student."""
     from bench.baselines import match_latency, prune_model, sibling_model
+    from bench.workloads import budget_table
     from lana.teacher import save_state
     from lana.train import Recipe
 
     w, classes, search = run.w, len(run.test_set.classes), _search(run.w)
+    table = budget_table(w, budget)
     build = {
         "prune": lambda ratio: prune_model(run.teacher, ratio, w.input_shape),
         "sibling": lambda width: sibling_model(w.sibling, width, classes),
     }
 
     def make_pruned(folder: Path):
-        model, match = match_latency(
-            build["prune"], target, w.input_shape, w.budget_table, 0.0, 0.9, increasing=False, **search
-        )
+        model, match = match_latency(build["prune"], target, w.input_shape, table, 0.0, 0.9, increasing=False, **search)
         before = run.evaluate(model, limit=w.corr_images)
         train_s = run.finetune(model, w.finetune_epochs, f"prune {budget}")
         save_state(model, folder / "model.safetensors")
@@ -187,7 +189,7 @@ def _matched_baselines(run, budget: str, lana: dict, target) -> None:
     def make_sibling(folder: Path):
         high = 1.0 if w.sibling == w.model else 3.0  # a narrower teacher stops at the teacher's width
         model, match = match_latency(
-            build["sibling"], target, w.input_shape, w.budget_table, 0.05, high, increasing=True, **search
+            build["sibling"], target, w.input_shape, table, 0.05, high, increasing=True, **search
         )
         # from random weights: the teacher's own recipe (SGD 0.1, warm-up + cosine) with KD as the loss
         train_s = run.finetune(model, w.sibling_epochs, f"sibling {budget}", recipe=Recipe())
@@ -211,16 +213,17 @@ def _uniform_slim(run, budget: str, lana: dict, target) -> None:
     """Every block cut to one slim width, bisected to the measured latency of lana's student,
     refitted by least squares on the library's number of images, then fine-tuned like lana's."""
     from bench.baselines import least_squares_blocks, match_latency, uniform_slim_model
+    from bench.workloads import budget_table
     from lana.distill import DistillConfig
     from lana.teacher import save_state
 
-    w, search = run.w, _search(run.w)
+    w, search, table = run.w, _search(run.w), budget_table(run.w, budget)
 
     def build(width: float):
         return uniform_slim_model(run.teacher, width, w.input_shape)
 
     def make(folder: Path):
-        model, match = match_latency(build, target, w.input_shape, w.budget_table, 0.05, 1.0, increasing=True, **search)
+        model, match = match_latency(build, target, w.input_shape, table, 0.05, 1.0, increasing=True, **search)
         start = time.perf_counter()
         fits = least_squares_blocks(model, run.teacher, run.train_set.images[: DistillConfig.ls_images], w.input_shape)
         seconds = time.perf_counter() - start
@@ -244,6 +247,7 @@ def _uniform_slim(run, budget: str, lana: dict, target) -> None:
 
 def _measure_all(run) -> dict:
     """Every model of the workload, timed interleaved on every table; sizes; speed-ups."""
+    from bench.workloads import budget_table
     from lana.accelerate import measure_latency
     from lana.student import model_stats
 
@@ -257,10 +261,9 @@ def _measure_all(run) -> dict:
         row["speedup"] = {t: timings[t]["teacher@-"]["median_ms"] / timings[t][key]["median_ms"] for t in w.tables}
         row.update(model_stats(run.models[key], w.input_shape))
         lana = f"lana@{row['budget']}"
+        on = budget_table(w, row["budget"]) if row["budget"] != "-" else w.budget_table
         row["latency_vs_lana"] = (
-            timings[w.budget_table][key]["median_ms"] / timings[w.budget_table][lana]["median_ms"]
-            if lana in run.models
-            else None
+            timings[on][key]["median_ms"] / timings[on][lana]["median_ms"] if lana in run.models else None
         )
     return timings
 
@@ -291,7 +294,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
     import torch
 
     from bench.library_analysis import analyse
-    from bench.workloads import WorkloadRun
+    from bench.workloads import WorkloadRun, budget_factor, budget_table
     from lana.accelerate import measure_latency
     from lana.correlation import spearman
     from lana.files import write_json
@@ -311,21 +314,18 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
         run = WorkloadRun(workload, folder)
         w = run.w
         teacher_top1, teacher_before = run.evaluate(run.teacher), run.evaluate(run.teacher, limit=w.corr_images)
-        measured_ms = measure_latency(
-            {"teacher": run.teacher}, w.input_shape, w.budget_table, rounds=w.latency_rounds, threads=w.threads
-        )["teacher"]["median_ms"]
         # Other load only ever adds time, so the quieter of the two timings of the teacher (now, and
         # in the library's table) sets the budgets: a busy minute now cannot double every budget.
-        predicted_ms = run.problem.teacher_ms(w.budget_table)
-        teacher_ms = min(measured_ms, predicted_ms)
-        log.info(
-            "%s: teacher %.3f ms on %s now, %.3f ms in the library: budgets from %.3f ms",
-            w.name,
-            measured_ms,
-            w.budget_table,
-            predicted_ms,
-            teacher_ms,
-        )
+        teacher_by_table = {}
+        for table in dict.fromkeys([w.budget_table, *(budget_table(w, b) for b in w.budgets)]):
+            measured = measure_latency(
+                {"teacher": run.teacher}, w.input_shape, table, rounds=w.latency_rounds, threads=w.threads
+            )["teacher"]["median_ms"]
+            predicted = run.problem.teacher_ms(table)
+            teacher_by_table[table] = {"measured": measured, "predicted": predicted, "used": min(measured, predicted)}
+            log.info("%s: teacher %.3f ms on %s now, %.3f ms in the library: budgets from %.3f ms", w.name, measured,
+                     table, predicted, min(measured, predicted))  # fmt: skip
+        measured_ms, teacher_ms = (teacher_by_table[w.budget_table][k] for k in ("measured", "used"))
         run.add(
             {
                 "method": "teacher",
@@ -340,7 +340,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
         )
         budgets = {}
         for budget in w.budgets:
-            budget_ms = float(budget.rstrip("x")) * teacher_ms
+            budget_ms = budget_factor(budget) * teacher_by_table[budget_table(w, budget)]["used"]
             t0 = time.perf_counter()
             try:
                 lana, student = _lana(run, budget, budget_ms)
@@ -364,6 +364,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
             "teacher": {k: v for k, v in run.teacher_info.items() if k != "config"},
             "teacher_ms": teacher_ms,
             "teacher_ms_measured": measured_ms,
+            "teacher_ms_by_table": teacher_by_table,
             "train_images": len(run.train_set),
             "library": {
                 **run.library,

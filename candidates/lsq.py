@@ -22,7 +22,16 @@ Covered: the blocks whose last unit is a 1x1 conv (+ BN) or a linear: inverted r
 ResNet and RegNet bottlenecks, ConvNeXt; and ResNet's basic block, whose last conv is 3x3: its rows
 are the kept channels' 3x3 patches (``unfold``, ``d = 9 x kept``). On maps of 2x2 or less most taps
 see padding and there are few pixels; the ridge toward the sliced teacher keeps those fits
-determined (WAVE2.md suggests fitting the centre tap alone there: not done). ``TODO(limit)``: the
+determined (WAVE2.md suggests fitting the centre tap alone there: not done).
+
+``least_squares_fresh`` gives the same start to a candidate built from random weights whose last
+unit is linear (a conv + BN without activation: inverted residuals, depthwise-separable, ResNet
+basic and bottleneck candidates; issue 14 item 2, as few-sample KD does): its BNs first take the
+moments of the inputs (so that eval mode, where the fit runs, matches the batch statistics of
+distillation), then its last conv is fitted to the teacher block's *whole* output minus the
+candidate's own shortcut (the identity or its fresh projection), shrunk toward zero. The other
+units keep their random weights: the fit is a regression on random features, which
+distillation then trains on. ``TODO(limit)``: the
 ghost bottleneck (a ghost module last), ``slim_k3`` kernel fits and SE ``conv_reduce`` bias
 corrections (WAVE2.md's list) are not done. Distillation runs this on every slim candidate before
 its first step (``lana.distill``, ``DistillConfig.ls_images``).
@@ -35,7 +44,7 @@ import dataclasses
 import torch
 from torch import nn
 
-__all__ = ["LeastSquaresStart", "least_squares_start"]
+__all__ = ["LeastSquaresStart", "least_squares_fresh", "least_squares_start"]
 
 # (block class name, projection path, BN path or None): the block's last linear unit
 _PROJECTIONS = {
@@ -206,3 +215,160 @@ def least_squares_start(
     # with a BN, W stays un-folded: the BN's statistics hold the scale (see _write)
     _write(conv, bn, weight, bias, x)
     return LeastSquaresStart(proj, len(x), ridge, before, after)
+
+
+def _moments_from(block: nn.Module, inputs: torch.Tensor, batch: int = 128) -> None:
+    """Set every BN's running statistics to the moments it meets on ``inputs`` (train-mode
+    forwards, cumulative average), so that eval mode computes what a batch of them would."""
+    bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = {m: m.momentum for m in bns}
+    modes = {m: m.training for m in block.modules()}
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        block.train()
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch):
+                block(inputs[start : start + batch])
+    finally:
+        for m, momentum in saved.items():
+            m.momentum = momentum
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _linear_unit(unit: nn.Module, name: str) -> tuple[nn.Module, nn.Module]:
+    """``(conv, bn)`` of a conv + BN unit without activation, ValueError otherwise."""
+    from lana.candidates.blocks import ConvBnAct
+
+    if not isinstance(unit, ConvBnAct) or not isinstance(unit.act, nn.Identity):
+        raise ValueError(f"the last unit ({name}, a {type(unit).__name__}) is not a linear conv + BN")
+    return unit.conv, unit.bn
+
+
+def _last_linear_unit(candidate: nn.Module) -> tuple[str, nn.Module, nn.Module]:
+    """``(path of the conv, conv, bn)`` of a fresh candidate's last unit, when it is a dense
+    stride-1 conv + BN without activation; ValueError otherwise."""
+    from lana.candidates.blocks import CandidateBlock
+
+    if not isinstance(candidate, CandidateBlock):
+        raise ValueError(f"a {type(candidate).__name__} is not a candidate built from a plan")
+    name, last = list(candidate.body.named_children())[-1]
+    conv, bn = _linear_unit(last, name)
+    if conv.stride != (1, 1) or conv.groups != 1:
+        raise ValueError(f"the last unit ({name}) is not a dense stride-1 conv")
+    if not isinstance(candidate.crop, nn.Identity):
+        raise ValueError("the candidate crops its output")
+    return f"body.{name}.conv", conv, bn
+
+
+def _projection_shortcut(candidate: nn.Module):
+    """The candidate's shortcut when it is one 1x1 conv + BN (fitted jointly with the body), else None."""
+    if not candidate.residual:
+        return None
+    try:
+        conv, bn = _linear_unit(candidate.shortcut, "shortcut")
+    except ValueError:
+        return None
+    return (conv, bn) if conv.kernel_size == (1, 1) and conv.groups == 1 else None
+
+
+def _features(candidate: nn.Module, inputs: torch.Tensor, path: str, conv, shortcut) -> torch.Tensor:
+    """Rows of what the fitted units read at each output pixel: the last conv's input (patches),
+    then, with a projection shortcut, its strided input pixels."""
+    rows = _input_rows(_capture(candidate, inputs, path, want_input=True), conv)
+    if shortcut is not None:
+        s = shortcut[0].stride
+        rows = torch.cat([rows, _rows(inputs[:, :, :: s[0], :: s[1]], shortcut[0]).to(rows.dtype)], 1)
+    return rows.double()
+
+
+def _target(candidate: nn.Module, teacher: nn.Module, inputs: torch.Tensor, conv, shortcut) -> torch.Tensor:
+    """Rows of what the fitted units must write: the teacher block's output, less the candidate's
+    own shortcut when that is not fitted (the identity, a ghost projection)."""
+    with torch.no_grad():
+        target = teacher.eval()(inputs).double()
+        if candidate.residual and shortcut is None:
+            target = target - candidate.shortcut.eval()(inputs).double()
+    return _rows(target, conv)
+
+
+def _sample(rows: int, positions: int, seed: int) -> torch.Tensor | slice:
+    if rows <= positions:
+        return slice(None)
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed))[:positions]
+
+
+_FRESH_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def least_squares_fresh(
+    candidate: nn.Module,
+    teacher: nn.Module,
+    inputs: torch.Tensor,
+    positions: int = 20_000,
+    ridges: tuple[float, ...] = _FRESH_RIDGES,
+    seed: int = 0,
+    validate: float = 0.25,
+) -> LeastSquaresStart:
+    """Fit a fresh candidate's last linear unit (and its 1x1 projection shortcut, jointly), in
+    place, so that the candidate's output approximates the teacher block's on ``inputs``.
+
+    A quarter of the images (``validate``) is held out: the ridge strength is the one of least
+    error on them, and when no strength beats the candidate as built there, it is left as built
+    (``nmse_after == nmse_before``), so that the start never makes a candidate worse than its
+    random initialisation on images it did not see.
+
+    Args:
+        candidate: A candidate built from a plan (``build_candidate("ir_k3_e3", layer)``).
+        teacher: The teacher's block at the layer (left untouched).
+        inputs: The teacher network's activations at the layer's input, ``(B, *in_shape)``.
+        positions: Pixels sampled for the fit; all of them when there are fewer.
+        ridges: Ridge strengths tried, relative to ``trace(xᵀx) / d``, toward zero weights.
+        seed: Seed of the pixel sample.
+        validate: Share of the images held out to choose the ridge.
+
+    Returns:
+        The ``LeastSquaresStart`` record, on the held-out images: ``nmse_before`` is the error of
+        the fitted units' output as built, ``nmse_after`` after the start; ``ridge`` the chosen one
+        (0 when the candidate was left as built).
+
+    Raises:
+        ValueError: For a candidate whose last unit is not a linear dense conv + BN, or that crops.
+    """
+    path, conv, bn = _last_linear_unit(candidate)
+    shortcut = _projection_shortcut(candidate)
+    modes = {m: m.training for m in (*candidate.modules(), *teacher.modules())}
+    try:
+        _moments_from(candidate, inputs)
+        n_val = max(1, int(round(validate * len(inputs)))) if len(inputs) > 1 else 0
+        parts = {"fit": inputs[n_val:], "val": inputs[:n_val]} if n_val else {"fit": inputs, "val": inputs}
+        x, y, built = {}, {}, {}
+        for part, images in parts.items():
+            x[part] = _features(candidate, images, path, conv, shortcut)
+            y[part] = _target(candidate, teacher, images, conv, shortcut)
+            built[part] = _rows(_capture(candidate, images, path.rsplit(".", 1)[0] + ".bn", want_input=False), conv)
+            if shortcut is not None:  # the shortcut's own output is part of what the fit replaces
+                built[part] = built[part] + _rows(_capture(candidate, images, "shortcut", want_input=False), conv)
+            keep = _sample(len(x[part]), positions, seed)
+            x[part], y[part], built[part] = x[part][keep], y[part][keep], built[part][keep].double()
+        before = _nmse(built["val"], y["val"])
+        zero = torch.zeros(y["fit"].shape[1], x["fit"].shape[1], dtype=torch.float64)
+        fits = {}
+        for ridge in ridges:
+            weight, bias = _solve(x["fit"], y["fit"], zero, ridge)
+            fits[ridge] = (_nmse(x["val"] @ weight.T + bias, y["val"]), weight, bias)
+        ridge = min(fits, key=lambda r: fits[r][0])
+        if fits[ridge][0] >= before:
+            return LeastSquaresStart(path, len(x["fit"]), 0.0, before, before)
+        every = torch.cat([x["fit"], x["val"]]) if n_val else x["fit"]
+        weight, bias = _solve(every, torch.cat([y["fit"], y["val"]]) if n_val else y["fit"], zero, ridge)
+        d = x["fit"].shape[1] - (shortcut[0].in_channels if shortcut is not None else 0)
+        _write(conv, bn, weight[:, :d], bias, every[:, :d])
+        if shortcut is not None:
+            _write(*shortcut, weight[:, d:], torch.zeros_like(bias), every[:, d:])
+        return LeastSquaresStart(path, len(x["fit"]), ridge, before, fits[ridge][0])
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

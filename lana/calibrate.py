@@ -30,12 +30,20 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["CALIBRATED", "CalibrationConfig", "CalibrationResult", "calibrate", "fit_calibration", "sample_plans"]
+__all__ = [
+    "CALIBRATED",
+    "CalibrationConfig",
+    "CalibrationResult",
+    "calibrate",
+    "fit_calibration",
+    "predict_drop",
+    "sample_plans",
+]
 
 log = logging.getLogger(__name__)
 
 CALIBRATED = "top1_cal"  # the score kind a calibration writes
-_RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+_RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1e3, 1e4, 1e6)  # 1e6: no correction
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,23 @@ def _family(spec: str) -> str:
     return f"{kind}+int8" if spec.endswith("_int8") else kind
 
 
+def _pairs(problem, plans, teacher) -> np.ndarray:
+    """One column per pair of neighbouring layers: 1 where both are replaced (issue 15 item 2)."""
+    replaced = np.array([[c != t for c, t in zip(choice, teacher)] for choice in plans], dtype=np.float64)
+    return replaced[:, :-1] * replaced[:, 1:]
+
+
+def predict_drop(scores, fit: dict, plan) -> float:
+    """The calibrated prediction of a plan: its summed scores, plus the pairwise terms of a fit
+    made with ``pairwise=True`` (neighbouring layers both replaced)."""
+    total = float(sum(scores[l][c] for l, c in enumerate(plan)))
+    pairs = fit.get("pairs")
+    if pairs:
+        replaced = [c != t for c, t in zip(plan, fit["teacher"])]
+        total += sum(w for w, a, b in zip(pairs.values(), replaced, replaced[1:]) if a and b)
+    return total
+
+
 def _design(problem, plans) -> tuple[np.ndarray, np.ndarray, list]:
     """The regression's columns for ``plans``: the one-swap sum, then one per layer, family and
     candidate (non-teacher choices only); and each column's penalty weight."""
@@ -178,19 +203,26 @@ def _choose_ridge(X: np.ndarray, z: np.ndarray, penalty: np.ndarray, seed: int) 
     return _RIDGE_GRID[int(np.argmin(errors))]
 
 
-def fit_calibration(problem, plans, drops, seed: int = 0) -> tuple[list[np.ndarray], dict]:
+def fit_calibration(problem, plans, drops, seed: int = 0, pairwise: bool = False) -> tuple[list[np.ndarray], dict]:
     """Fit the calibrated scores of ``problem`` (its score kind is the base) to measured drops.
 
     Args:
         problem: a :class:`lana.problem.Problem`; every layer must have a ``teacher`` candidate.
         plans: choice indices, one tuple per measured student.
         drops: their measured top-1 drop (points) against the teacher.
+        pairwise: also fit one term per pair of neighbouring layers both replaced (the
+            compounding case of issue 15 item 2); the scores cannot hold it, so it is in the
+            fit (``pairs``) and :func:`predict_drop` adds it. For measurement only: the ILP
+            does not take pairwise terms (``bench/calibration_pairwise.py`` measured them).
 
     Returns:
         Per layer the calibrated score of every candidate (aligned with ``problem.specs``), and
         the fit (``ridge``, ``beta``, per-layer and per-family corrections).
     """
     X, penalty, (teacher, families, cands) = _design(problem, plans)
+    if pairwise:
+        X = np.hstack([X, _pairs(problem, plans, teacher)])
+        penalty = np.concatenate([penalty, np.ones(len(problem.specs) - 1)])
     y = np.asarray(drops, dtype=np.float64)
     z = y - X[:, 0]  # ridge toward the one-swap sum: beta 1, every correction 0
     strength = _choose_ridge(X, z, penalty, seed)
@@ -209,6 +241,9 @@ def fit_calibration(problem, plans, drops, seed: int = 0) -> tuple[list[np.ndarr
         "layer": dict(zip(problem.layers, map(float, w[1 : 1 + L]))),
         "family": dict(zip(families, map(float, w[1 + L : 1 + L + F]))),
     }
+    if pairwise:
+        fit["teacher"] = teacher
+        fit["pairs"] = {f"{a}+{b}": float(v) for a, b, v in zip(problem.layers, problem.layers[1:], w[-(L - 1) :])}
     return scores, fit
 
 

@@ -75,6 +75,10 @@ class DistillConfig:
     # training images whose teacher activations give the least-squares start of slim candidates
     # (0: none); 256 images give >= 20,000 pixels on maps down to 9x9, the probe of issue 14's size
     ls_images: int = 256
+    # a start for fresh candidates whose last unit is a linear conv + BN (ir, dw, basic, bottleneck,
+    # ...): that conv (with a 1x1 projection shortcut, jointly) fitted to the teacher block's output,
+    # kept only where it beats the random start on held-out images (bench/fresh_start.py measures it)
+    ls_fresh: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ class ChunkResult:
     steps: int
     seconds: float
     losses: dict  # "layer_index/spec" -> held-out normalised MSE
-    # "layer_index/spec" -> {"before", "after"}: the least-squares start's fit (slim candidates)
+    # "layer_index/spec" -> {"before", "after"}: the least-squares start's fit (slim candidates,
+    # and fresh ones with DistillConfig.ls_fresh)
     ls_start: dict = field(default_factory=dict)
 
 
@@ -350,12 +355,20 @@ def _distill_chunk(run: _Run, k: int, n_chunks: int, chunk_layers) -> ChunkResul
 def _least_squares_starts(run: _Run, chunk: _Chunk) -> dict[str, dict]:
     """Refit the last linear unit of every slim candidate of the chunk to the teacher's, by ridge
     least squares on the teacher's activations at the layer for the first ``ls_images`` training
-    images (:func:`lana.candidates.lsq.least_squares_start`), before any SGD step."""
+    images (:func:`lana.candidates.lsq.least_squares_start`), before any SGD step; with
+    ``ls_fresh``, fit fresh candidates' last linear unit to the block's output the same way
+    (:func:`lana.candidates.lsq.least_squares_fresh`)."""
     import copy
 
-    from lana.candidates.lsq import least_squares_start
+    from lana.candidates.lsq import least_squares_fresh, least_squares_start
 
-    keys = [key for key in chunk.modules if key.split("/", 1)[1].startswith("slim")]
+    def slim(key: str) -> bool:
+        return key.split("/", 1)[1].startswith("slim")
+
+    def fresh(key: str) -> bool:
+        return run.config.ls_fresh and not slim(key) and key.split("/", 1)[1] != "teacher"
+
+    keys = [key for key in chunk.modules if slim(key) or fresh(key)]
     if not keys or run.config.ls_images <= 0:
         return {}
     names = sorted({run.layers[int(key.split("/")[0])].name for key in keys})
@@ -371,17 +384,20 @@ def _least_squares_starts(run: _Run, chunk: _Chunk) -> dict[str, dict]:
         li = int(key.split("/")[0])
         name, module = run.layers[li].name, chunk.modules[key]
         teacher_block = copy.deepcopy(get_layer(run.teacher, name)).cpu()  # the fit runs in float64 on the CPU
+        fit_start = least_squares_start if slim(key) else least_squares_fresh
         try:
-            fit = least_squares_start(module.cpu(), teacher_block, torch.cat(inputs[name]), seed=run.config.seed)
+            fit = fit_start(module.cpu(), teacher_block, torch.cat(inputs[name]), seed=run.config.seed)
         except ValueError as error:  # a block kind whose last unit the fit does not cover yet
             log.debug("%s %s: no least-squares start (%s)", name, key, error)
             continue
         finally:
             module.to(run.device)
         out[key] = {"before": round(fit.nmse_before, 5), "after": round(fit.nmse_after, 5)}
-    if out:
-        before, after = [np.median([v[k] for v in out.values()]) for k in ("before", "after")]
-        log.info("least-squares start of %d slim candidates: median unit nMSE %.3f -> %.3f", len(out), before, after)
+    for what, chosen in (("slim", [k for k in out if slim(k)]), ("fresh", [k for k in out if not slim(k)])):
+        if chosen:
+            before, after = [np.median([out[k][v] for k in chosen]) for v in ("before", "after")]
+            log.info("least-squares start of %d %s candidates: median nMSE %.3f -> %.3f", len(chosen), what, before,
+                     after)  # fmt: skip
     return out
 
 

@@ -102,3 +102,31 @@ def test_calibrate_measures_whole_students_of_a_real_library(tiny_library, tmp_p
     assert library.default_score() == CALIBRATED
     assert main(["info", str(path)]) == 0
     assert "calibrated from" in capsys.readouterr().out
+
+
+def test_a_pairwise_fit_finds_a_large_neighbour_term_and_predicts_with_it(synthetic):
+    """Issue 15 item 2, measured only: a strong penalty for two neighbouring replaced layers shows
+    up in the pairwise fit's terms, and its predictions of held-out plans beat the additive fit's."""
+    from lana.calibrate import predict_drop
+
+    problem = load_problem(synthetic)
+    teacher = [specs.index("teacher") for specs in problem.specs]
+
+    def drop(choice):
+        replaced = [c != t for c, t in zip(choice, teacher)]
+        return problem.predicted_drop(choice) + 5.0 * (replaced[2] and replaced[3])
+
+    plans = sample_plans(problem, 80, seed=1)
+    scores, info = fit_calibration(problem, plans[:60], [drop(p) for p in plans[:60]], pairwise=True)
+    pairs = info["pairs"]
+    assert len(pairs) == len(problem.specs) - 1
+    strongest = max(pairs, key=pairs.get)
+    assert strongest == f"{problem.layers[2]}+{problem.layers[3]}" and pairs[strongest] > 2.0
+    held = plans[60:]
+    plain, _ = fit_calibration(problem, plans[:60], [drop(p) for p in plans[:60]])
+    assert predict_drop(plain, {}, held[0]) == pytest.approx(sum(plain[l][c] for l, c in enumerate(held[0])))
+
+    def error(scores, fit):
+        return np.mean([(predict_drop(scores, fit, p) - drop(p)) ** 2 for p in held])
+
+    assert error(scores, info) < 0.5 * error(plain, {})

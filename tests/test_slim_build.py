@@ -48,9 +48,12 @@ def test_slim_candidates_start_from_a_least_squares_fit_that_lowers_their_error(
     for path in sorted(work.glob("chunk_*.json")):
         starts.update(json.loads(path.read_text())["ls_start"])
     library = Library(slim_library)
-    expected = {f"{i}/{s}" for i, r in enumerate(library.layers()) for s in r.specs if s.startswith("slim")}
-    assert set(starts) == expected
-    assert all(fit["after"] < fit["before"] for fit in starts.values()), starts
+    slim = {f"{i}/{s}" for i, r in enumerate(library.layers()) for s in r.specs if s.startswith("slim")}
+    fresh = {f"{i}/{s}" for i, r in enumerate(library.layers()) for s in r.specs if s == "ir_k3_e1"}
+    assert set(starts) == slim | fresh  # fresh candidates with a linear last unit get a start too
+    assert all(starts[key]["after"] < starts[key]["before"] for key in slim), starts
+    # a fresh start is kept only where it beats the candidate as built on held-out images
+    assert all(starts[key]["after"] <= starts[key]["before"] for key in fresh), starts
 
 
 def test_a_slim_candidate_reloads_bit_identical(slim_library):
