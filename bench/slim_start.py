@@ -29,20 +29,12 @@ import torch
 STARTS = ("sliced", "bn_recal", "bias_only", "least_squares")
 
 
-def _recalibrate(block: torch.nn.Module, inputs: torch.Tensor, batch: int = 64) -> None:
-    """Re-estimate every BN's running statistics of ``block`` on ``inputs`` (cumulative average)."""
-    norms = [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    saved = [(m.momentum, m.training) for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    block.train()
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch):
-            block(inputs[start : start + batch])
+def _recalibrate(block: torch.nn.Module, inputs: torch.Tensor) -> None:
+    """Re-estimate every BN's running statistics of ``block`` on ``inputs`` (cumulative average), then eval."""
+    from lana.candidates.lsq import _moments_from
+
+    _moments_from(block, inputs, batch=64)
     block.eval()
-    for m, (momentum, _) in zip(norms, saved):
-        m.momentum = momentum
 
 
 def _started(spec, layer, block, fit_inputs, how):

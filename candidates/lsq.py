@@ -28,10 +28,11 @@ determined (WAVE2.md suggests fitting the centre tap alone there: not done).
 unit is linear (a conv + BN without activation: inverted residuals, depthwise-separable, ResNet
 basic and bottleneck candidates; issue 14 item 2, as few-sample KD does): its BNs first take the
 moments of the inputs (so that eval mode, where the fit runs, matches the batch statistics of
-distillation), then its last conv is fitted to the teacher block's *whole* output minus the
-candidate's own shortcut (the identity or its fresh projection), shrunk toward zero. The other
-units keep their random weights: the fit is a regression on random features, which
-distillation then trains on. ``TODO(limit)``: the
+distillation), then its last conv, jointly with a 1x1 projection shortcut when it has one, is
+fitted to the teacher block's *whole* output (less an identity shortcut), shrunk toward zero with
+the ridge of least error on held-out images, and kept only where it beats the candidate as built
+there. The other units keep their random weights: the fit is a regression on random features,
+which distillation then trains on. ``TODO(limit)``: the
 ghost bottleneck (a ghost module last), ``slim_k3`` kernel fits and SE ``conv_reduce`` bias
 corrections (WAVE2.md's list) are not done. Distillation runs this on every slim candidate before
 its first step (``lana.distill``, ``DistillConfig.ls_images``).
@@ -204,10 +205,8 @@ def least_squares_start(
     bn = slim.get_submodule(bn_path) if bn_path else None
     x = _input_rows(_capture(slim, inputs, proj, want_input=True), conv)
     y = _rows(_capture(teacher, inputs, bn_path or proj, want_input=False), conv)
-    if len(x) > positions:
-        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:positions]
-        x, y = x[keep], y[keep]
-    x, y = x.double(), y.double()
+    keep = _sample(len(x), positions, seed)
+    x, y = x[keep].double(), y[keep].double()
     w0, b0 = _folded(conv, bn)
     before = _nmse(x @ w0.T + b0, y)
     weight, bias = _solve(x, y, w0, ridge)
@@ -344,16 +343,17 @@ def least_squares_fresh(
         _moments_from(candidate, inputs)
         n_val = max(1, int(round(validate * len(inputs)))) if len(inputs) > 1 else 0
         parts = {"fit": inputs[n_val:], "val": inputs[:n_val]} if n_val else {"fit": inputs, "val": inputs}
-        x, y, built = {}, {}, {}
+        x, y, keep = {}, {}, {}
         for part, images in parts.items():
             x[part] = _features(candidate, images, path, conv, shortcut)
             y[part] = _target(candidate, teacher, images, conv, shortcut)
-            built[part] = _rows(_capture(candidate, images, path.rsplit(".", 1)[0] + ".bn", want_input=False), conv)
-            if shortcut is not None:  # the shortcut's own output is part of what the fit replaces
-                built[part] = built[part] + _rows(_capture(candidate, images, "shortcut", want_input=False), conv)
-            keep = _sample(len(x[part]), positions, seed)
-            x[part], y[part], built[part] = x[part][keep], y[part][keep], built[part][keep].double()
-        before = _nmse(built["val"], y["val"])
+            keep[part] = _sample(len(x[part]), positions, seed)
+            x[part], y[part] = x[part][keep[part]], y[part][keep[part]]
+        # what the fitted units write as built, on the held-out images (the "before")
+        built = _rows(_capture(candidate, parts["val"], path.rsplit(".", 1)[0] + ".bn", want_input=False), conv)
+        if shortcut is not None:  # the shortcut's own output is part of what the fit replaces
+            built = built + _rows(_capture(candidate, parts["val"], "shortcut", want_input=False), conv)
+        before = _nmse(built[keep["val"]].double(), y["val"])
         zero = torch.zeros(y["fit"].shape[1], x["fit"].shape[1], dtype=torch.float64)
         fits = {}
         for ridge in ridges:
@@ -362,8 +362,10 @@ def least_squares_fresh(
         ridge = min(fits, key=lambda r: fits[r][0])
         if fits[ridge][0] >= before:
             return LeastSquaresStart(path, len(x["fit"]), 0.0, before, before)
-        every = torch.cat([x["fit"], x["val"]]) if n_val else x["fit"]
-        weight, bias = _solve(every, torch.cat([y["fit"], y["val"]]) if n_val else y["fit"], zero, ridge)
+        every, targets = (
+            (torch.cat([x["fit"], x["val"]]), torch.cat([y["fit"], y["val"]])) if n_val else (x["fit"], y["fit"])
+        )
+        weight, bias = _solve(every, targets, zero, ridge)
         d = x["fit"].shape[1] - (shortcut[0].in_channels if shortcut is not None else 0)
         _write(conv, bn, weight[:, :d], bias, every[:, :d])
         if shortcut is not None:

@@ -366,7 +366,7 @@ def _least_squares_starts(run: _Run, chunk: _Chunk) -> dict[str, dict]:
         return key.split("/", 1)[1].startswith("slim")
 
     def fresh(key: str) -> bool:
-        return run.config.ls_fresh and not slim(key) and key.split("/", 1)[1] != "teacher"
+        return run.config.ls_fresh and not slim(key)  # chunk.modules holds trained candidates only
 
     keys = [key for key in chunk.modules if slim(key) or fresh(key)]
     if not keys or run.config.ls_images <= 0:
