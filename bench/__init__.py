@@ -274,11 +274,11 @@ def _additivity(run) -> dict:
 
     errors = {}
     for t in run.w.tables:
-        signed = [
-            100 * (row["predicted_ms"][t] / row["latency"][t]["median_ms"] - 1)
-            for row in run.rows
-            if row.get("predicted_ms") and t in row["predicted_ms"]
-        ]
+        rows = [row for row in run.rows if row.get("predicted_ms") and t in row["predicted_ms"]]
+        ratio = {
+            f"{row['method']}@{row['budget']}": row["predicted_ms"][t] / row["latency"][t]["median_ms"] for row in rows
+        }
+        signed = [100 * (r - 1) for r in ratio.values()]
         if signed:
             errors[t] = {
                 "n": len(signed),
@@ -286,6 +286,12 @@ def _additivity(run) -> dict:
                 "max_abs_pct": float(np.max(np.abs(signed))),
                 "mean_signed_pct": float(np.mean(signed)),
             }
+        # against the teacher timed in the same run: what an `x` budget depends on, free of the
+        # machine's drift between the library's build and now (the same factor for every model)
+        if "teacher@-" in ratio and len(ratio) > 1:
+            relative = [100 * (r / ratio["teacher@-"] - 1) for key, r in ratio.items() if key != "teacher@-"]
+            errors[t]["relative_median_abs_pct"] = float(np.median(np.abs(relative)))
+            errors[t]["relative_max_abs_pct"] = float(np.max(np.abs(relative)))
     return errors
 
 

@@ -263,7 +263,13 @@ def findings(result: dict) -> list[str]:
         out.append(
             f"Latency model on {t}: the library's predictions are off by {e['median_abs_pct']:.1f}% (median; "
             f"max {e['max_abs_pct']:.1f}%, mean signed {e['mean_signed_pct']:+.1f}%) over {e['n']} models, "
-            "measured end to end now (the library was timed when it was built)."
+            "measured end to end now (the library was timed when it was built)"
+            + (
+                f"; relative to the teacher timed now (what an `x` budget depends on, free of the machine's drift "
+                f"since the build): {e['relative_median_abs_pct']:.1f}% (median; max {e['relative_max_abs_pct']:.1f}%)."
+                if "relative_median_abs_pct" in e
+                else "."
+            )
         )
     return out
 

@@ -451,3 +451,16 @@ def test_deploy_runtime_tables_are_first_class_in_latency_and_solve(tiny_library
     assert stored in Library(path).tables
     plan = solve_library(path, "0.8x", table=table)
     assert plan.table == stored and plan.predicted_latency_ms <= plan.budget_ms
+
+
+def test_latency_additivity_reports_the_error_against_the_teacher(capsys):
+    """bench/latency_additivity.py's last column: each student's predicted/measured ratio against the
+    teacher's, both timed in the same check (free of the machine's drift since the table)."""
+    from bench.latency_additivity import main
+
+    main(["--model", "resnet10t", "--img-size", "32", "--batch-sizes", "1", "--students", "3",
+          "--variants", "in_network", "--repeats", "2", "--rounds", "1"])  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| in_network | 1 |")]
+    assert len(rows) == 1
+    median, worst = (float(x) for x in rows[0].rstrip(" |").split("|")[-1].split("/"))
+    assert 0 <= median <= worst
