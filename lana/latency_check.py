@@ -86,6 +86,14 @@ class CheckReport:
         """Largest absolute % error over the models."""
         return float(max(abs(row.error_pct) for row in self.rows))
 
+    @property
+    def relative_errors_pct(self) -> list[float]:
+        """Each student's error against the teacher's, both timed in this check, in %:
+        ``(predicted / measured) / (teacher's predicted / measured) - 1``. An ``x`` budget depends
+        on this, and the machine's drift since the table (one factor for every model) leaves it."""
+        teacher = self.rows[0].predicted_ms / self.rows[0].measured_ms
+        return [100.0 * (row.predicted_ms / row.measured_ms / teacher - 1.0) for row in self.rows[1:]]
+
     def to_text(self) -> str:
         """A table of the models, then a one-line summary as the last line."""
         lines = [f"{'model':<12} {'predicted ms':>12} {'measured ms':>12} {'iqr ms':>8} {'error':>8}"]
@@ -98,6 +106,12 @@ class CheckReport:
             f"latency check {self.table} (batch {self.batch_size}): {len(self.rows)} models, "
             f"median |error| {self.median_abs_error_pct:.1f}%, max {self.max_abs_error_pct:.1f}%; "
             f"teacher {self.drift_pct:+.1f}% vs the table's"
+            + (
+                f"; against the teacher: median |error| {np.median(np.abs(relative)):.1f}%, "
+                f"max {np.max(np.abs(relative)):.1f}%"
+                if (relative := self.relative_errors_pct)
+                else ""
+            )
             + ("" if self.quiet else f"; machine busy: load changed over {self.rounds_run} rounds")
         )
         return "\n".join(lines)
