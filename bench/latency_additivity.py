@@ -46,7 +46,7 @@ from torch import nn
 
 from lana.candidates import build_candidate, space_for
 from lana.latency import LatencyTable, make_meter, measure_table, predict_ms
-from lana.latency_check import check_latency, random_choices, teacher_choices
+from lana.latency_check import check_latency, errors_vs_teacher, random_choices, teacher_choices
 from lana.layers import find_layers, replace_layer
 
 VARIANTS = ("block_sum", "isolated", "in_network")
@@ -198,8 +198,7 @@ def main(argv=None) -> None:
             signed = 100 * (predicted - measured) / measured
             # the teacher re-timed in the check vs in the table: the machine's drift in between
             drift = 100 * (measured[0] / table.teacher_ms - 1)
-            # each student's ratio against the teacher's, both timed in the check: free of the drift
-            relative = np.abs(100 * ((predicted[1:] / measured[1:]) / (predicted[0] / measured[0]) - 1))
+            relative = np.abs(errors_vs_teacher(predicted, measured))  # choices[0] is the teacher
             results.append((variant, batch_size, signed, drift, relative))
 
     print("\n| variant | batch | median abs error % | max abs error % | mean signed error % "

@@ -27,7 +27,15 @@ from lana.latency import (
     predict_ms,
 )
 
-__all__ = ["CheckRow", "CheckReport", "check_latency", "random_choices", "teacher_choices"]
+__all__ = ["CheckRow", "CheckReport", "check_latency", "errors_vs_teacher", "random_choices", "teacher_choices"]
+
+
+def errors_vs_teacher(predicted, measured) -> np.ndarray:
+    """Each student's % error against the teacher's, both timed together (index 0 is the teacher):
+    ``(predicted / measured) / (the teacher's predicted / measured) - 1``. An ``x`` budget depends
+    on this, and the machine's drift since the table (one factor for every model) leaves it."""
+    ratio = np.asarray(predicted, dtype=np.float64) / np.asarray(measured, dtype=np.float64)
+    return 100.0 * (ratio[1:] / ratio[0] - 1.0)
 
 
 @dataclass(frozen=True)
@@ -88,11 +96,8 @@ class CheckReport:
 
     @property
     def relative_errors_pct(self) -> list[float]:
-        """Each student's error against the teacher's, both timed in this check, in %:
-        ``(predicted / measured) / (teacher's predicted / measured) - 1``. An ``x`` budget depends
-        on this, and the machine's drift since the table (one factor for every model) leaves it."""
-        teacher = self.rows[0].predicted_ms / self.rows[0].measured_ms
-        return [100.0 * (row.predicted_ms / row.measured_ms / teacher - 1.0) for row in self.rows[1:]]
+        """Each student's error against the teacher timed in this check (:func:`errors_vs_teacher`)."""
+        return errors_vs_teacher([r.predicted_ms for r in self.rows], [r.measured_ms for r in self.rows]).tolist()
 
     def to_text(self) -> str:
         """A table of the models, then a one-line summary as the last line."""
