@@ -12,11 +12,15 @@ Variants:
                 Runtime would fold the stub's constant into the head).
     isolated    each block timed alone; fixed = teacher end to end - its blocks
                 (``measure_table(method="isolated")``, the ONNX Runtime way).
-    in_network  each block timed inside random students; fixed = forward - blocks, call by call;
-                every number times the median (forward / prediction) of those students
-                (``measure_table`` default for torch).
+    in_network  each block timed inside random students (``measure_table`` default for torch);
+                fixed part, a factor on the blocks and a weight term fitted on students timed
+                whole without timers (random ones and ones of light or heavy candidates).
+    in_network_scale
+                the blocks as timed, fixed = forward - blocks call by call, every number times
+                the median (forward with timers / prediction) of the students (the default
+                before the whole-student fit).
     in_network_unscaled
-                in_network without that per-table factor.
+                in_network_scale without that per-table factor.
     in_network_anchored
                 in_network_unscaled with fixed = teacher end to end - its blocks.
 
@@ -45,7 +49,7 @@ import torch
 from torch import nn
 
 from lana.candidates import build_candidate, space_for
-from lana.latency import LatencyTable, make_meter, measure_table, predict_ms
+from lana.latency import LatencyTable, _build_candidates, make_meter, measure_table, predict_ms, weight_mb
 from lana.latency_check import check_latency, errors_vs_teacher, random_choices, teacher_choices
 from lana.layers import find_layers, replace_layer
 
@@ -92,22 +96,50 @@ def measure_variants(
                                   input_shape=input_shape, rounds=rounds, max_rounds=max_rounds,
                                   method=variant, seed=seed)  # fmt: skip
         tables[variant] = table
-        keys = ("scale", "students_max_error_pct", "rounds_run", "max_round_load", "loadavg")
+        keys = ("whole_fit", "scale", "students_max_error_pct", "rounds_run", "max_round_load", "loadavg")
         log(f"[b{meter.batch_size}] {variant}: table in {time.perf_counter() - start:.1f} s, "
             f"fixed {table.fixed_ms:.3f} ms, teacher {table.teacher_ms:.3f} ms, "
             f"{ {k: table.fingerprint[k] for k in keys if k in table.fingerprint} }")  # fmt: skip
-    if "in_network" in tables:  # two variants derived from the same timings
-        table = tables["in_network"]
-        scale = table.fingerprint["scale"]
-        unscaled = dataclasses.replace(
-            table,
-            fixed_ms=table.fixed_ms / scale,
-            latency_ms=[row / scale for row in table.latency_ms],
-        )
-        teacher_blocks = predict_ms(unscaled, teacher_choices(unscaled)) - unscaled.fixed_ms
-        tables["in_network_unscaled"] = unscaled
-        tables["in_network_anchored"] = dataclasses.replace(unscaled, fixed_ms=table.teacher_ms - teacher_blocks)
+    if "in_network" in tables:  # three variants derived from the same timings
+        tables.update(derived_in_network(tables["in_network"], teacher, layers, specs, build))
     return tables
+
+
+def derived_in_network(table, teacher, layers, specs, build) -> dict[str, LatencyTable]:
+    """From the default in-network table, the raw block medians with ``fixed`` = forward minus
+    blocks (``in_network_unscaled``), those times the per-table scale (``in_network_scale``, the
+    correction before the whole-student fit), and the raw blocks with ``fixed`` = teacher end to
+    end minus its blocks (``in_network_anchored``)."""
+    how = table.fingerprint
+    raw, raw_fixed = table.latency_ms, how.get("raw_fixed_ms", table.fixed_ms)
+    if "whole_fit" in how:  # undo the fit: raw = (number - ms_per_mb x MB) / block factor
+        fit = how["whole_fit"]
+        mbytes = [[weight_mb(m) for m in row] for row in _build_candidates(teacher, layers, specs, build)]
+        raw = [(row - fit["ms_per_mb"] * np.array(mb)) / fit["block_factor"] for row, mb in zip(raw, mbytes)]
+    elif "scale" in how:
+        raw = [row / how["scale"] for row in raw]
+    unscaled = dataclasses.replace(table, fixed_ms=raw_fixed, latency_ms=raw)
+    teacher_blocks = predict_ms(unscaled, teacher_choices(unscaled)) - unscaled.fixed_ms
+    scale = how.get("scale", 1.0)
+    return {
+        "in_network_scale": dataclasses.replace(
+            unscaled, fixed_ms=raw_fixed * scale, latency_ms=[r * scale for r in raw]
+        ),
+        "in_network_unscaled": unscaled,
+        "in_network_anchored": dataclasses.replace(unscaled, fixed_ms=table.teacher_ms - teacher_blocks),
+    }
+
+
+def student_plans(table, args, teacher, layers, specs, build) -> list[list[int]]:
+    """``--students`` random students, then ``--light-students`` of light candidates."""
+    from lana.latency import _sized_choices
+
+    plans = random_choices(table, args.students, seed=args.seed)
+    if args.light_students:
+        mbytes = [np.array([weight_mb(m) for m in row]) for row in _build_candidates(teacher, layers, specs, build)]
+        rng = np.random.default_rng(args.seed + 1)
+        plans += [_sized_choices(mbytes, rng, small=True) for _ in range(args.light_students)]
+    return plans
 
 
 def median_table(tables: list[LatencyTable]) -> LatencyTable:
@@ -126,6 +158,13 @@ def main(argv=None) -> None:
     parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--students", type=int, default=10)
+    parser.add_argument(
+        "--light-students",
+        type=int,
+        default=5,
+        help="more students of light candidates (each layer's lighter half by weight), reported apart: "
+        "the fast plans a budget picks",
+    )
     parser.add_argument("--space", default="tiny", help="space_for preset or patterns")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
@@ -172,7 +211,7 @@ def main(argv=None) -> None:
                 rounds.append(measure_variants(variants, *common, meter, input_shape, 1, 1, r,
                                                log=lambda line: None))  # fmt: skip
                 reference = rounds[0][variants[0]]  # any table: the check reads its specs
-                plans = plans or random_choices(reference, args.students, args.seed)
+                plans = plans or student_plans(reference, args, teacher, layers, specs, build)
                 report = check_latency(teacher, reference, layers, plans, build, meter,
                                        input_shape=input_shape, rounds=1, max_rounds=1)  # fmt: skip
                 measured.append([row.measured_ms for row in report.rows])
@@ -184,7 +223,7 @@ def main(argv=None) -> None:
             tables = measure_variants(variants, *common, meter, input_shape, args.rounds, None,
                                       args.seed, log=print)  # fmt: skip
             reference = next(iter(tables.values()))
-            plans = random_choices(reference, args.students, seed=args.seed)
+            plans = student_plans(reference, args, teacher, layers, specs, build)
             start = time.perf_counter()
             report = check_latency(teacher, reference, layers, plans, build, meter,
                                    input_shape=input_shape, rounds=args.rounds)  # fmt: skip
@@ -199,16 +238,24 @@ def main(argv=None) -> None:
             # the teacher re-timed in the check vs in the table: the machine's drift in between
             drift = 100 * (measured[0] / table.teacher_ms - 1)
             relative = np.abs(errors_vs_teacher(predicted, measured))  # choices[0] is the teacher
-            results.append((variant, batch_size, signed, drift, relative))
+            random_part = slice(0, 1 + args.students)  # the teacher and the random students
+            light = np.abs(signed[1 + args.students :])
+            results.append((variant, batch_size, signed[random_part], drift, relative[: args.students],
+                            relative[args.students :], light))  # fmt: skip
 
     print("\n| variant | batch | median abs error % | max abs error % | mean signed error % "
-          "| teacher drift % | vs teacher: median / max % |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for variant, batch_size, signed, drift, relative in results:
+          "| teacher drift % | vs teacher: median / max % | light students: median / max % "
+          "| light vs teacher: median / max % |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+    def pair(values) -> str:
+        return f"{np.median(values):.1f} / {np.max(values):.1f}" if len(values) else "-"
+
+    for variant, batch_size, signed, drift, relative, light_relative, light in results:
         error = np.abs(signed)
         print(
             f"| {variant} | {batch_size} | {np.median(error):.1f} | {error.max():.1f} "
-            f"| {signed.mean():+.1f} | {drift:+.1f} | {np.median(relative):.1f} / {relative.max():.1f} |"
+            f"| {signed.mean():+.1f} | {drift:+.1f} | {pair(relative)} | {pair(light)} | {pair(light_relative)} |"
         )
 
 

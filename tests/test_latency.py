@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -272,9 +273,16 @@ def test_in_network_timing_runs_every_candidate_in_every_round(teacher):
     measure_table(teacher, LAYERS, SPECS, spy, meter, "t", progress=False,
                   input_shape=INPUT_SHAPE, rounds=rounds, max_rounds=rounds)  # fmt: skip
     calls = [i for i, entry in enumerate(log) if isinstance(entry, nn.Module)]
-    calls_per_round = max(map(len, SPECS)) + 1  # one student per candidate slot, plus the teacher
+    # one student per candidate slot, timed with the timers and again plain; 4 light or heavy
+    # students timed plain (for the whole-student fit); the plain teacher
+    calls_per_round = 2 * max(map(len, SPECS)) + 4 + 1
     assert len(calls) == rounds * calls_per_round
-    assert sum(_is_plain_teacher(log[i]) for i in calls) == rounds
+    # three networks: the one with timers, the plain student, the plain teacher (once a round)
+    counts = Counter(id(log[i]) for i in calls)
+    slots = max(map(len, SPECS))
+    assert sorted(counts.values()) == [rounds, rounds * slots, rounds * (slots + 4)]
+    teacher_id = next(k for k, n in counts.items() if n == rounds)
+    assert _is_plain_teacher(next(log[i] for i in calls if id(log[i]) == teacher_id))
     built = {(i, spec) for i, specs in enumerate(SPECS) for spec in specs if spec != "teacher"}
     bounds = calls[::calls_per_round] + [len(log)]
     for start, end in zip(bounds, bounds[1:]):  # every candidate runs in every round
@@ -465,13 +473,61 @@ def test_deploy_runtime_tables_are_first_class_in_latency_and_solve(tiny_library
 
 
 def test_latency_additivity_reports_the_error_against_the_teacher(capsys):
-    """bench/latency_additivity.py's last column: each student's predicted/measured ratio against the
-    teacher's, both timed in the same check (free of the machine's drift since the table)."""
+    """bench/latency_additivity.py: each student's predicted/measured ratio against the teacher's,
+    both timed in the same check (free of the machine's drift since the table), for the random
+    students and apart for the light ones; the scale correction is derived from the same timings."""
     from bench.latency_additivity import main
 
     main(["--model", "resnet10t", "--img-size", "32", "--batch-sizes", "1", "--students", "3",
-          "--variants", "in_network", "--repeats", "2", "--rounds", "1"])  # fmt: skip
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| in_network | 1 |")]
-    assert len(rows) == 1
-    median, worst = (float(x) for x in rows[0].rstrip(" |").split("|")[-1].split("/"))
-    assert 0 <= median <= worst
+          "--light-students", "2", "--variants", "in_network", "--repeats", "2", "--rounds", "1"])  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    for variant in ("in_network", "in_network_scale", "in_network_unscaled"):
+        rows = [line for line in out if line.startswith(f"| {variant} | 1 |")]
+        assert len(rows) == 1, (variant, out)
+        cells = rows[0].strip(" |").split("|")
+        for cell in cells[-3:]:  # vs teacher, light students, light vs teacher: median <= max
+            median, worst = (float(x) for x in cell.split("/"))
+            assert 0 <= median <= worst, (variant, cell)
+
+
+def test_whole_fit_recovers_the_fixed_part_and_the_weight_term_of_students_timed_whole():
+    """Students timed plain cost 0.2 ms + 1.1 x their blocks + 0.01 ms per MB of weights: the fit
+    gives those back (the fixed part measured with timers, 0.35 ms, is not what it keeps)."""
+    from lana.latency import _whole_fit
+
+    rng = np.random.default_rng(0)
+    latency = [rng.uniform(0.05, 0.5, 6) for _ in range(4)]
+    mbytes = [rng.uniform(0.1, 8.0, 6) for _ in range(4)]
+    samples = {"teacher": [0.2 + sum(1.1 * row[0] + 0.01 * mb[0] for row, mb in zip(latency, mbytes))] * 3}
+    for _ in range(20):
+        choices = tuple(int(rng.integers(6)) for _ in range(4))
+        whole = 0.2 + sum(1.1 * row[c] + 0.01 * mb[c] for row, mb, c in zip(latency, mbytes, choices))
+        samples["plain", choices] = [whole * (1 + e) for e in rng.normal(0, 0.002, 4)]
+    fit = _whole_fit(samples, latency, mbytes, [0, 0, 0, 0])
+    assert fit["fixed_ms"] == pytest.approx(0.2, abs=0.01)
+    assert fit["block_factor"] == pytest.approx(1.1, abs=0.02)
+    assert fit["ms_per_mb"] == pytest.approx(0.01, abs=0.002)
+    assert fit["students"] == 21 and fit["max_abs_error_pct"] < 1.0
+    # students slower than their blocks can explain, with less time the more blocks they run: not
+    # physical, so no fit (the table falls back to the per-table scale)
+    upside_down = {k: [5.0 - 2 * sum(row[c] for row, c in zip(latency, k[1]))] * 2 for k in samples if k != "teacher"}
+    assert _whole_fit({"teacher": [5.0], **upside_down}, latency, mbytes, [0, 0, 0, 0]) is None
+
+
+def test_in_network_table_folds_the_whole_student_fit_into_its_numbers(teacher):
+    """A table timed on the CPU records the correction it used; where the whole-student fit was
+    kept, its fixed part is the table's; ``correction="scale"`` keeps the per-table factor."""
+    table = measure_table(teacher, LAYERS, SPECS, build, TorchMeter(repeats=4, threads=1), "t", progress=False,
+                          input_shape=INPUT_SHAPE, rounds=2)  # fmt: skip
+    how = table.fingerprint
+    assert how["correction"] in ("whole_fit", "scale") and "raw_fixed_ms" in how
+    if how["correction"] == "whole_fit":
+        fit = how["whole_fit"]
+        assert table.fixed_ms == fit["fixed_ms"] and fit["students"] >= 6
+        assert 0.5 <= fit["block_factor"] <= 2.0
+    scale_table = measure_table(teacher, LAYERS, SPECS, build, TorchMeter(repeats=4, threads=1), "t",
+                                progress=False, input_shape=INPUT_SHAPE, rounds=2, correction="scale")  # fmt: skip
+    assert scale_table.fingerprint["correction"] == "scale" and "whole_fit" not in scale_table.fingerprint
+    with pytest.raises(ValueError, match="unknown correction 'nope': whole_fit or scale"):
+        measure_table(teacher, LAYERS, SPECS, build, TorchMeter(repeats=1), "t", progress=False,
+                      input_shape=INPUT_SHAPE, correction="nope")  # fmt: skip
