@@ -508,6 +508,11 @@ def test_whole_fit_recovers_the_fixed_part_and_the_weight_term_of_students_timed
     assert fit["block_factor"] == pytest.approx(1.1, abs=0.02)
     assert fit["ms_per_mb"] == pytest.approx(0.01, abs=0.002)
     assert fit["students"] == 21 and fit["max_abs_error_pct"] < 1.0
+    # heavier students faster at the same blocks' time: no weight term (it only adds time)
+    lighter = {
+        k: [v[0] - 0.015 * sum(mb[c] for mb, c in zip(mbytes, k[1]))] for k, v in samples.items() if k != "teacher"
+    }
+    assert _whole_fit({"teacher": samples["teacher"], **lighter}, latency, mbytes, [0, 0, 0, 0])["ms_per_mb"] == 0.0
     # students slower than their blocks can explain, with less time the more blocks they run: not
     # physical, so no fit (the table falls back to the per-table scale)
     upside_down = {k: [5.0 - 2 * sum(row[c] for row, c in zip(latency, k[1]))] * 2 for k in samples if k != "teacher"}
