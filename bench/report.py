@@ -256,8 +256,16 @@ def findings(result: dict) -> list[str]:
             f"Calibration (`lana calibrate`, issue 15): {cal['samples']} whole students assembled from the library, "
             f"{cal['held_out']} of them kept out of the fit; Spearman between predicted and measured drop on those: "
             f"one-swap sum ({cal['base']}) {_num(cal['spearman_one_swap'])}, calibrated ({cal['kind']}) "
-            f"{_num(cal['spearman_calibrated'])}, on the score split; it took {cal['seconds']:.0f} s, "
-            f"{100 * cal['seconds'] / max(cal['build_seconds'], 1e-9):.0f}% of the library's build."
+            f"{_num(cal['spearman_calibrated'])}, on the score split"
+            + (
+                f"; among the held-out plans within the fit's range (drop ≤ {cal['max_drop']:.1f} points, half the "
+                f"teacher's margin over chance; {cal['in_range']} of the {cal['samples']} students were fitted): "
+                f"one-swap {_num(cal['spearman_one_swap_in_range'])}, calibrated {_num(cal['spearman_calibrated_in_range'])}"
+                if cal.get("max_drop") is not None and cal.get("spearman_calibrated_in_range") is not None
+                else ""
+            )
+            + f"; it took {cal['seconds']:.0f} s, {100 * cal['seconds'] / max(cal['build_seconds'], 1e-9):.0f}% "
+            "of the library's build."
         )
     for t, e in result["additivity"].items():
         out.append(
@@ -307,7 +315,14 @@ def goals(results: list[dict]) -> list[str]:
             rho = cal["spearman_calibrated"]
             lines.append(
                 f"| held-out Spearman of the calibrated score ≥ {target} | {w['name']} | {_num(rho)} "
-                f"(one-swap {_num(cal['spearman_one_swap'])}, {cal['held_out']} plans) | {'yes' if rho >= target else 'no'} |"
+                f"(one-swap {_num(cal['spearman_one_swap'])}, {cal['held_out']} plans"
+                + (
+                    f"; in the fit's range {_num(cal['spearman_calibrated_in_range'])}, one-swap "
+                    f"{_num(cal['spearman_one_swap_in_range'])}"
+                    if cal.get("spearman_calibrated_in_range") is not None
+                    else ""
+                )
+                + f") | {'yes' if rho >= target else 'no'} |"
             )
             share = 100 * cal["seconds"] / max(cal["build_seconds"], 1e-9)
             lines.append(

@@ -130,3 +130,29 @@ def test_a_pairwise_fit_finds_a_large_neighbour_term_and_predicts_with_it(synthe
         return np.mean([(predict_drop(scores, fit, p) - drop(p)) ** 2 for p in held])
 
     assert error(scores, info) < 0.5 * error(plain, {})
+
+
+def test_students_past_max_drop_are_left_out_of_the_fit(synthetic):
+    """A range-limited fit is the fit of the students within range (saturated ones carry a floor,
+    not a sum); with too few of them left it fits all, loudly. That this picks better plans is a
+    measurement on a real library (bench/calibration_range.py), not something a synthetic truth
+    shows: here the truth is additive within range."""
+    from lana.calibrate import _MIN_IN_RANGE, max_fitted_drop
+
+    problem = load_problem(synthetic)
+    additive = _true_drop(problem, np.random.default_rng(0))
+    plans = sample_plans(problem, 60, seed=1)
+    floor = float(np.percentile([additive(p) for p in plans], 60))
+    drops = [min(additive(p), floor) for p in plans]  # 40% saturate at the floor
+    cap = 0.9 * floor
+    limited, info = fit_calibration(problem, plans, drops, max_drop=cap)
+    inside = [i for i, d in enumerate(drops) if d <= cap]
+    assert info["fitted"] == len(inside) < len(plans)
+    subset, _ = fit_calibration(problem, [plans[i] for i in inside], [drops[i] for i in inside])
+    assert all(np.allclose(a, b) for a, b in zip(limited, subset))
+    everything, _ = fit_calibration(problem, plans, drops)
+    assert not all(np.allclose(a, b) for a, b in zip(limited, everything))
+    few = sorted(drops)[_MIN_IN_RANGE - 2]  # fewer than _MIN_IN_RANGE students within it: all are fitted
+    assert fit_calibration(problem, plans, drops, max_drop=few)[1]["fitted"] == len(plans)
+    # half the teacher's margin over chance; no cap without the number of classes
+    assert max_fitted_drop(90.0, 10) == 40.0 and max_fitted_drop(90.0, None) is None
