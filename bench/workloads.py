@@ -297,7 +297,9 @@ def _calibration(workload: Workload, path: Path) -> dict | None:
         return None
     done = Library(path).calibrations.get(CALIBRATED)
     if done:
-        return {k: v for k, v in done.items() if k not in ("samples", "fit", "config")} | {"cached": True}
+        # the stored record holds the samples themselves under "samples"; the result counts them
+        kept = {k: v for k, v in done.items() if k not in ("samples", "fit", "config")}
+        return kept | {"samples": len(done.get("samples", [])), "cached": True}
     result = calibrate(path, CalibrationConfig(device=workload.device, seed=workload.seed))
     return {**asdict(result), "cached": False}
 

@@ -218,3 +218,20 @@ def test_library_analysis_fronts_picks_and_pruning(tmp_path):
     assert everything == sorted(everything, reverse=True)  # a looser budget never costs more
     rows = space_pruning(problem, factors=(0.5,), repeats=1)
     assert rows[0]["same_optimum"] and rows[0]["after_bound"] <= rows[0]["after_dominance"] <= rows[0]["usable"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_cached_calibration_reports_its_count_of_students(smoke_run):
+    """A rerun on a calibrated library reads the calibration back: the stored record holds the
+    samples themselves, the report wants their count (a rerun's report crashed on it)."""
+    from bench.workloads import WORKLOADS, _calibration, smoke
+    from lana.calibrate import CALIBRATED
+    from lana.library import Library
+
+    out, _ = smoke_run
+    (path,) = out.glob("W1*/library.h5")
+    cached = _calibration(smoke(WORKLOADS["W1"]), path)
+    stored = Library(path).calibrations[CALIBRATED]
+    assert cached["cached"] and cached["samples"] == len(stored["samples"]) > 0
+    assert cached["held_out"] < cached["samples"]
