@@ -460,6 +460,24 @@ def _whole_fit(samples: dict, latency, mbytes, teacher_index) -> dict | None:
             "max_abs_error_pct": round(float(error.max()), 2)}  # fmt: skip
 
 
+def _fold_correction(samples, latency, spread, fixed_ms, fixed_spread_ms, candidates, teacher_index, correction):
+    """The in-network numbers with the correction folded in: the whole-student fit where asked
+    for and physical, else the per-table scale. Returns (latency, spread, fixed, fixed spread,
+    diagnostics for the fingerprint)."""
+    mbytes = [np.array([weight_mb(m) for m in row]) for row in candidates]
+    scale, diagnostics = _in_network_scale(samples, latency, fixed_ms, teacher_index)
+    fit = _whole_fit(samples, latency, mbytes, teacher_index) if correction == "whole_fit" else None
+    diagnostics["raw_fixed_ms"] = round(fixed_ms, 6)
+    diagnostics["correction"] = "whole_fit" if fit is not None else "scale"
+    if fit is None:
+        return ([row * scale for row in latency], [row * scale for row in spread], fixed_ms * scale,
+                fixed_spread_ms * scale, diagnostics)  # fmt: skip
+    diagnostics["whole_fit"] = fit
+    latency = [fit["block_factor"] * row + fit["ms_per_mb"] * mb for row, mb in zip(latency, mbytes)]
+    spread = [row * fit["block_factor"] for row in spread]
+    return latency, spread, fit["fixed_ms"], fixed_spread_ms * fit["block_factor"], diagnostics
+
+
 def measure_table(
     teacher: nn.Module,
     layers: Sequence,
@@ -498,10 +516,8 @@ def measure_table(
         seed: seeds the order of candidates within each round.
         max_retimes: times a noisy measurement is repeated (builds pass :data:`lana.noise.MAX_RETIMES`);
             a table still noisy after them is returned with ``noisy=True``.
-        correction: for ``in_network``, what is folded into the numbers: ``whole_fit`` (default:
-            fixed part, block factor and a weight term fitted on students timed whole without
-            timers, :func:`_whole_fit`; the scale where the fit is not physical) or ``scale`` (one
-            factor, forward with timers / prediction).
+        correction: for ``in_network``, what is folded into the numbers: ``whole_fit`` (default;
+            :func:`_whole_fit`, the scale where it is not physical) or ``scale`` (one factor).
 
     Returns:
         The :class:`LatencyTable`.
@@ -511,7 +527,6 @@ def measure_table(
         raise ValueError(f"unknown correction {correction!r}: whole_fit or scale")
     load_before = os.getloadavg()[0]
     candidates = _build_candidates(teacher, layers, specs_per_layer, build)
-    mbytes = [np.array([weight_mb(m) for m in row]) for row in candidates]
     make_round = _in_network_round if method == "in_network" else _isolated_round
     run_round = make_round(teacher, layers, candidates, meter, tuple(input_shape), rounds,
                            np.random.default_rng(seed))  # fmt: skip
@@ -529,18 +544,9 @@ def measure_table(
     fixed_timing = Timing.of(samples["fixed"])
     fixed_ms, fixed_spread_ms, diagnostics = fixed_timing.median_ms, fixed_timing.spread_ms, {}
     if method == "in_network":  # per-table correction, folded into the numbers (stays linear)
-        scale, diagnostics = _in_network_scale(samples, latency, fixed_ms, teacher_index)
-        fit = _whole_fit(samples, latency, mbytes, teacher_index) if correction == "whole_fit" else None
-        diagnostics["raw_fixed_ms"] = round(fixed_ms, 6)
-        if fit is not None:
-            diagnostics["whole_fit"] = fit
-            latency = [fit["block_factor"] * row + fit["ms_per_mb"] * mb for row, mb in zip(latency, mbytes)]
-            spread = [row * fit["block_factor"] for row in spread]
-            fixed_ms, fixed_spread_ms = fit["fixed_ms"], fixed_spread_ms * fit["block_factor"]
-        else:
-            latency, spread = [row * scale for row in latency], [row * scale for row in spread]
-            fixed_ms, fixed_spread_ms = fixed_ms * scale, fixed_spread_ms * scale
-        diagnostics["correction"] = "whole_fit" if fit is not None else "scale"
+        latency, spread, fixed_ms, fixed_spread_ms, diagnostics = _fold_correction(
+            samples, latency, spread, fixed_ms, fixed_spread_ms, candidates, teacher_index, correction
+        )
     predicted = fixed_ms + sum(row[c] for row, c in zip(latency, teacher_index)) if None not in teacher_index else None
     if predicted is not None:  # the teacher's own row against its measurement whole
         noise["teacher_error_pct"] = round(float(100 * (predicted / teacher_timing.median_ms - 1)), 2)

@@ -235,3 +235,37 @@ def test_a_cached_calibration_reports_its_count_of_students(smoke_run):
     stored = Library(path).calibrations[CALIBRATED]
     assert cached["cached"] and cached["samples"] == len(stored["samples"]) > 0
     assert cached["held_out"] < cached["samples"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_calibration_range_and_latency_plans_run_on_a_bench_workload(smoke_run, capsys):
+    """bench/calibration_range.py and bench/latency_plans.py on the smoke run's library and plans:
+    one row per score variant and budget, one per table, figures that can be read back."""
+    from bench import calibration_range, latency_plans
+    from lana.library import Library
+
+    out, _ = smoke_run
+    (path,) = out.glob("W1*/library.h5")
+    calibration_range.main([str(path), "--bench", str(path.parent)])
+    text = capsys.readouterr().out
+    budgets = {p.parent.parent.name for p in path.parent.glob("*/lana/plan.json")}
+    assert budgets and all(f"| {b} | " in text for b in budgets)
+    for name in ("one-swap sum", "fit on every student", "fit within range"):
+        assert f"| {name} | " in text
+    table = next(iter(Library(path).tables))
+    latency_plans.main([str(path), "--bench", str(path.parent), "--table", table, "--students", "2", "--threads", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| stored |", "| re-timed |"))]
+    assert len(rows) == 2
+    for row in rows:
+        for cell in row.strip(" |").split("|")[2:]:  # median <= max in every pair
+            median, worst = (float(x) for x in cell.split("/"))
+            assert 0 <= median <= worst
+
+
+def test_timer_overhead_prints_the_cost_of_the_timers(capsys):
+    from bench.timer_overhead import main
+
+    main(["--model", "resnet10t", "--img-size", "32", "--threads", "1", "--rounds", "2"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "resnet10t 32px b1 t1: plain" in line and "us a timer" in line
