@@ -74,7 +74,7 @@ class _ShapeStub(nn.Module):
 def block_sum_table(teacher, layers, specs, build, meter, input_shape, rounds) -> LatencyTable:
     """The plain sum of parts: blocks alone, plus the network with free stubs for the blocks."""
     table = measure_table(teacher, layers, specs, build, meter, "block_sum", progress=False,
-                          input_shape=input_shape, rounds=rounds, method="isolated")  # fmt: skip
+                          input_shape=input_shape, rounds=rounds, method="isolated", correction="scale")  # fmt: skip
     stubbed = copy.deepcopy(teacher)
     for layer in layers:
         replace_layer(stubbed, layer.name, _ShapeStub(layer.out_shape))
@@ -102,6 +102,9 @@ def measure_variants(
             f"{ {k: table.fingerprint[k] for k in keys if k in table.fingerprint} }")  # fmt: skip
     if "in_network" in tables:  # three variants derived from the same timings
         tables.update(derived_in_network(tables["in_network"], teacher, layers, specs, build))
+    if "isolated" in tables and "whole_fit" in tables["isolated"].fingerprint:  # the fit undone
+        raw = derived_in_network(tables["isolated"], teacher, layers, specs, build)["in_network_unscaled"]
+        tables["isolated_unfitted"] = raw
     return tables
 
 

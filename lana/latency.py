@@ -17,9 +17,11 @@ because the ILP needs it so. The numbers are made honest by *where* and *when* t
   predicted) is folded in instead. Timing blocks one at a time and timing stem and head alone
   instead left the plain sum ~20% under the real time at batch 1 on a busy 2-core CPU (see
   ``bench/latency_additivity.py``).
-* A backend that runs a compiled graph (ONNX Runtime) cannot time a block inside it, so each
-  candidate is timed alone at its layer's input shape, and ``fixed_ms`` is the teacher timed end to
-  end minus the sum of its blocks timed alone, which absorbs per-call overhead.
+* A backend that runs a compiled graph (ONNX Runtime, OpenVINO) cannot time a block inside it, so
+  each candidate is timed alone at its layer's input shape; the teacher and a few random, light
+  and heavy students are timed whole, and the same whole-student fit sets ``fixed_ms`` and folds
+  into the numbers (without it ``fixed_ms`` is the teacher minus its blocks alone, and light
+  students came out 1.4-2.8x their time at batch 1).
 
 Both ways interleave: every round visits all candidates before any is timed again, so slow drift
 in the machine's load hits all alike. Bursts of load (other jobs) slow whole rounds, so rounds
@@ -347,17 +349,19 @@ def _in_network_round(teacher, layers, candidates, meter, input_shape, rounds, r
     return run_round
 
 
-def _isolated_round(teacher, layers, candidates, meter, input_shape, rounds, rng):
-    """``run_round`` timing each candidate alone at its layer's input, and the teacher.
+def _isolated_round(teacher, layers, candidates, meter, input_shape, rounds, rng, students: int = 6, sized: int = 4):
+    """``run_round`` timing each candidate alone at its layer's input, the teacher, and
+    ``students`` random students plus ``sized`` of light or heavy candidates whole (items
+    ``("plain", choices)``), for the whole-student fit.
 
-    TODO(limit): a block timed alone keeps its weights in cache between repeats; inside the
-    network they are evicted by the other blocks' (resnet18 holds 45 MB). With ONNX Runtime at
-    batch 1 this put the teacher's blocks ~15% under their share of the teacher, the difference
-    went into ``fixed_ms``, and students 5x cheaper than the teacher came out 2x over (one busy
-    run). Timing the blocks as a chain of per-block sessions would cycle the cache as the
-    network does.
+    Blocks timed alone keep their weights in cache between repeats; inside the network they are
+    evicted by the other blocks' (resnet18 holds 45 MB), and each alone pays the runtime's per-call
+    cost. With ONNX Runtime at batch 1 that put the fixed part (teacher minus its blocks) far off,
+    and light students came out 1.4-2.8x their time (``bench/latency_additivity.py --backend
+    onnxruntime``); the whole students let :func:`_whole_fit` put it right.
     """
-    teacher = copy.deepcopy(teacher)  # the meter moves what it times to its device
+    teacher, plain = copy.deepcopy(teacher), copy.deepcopy(teacher)  # the meter moves what it times
+    mbytes = [np.array([weight_mb(m) for m in row]) for row in candidates]
 
     def run_round(first: bool) -> dict:
         round_meter = _round_meter(meter, rounds, first)
@@ -366,6 +370,12 @@ def _isolated_round(teacher, layers, candidates, meter, input_shape, rounds, rng
             for c in rng.permutation(len(row)):
                 samples[i, int(c)] = list(round_meter(row[c], layer.in_shape).samples_ms)
         samples["teacher"] = list(round_meter(teacher, input_shape).samples_ms)
+        chosen = [[int(rng.integers(len(row))) for row in candidates] for _ in range(students)]
+        chosen += [_sized_choices(mbytes, rng, small=k % 2 == 0) for k in range(sized)]
+        for choices in chosen:
+            for layer, row, c in zip(layers, candidates, choices):
+                _replace(plain, layer.name, row[c])
+            samples["plain", tuple(choices)] = list(round_meter(plain, input_shape).samples_ms)
         return samples
 
     return run_round
@@ -516,8 +526,8 @@ def measure_table(
         seed: seeds the order of candidates within each round.
         max_retimes: times a noisy measurement is repeated (builds pass :data:`lana.noise.MAX_RETIMES`);
             a table still noisy after them is returned with ``noisy=True``.
-        correction: for ``in_network``, what is folded into the numbers: ``whole_fit`` (default;
-            :func:`_whole_fit`, the scale where it is not physical) or ``scale`` (one factor).
+        correction: what is folded into the numbers: ``whole_fit`` (default; :func:`_whole_fit`,
+            the scale where it is not physical) or ``scale`` (one factor; ``isolated``: nothing).
 
     Returns:
         The :class:`LatencyTable`.
@@ -543,7 +553,7 @@ def measure_table(
         samples["fixed"] = list(np.array(samples["teacher"]) - teacher_blocks)
     fixed_timing = Timing.of(samples["fixed"])
     fixed_ms, fixed_spread_ms, diagnostics = fixed_timing.median_ms, fixed_timing.spread_ms, {}
-    if method == "in_network":  # per-table correction, folded into the numbers (stays linear)
+    if method == "in_network" or correction == "whole_fit":  # folded into the numbers (stays linear)
         latency, spread, fixed_ms, fixed_spread_ms, diagnostics = _fold_correction(
             samples, latency, spread, fixed_ms, fixed_spread_ms, candidates, teacher_index, correction
         )

@@ -250,12 +250,15 @@ def test_isolated_timing_visits_every_candidate_once_per_round(teacher):
     meter = RecordingMeter(eager=False, repeats=6)
     table = measure_table(teacher, LAYERS, SPECS, build, meter, "t", progress=False,
                           input_shape=INPUT_SHAPE, rounds=3)  # fmt: skip
-    per_round = sum(map(len, SPECS)) + 1  # every candidate, then the teacher end to end
+    # every candidate, the teacher end to end, then 6 random and 4 light or heavy students whole
+    candidates = sum(map(len, SPECS))
+    per_round = candidates + 1 + 10
     assert len(meter.log) == 3 * per_round
     for start in range(0, len(meter.log), per_round):
         visited = meter.log[start : start + per_round]
-        assert len({id(module) for module in visited}) == per_round
-        assert _is_plain_teacher(visited[-1])
+        assert len({id(module) for module in visited[: candidates + 1]}) == candidates + 1
+        assert _is_plain_teacher(visited[candidates])
+        assert all(isinstance(m, TinyNet) and m is not visited[candidates] for m in visited[candidates + 1 :])
     # 6 repeats spread over 3 rounds: 2 samples per call
     assert table.latency_ms[0][0] == 1.0
 
@@ -302,7 +305,7 @@ class BurstMeter(RecordingMeter):
 
 
 def test_measure_table_replaces_a_round_caught_in_a_burst_of_load(teacher):
-    per_round = sum(map(len, SPECS)) + 1
+    per_round = sum(map(len, SPECS)) + 1 + 10  # candidates, teacher, 10 whole students
     meter = BurstMeter(eager=False, burst=(per_round, 2 * per_round))  # the whole second round
     table = measure_table(teacher, LAYERS, SPECS, build, meter, "t", progress=False,
                           input_shape=INPUT_SHAPE, rounds=3)  # fmt: skip
