@@ -115,10 +115,12 @@ def derived_in_network(table, teacher, layers, specs, build) -> dict[str, Latenc
     end minus its blocks (``in_network_anchored``)."""
     how = table.fingerprint
     raw, raw_fixed = table.latency_ms, how.get("raw_fixed_ms", table.fixed_ms)
-    if "whole_fit" in how:  # undo the fit: raw = (number - ms_per_mb x MB) / block factor
+    if "whole_fit" in how:  # undo the fit: raw = (number + shift - ms_per_mb x MB) / block factor
         fit = how["whole_fit"]
         mbytes = [[weight_mb(m) for m in row] for row in _build_candidates(teacher, layers, specs, build)]
-        raw = [(row - fit["ms_per_mb"] * np.array(mb)) / fit["block_factor"] for row, mb in zip(raw, mbytes)]
+        shifts = fit.get("layer_shift_ms", [0.0] * len(raw))
+        raw = [(row + shift - fit["ms_per_mb"] * np.array(mb)) / fit["block_factor"]
+               for row, mb, shift in zip(raw, mbytes, shifts)]  # fmt: skip
     elif "scale" in how:
         raw = [row / how["scale"] for row in raw]
     unscaled = dataclasses.replace(table, fixed_ms=raw_fixed, latency_ms=raw)

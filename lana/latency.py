@@ -439,9 +439,10 @@ def _whole_fit(samples: dict, latency, mbytes, teacher_index) -> dict | None:
     Both fold into the numbers, so the prediction stays one number per candidate.
 
     Returns:
-        ``{"fixed_ms", "block_factor", "ms_per_mb", "students", "median_abs_error_pct",
-        "max_abs_error_pct"}``, or None where there are too few students or the fit is not
-        physical (then the per-table scale is used).
+        ``{"fixed_ms", "intercept_ms", "layer_shift_ms", "block_factor", "ms_per_mb", "students",
+        "median_abs_error_pct", "max_abs_error_pct"}`` (a negative intercept moved from the
+        layers' numbers, ``layer_shift_ms``, so the fixed part is >= 0), or None where there are
+        too few students or the fit is not physical (then the per-table scale is used).
     """
     if None not in teacher_index:
         samples.setdefault(("plain", tuple(teacher_index)), []).extend(samples["teacher"])
@@ -460,14 +461,22 @@ def _whole_fit(samples: dict, latency, mbytes, teacher_index) -> dict | None:
         features = features[:, :2]  # weights standing in for the blocks' time (batch 64); drop it
         coef = np.linalg.lstsq(features, whole, rcond=None)[0]
     fixed, factor, per_mb = float(coef[0]), float(coef[1]), float(coef[2]) if len(coef) > 2 else 0.0
-    if fixed <= 0 or not _BLOCK_FACTOR_RANGE[0] <= factor <= _BLOCK_FACTOR_RANGE[1]:
+    # a negative intercept is each block's own per-call cost counted once a layer (blocks timed
+    # alone at batch 1 pay the runtime's call each): the same in every plan, so it moves from the
+    # layers' numbers to the fixed part without changing any prediction, while they stay >= 0
+    lowest = np.array([float(np.min(factor * row + per_mb * mb)) for row, mb in zip(latency, mbytes)])
+    shift = np.zeros(len(lowest))
+    if fixed < 0 and lowest.clip(min=0).sum() > -fixed:
+        shift = -fixed * lowest.clip(min=0) / lowest.clip(min=0).sum()
+    if fixed + shift.sum() < -1e-9 or not _BLOCK_FACTOR_RANGE[0] <= factor <= _BLOCK_FACTOR_RANGE[1]:
         log.warning("latency: whole-student fit not kept (fixed %.4f ms, block factor %.3f); scaling instead",
                     fixed, factor)  # fmt: skip
         return None
     error = np.abs(100 * (features @ coef / whole - 1))
-    return {"fixed_ms": round(fixed, 6), "block_factor": round(factor, 5), "ms_per_mb": round(per_mb, 7),
-            "students": len(students), "median_abs_error_pct": round(float(np.median(error)), 2),
-            "max_abs_error_pct": round(float(error.max()), 2)}  # fmt: skip
+    return {"fixed_ms": round(max(0.0, fixed + float(shift.sum())), 6), "intercept_ms": round(fixed, 6),
+            "layer_shift_ms": [round(float(v), 6) for v in shift], "block_factor": round(factor, 5),
+            "ms_per_mb": round(per_mb, 7), "students": len(students),
+            "median_abs_error_pct": round(float(np.median(error)), 2), "max_abs_error_pct": round(float(error.max()), 2)}  # fmt: skip
 
 
 def _fold_correction(samples, latency, spread, fixed_ms, fixed_spread_ms, candidates, teacher_index, correction):
@@ -483,7 +492,8 @@ def _fold_correction(samples, latency, spread, fixed_ms, fixed_spread_ms, candid
         return ([row * scale for row in latency], [row * scale for row in spread], fixed_ms * scale,
                 fixed_spread_ms * scale, diagnostics)  # fmt: skip
     diagnostics["whole_fit"] = fit
-    latency = [fit["block_factor"] * row + fit["ms_per_mb"] * mb for row, mb in zip(latency, mbytes)]
+    latency = [fit["block_factor"] * row + fit["ms_per_mb"] * mb - shift
+               for row, mb, shift in zip(latency, mbytes, fit["layer_shift_ms"])]  # fmt: skip
     spread = [row * fit["block_factor"] for row in spread]
     return latency, spread, fit["fixed_ms"], fixed_spread_ms * fit["block_factor"], diagnostics
 

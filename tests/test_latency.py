@@ -511,6 +511,16 @@ def test_whole_fit_recovers_the_fixed_part_and_the_weight_term_of_students_timed
     assert fit["block_factor"] == pytest.approx(1.1, abs=0.02)
     assert fit["ms_per_mb"] == pytest.approx(0.01, abs=0.002)
     assert fit["students"] == 21 and fit["max_abs_error_pct"] < 1.0
+    # blocks timed alone that each carry a 0.03 ms call: the intercept goes negative (0.05 - 4 x
+    # 0.03); it moves to the layers' numbers, which stay >= 0, and every prediction is kept
+    calls = {k: [0.05 + sum(row[c] - 0.03 for row, c in zip(latency, k[1]))] * 2 for k in samples if k != "teacher"}
+    fit = _whole_fit({"teacher": [0.05 + sum(row[0] - 0.03 for row in latency)], **calls}, latency, mbytes, [0] * 4)
+    assert fit["intercept_ms"] == pytest.approx(-0.07, abs=1e-6) and fit["fixed_ms"] == 0.0
+    folded = [fit["block_factor"] * row + fit["ms_per_mb"] * mb - shift
+              for row, mb, shift in zip(latency, mbytes, fit["layer_shift_ms"])]  # fmt: skip
+    assert min(map(np.min, folded)) >= 0
+    for key, whole in calls.items():
+        assert fit["fixed_ms"] + sum(row[c] for row, c in zip(folded, key[1])) == pytest.approx(whole[0], abs=1e-6)
     # heavier students faster at the same blocks' time: no weight term (it only adds time)
     lighter = {
         k: [v[0] - 0.015 * sum(mb[c] for mb, c in zip(mbytes, k[1]))] for k, v in samples.items() if k != "teacher"
