@@ -10,8 +10,10 @@ Variants:
     block_sum   each block timed alone; the fixed part (stem, head) timed alone with every
                 block replaced by a free stub: the plain sum of parts (torch only: ONNX
                 Runtime would fold the stub's constant into the head).
-    isolated    each block timed alone; fixed = teacher end to end - its blocks
+    isolated    each block timed alone, the teacher and 10 students whole; the whole-student fit
                 (``measure_table(method="isolated")``, the ONNX Runtime way).
+    isolated_unfitted
+                isolated without the fit: fixed = teacher end to end - its blocks alone.
     in_network  each block timed inside random students (``measure_table`` default for torch);
                 fixed part, a factor on the blocks and a weight term fitted on students timed
                 whole without timers (random ones and ones of light or heavy candidates).
@@ -49,7 +51,7 @@ import torch
 from torch import nn
 
 from lana.candidates import build_candidate, space_for
-from lana.latency import LatencyTable, _build_candidates, make_meter, measure_table, predict_ms, weight_mb
+from lana.latency import LatencyTable, _build_candidates, candidate_weights_mb, make_meter, measure_table, predict_ms
 from lana.latency_check import check_latency, errors_vs_teacher, random_choices, teacher_choices
 from lana.layers import find_layers, replace_layer
 
@@ -117,9 +119,9 @@ def derived_in_network(table, teacher, layers, specs, build) -> dict[str, Latenc
     raw, raw_fixed = table.latency_ms, how.get("raw_fixed_ms", table.fixed_ms)
     if "whole_fit" in how:  # undo the fit: raw = (number + shift - ms_per_mb x MB) / block factor
         fit = how["whole_fit"]
-        mbytes = [[weight_mb(m) for m in row] for row in _build_candidates(teacher, layers, specs, build)]
+        mbytes = candidate_weights_mb(_build_candidates(teacher, layers, specs, build))
         shifts = fit.get("layer_shift_ms", [0.0] * len(raw))
-        raw = [(row + shift - fit["ms_per_mb"] * np.array(mb)) / fit["block_factor"]
+        raw = [(row + shift - fit["ms_per_mb"] * mb) / fit["block_factor"]
                for row, mb, shift in zip(raw, mbytes, shifts)]  # fmt: skip
     elif "scale" in how:
         raw = [row / how["scale"] for row in raw]
@@ -141,7 +143,7 @@ def student_plans(table, args, teacher, layers, specs, build) -> list[list[int]]
 
     plans = random_choices(table, args.students, seed=args.seed)
     if args.light_students:
-        mbytes = [np.array([weight_mb(m) for m in row]) for row in _build_candidates(teacher, layers, specs, build)]
+        mbytes = candidate_weights_mb(_build_candidates(teacher, layers, specs, build))
         rng = np.random.default_rng(args.seed + 1)
         plans += [_sized_choices(mbytes, rng, small=True) for _ in range(args.light_students)]
     return plans

@@ -57,6 +57,7 @@ __all__ = [
     "measure_table",
     "predict_ms",
     "weight_mb",
+    "candidate_weights_mb",
     "BACKENDS",
 ]
 
@@ -88,11 +89,11 @@ class LatencyTable:
         fingerprint: :func:`fingerprint` of the meter, plus how it was measured: ``method``
             (``in_network`` or ``isolated``), ``rounds``, ``repeats``, ``rounds_run`` and
             ``max_round_load`` (see ``_quiet_rounds``), ``loadavg`` (1-minute load average
-            before and after), and for ``in_network`` the ``correction`` folded into the numbers
-            (``whole_fit``: its ``fixed_ms``, ``block_factor``, ``ms_per_mb``, students and errors
-            under ``whole_fit``; or ``scale``), ``raw_fixed_ms`` (forward minus blocks), the
-            ``scale`` and ``students_max_error_pct``, the worst error of the scale on the
-            students timed with the timers (from ~4 samples each, so noisy).
+            before and after), and the ``correction`` folded into the numbers (``whole_fit``: the
+            fit's figures under ``whole_fit``; or ``scale``), ``raw_fixed_ms`` (forward minus
+            blocks in network; the teacher minus its blocks alone, isolated), the ``scale`` and
+            ``students_max_error_pct``, the worst error of the scale on the students timed with
+            the timers (from ~4 samples each, so noisy); ``isolated`` with ``scale``: none.
         fixed_ms, fixed_spread_ms: median and interquartile range of everything outside the
             replaceable layers (stem, head, glue, per-call overhead).
         teacher_ms: the teacher timed end to end (median).
@@ -285,6 +286,24 @@ def weight_mb(module: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 1e6
 
 
+# students timed whole a round for the whole-student fit: light or heavy ones, and (isolated
+# rounds, which have no timed students to reuse) random ones
+_SIZED_STUDENTS, _RANDOM_STUDENTS = 4, 6
+
+
+def candidate_weights_mb(candidates) -> list[np.ndarray]:
+    """Per layer, :func:`weight_mb` of every candidate module."""
+    return [np.array([weight_mb(m) for m in row]) for row in candidates]
+
+
+def _time_whole(plain, layers, candidates, choices, round_meter, input_shape, samples) -> None:
+    """Time the student of ``choices`` whole, without timers, into ``samples["plain", choices]``:
+    ``plain`` (a copy of the teacher) takes the very candidate modules at every layer."""
+    for layer, row, c in zip(layers, candidates, choices):
+        _replace(plain, layer.name, row[c])
+    samples["plain", tuple(choices)] = list(round_meter(plain, input_shape).samples_ms)
+
+
 def _sized_choices(mbytes: list[np.ndarray], rng, small: bool) -> list[int]:
     """A random student of small (or large) candidates: each layer's pick among its lighter (or
     heavier) half by weight, so the students timed whole span the sizes plans will have."""
@@ -296,24 +315,18 @@ def _sized_choices(mbytes: list[np.ndarray], rng, small: bool) -> list[int]:
     return choices
 
 
-def _in_network_round(teacher, layers, candidates, meter, input_shape, rounds, rng, sized: int = 4):
+def _in_network_round(teacher, layers, candidates, mbytes, meter, input_shape, rounds, rng, whole: bool = True):
     """``run_round`` timing each candidate inside random students (items: (layer, candidate),
     ``fixed`` = each forward minus its blocks, ``teacher`` = the plain teacher end to end,
-    ``("student", choices)`` = each student's whole forwards with the timers in, and
-    ``("plain", choices)`` = the same students, and ``sized`` more of light or heavy candidates,
-    timed whole as users run them: no timers)."""
+    ``("student", choices)`` = each student's whole forwards with the timers in, and where
+    ``whole``, ``("plain", choices)`` = the same students, and 4 more of light or heavy
+    candidates, timed whole as users run them: no timers)."""
     teacher, network = copy.deepcopy(teacher), copy.deepcopy(teacher)  # the meter moves them
     plain = copy.deepcopy(teacher)
     timers = [_BlockTimer(nn.Identity()) for _ in layers]
     for layer, timer in zip(layers, timers):
         _replace(network, layer.name, timer)
     variants = max(len(row) for row in candidates)
-    mbytes = [np.array([weight_mb(m) for m in row]) for row in candidates]
-
-    def time_plain(round_meter, chosen, samples):
-        for layer, row, c in zip(layers, candidates, chosen):
-            _replace(plain, layer.name, row[c])  # the same modules the timers ran
-        samples["plain", tuple(chosen)] = list(round_meter(plain, input_shape).samples_ms)
 
     def run_round(first: bool) -> dict:
         round_meter = _round_meter(meter, rounds, first)
@@ -339,19 +352,20 @@ def _in_network_round(teacher, layers, candidates, meter, input_shape, rounds, r
             samples["fixed"] += (total - np.sum(blocks, axis=0)).tolist()
             samples["student", tuple(chosen)] = total.tolist()
             students.append(chosen)
-        students += [_sized_choices(mbytes, rng, small=k % 2 == 0) for k in range(sized)]
-        # plain, in a shuffled pass of their own: right after its timed twin a student finds
-        # its weights in cache (at batch 1 that read ~5% fast), after another model it does not
-        for k in rng.permutation(len(students)):
-            time_plain(round_meter, students[k], samples)
+        if whole:
+            students += [_sized_choices(mbytes, rng, small=k % 2 == 0) for k in range(_SIZED_STUDENTS)]
+            # plain, in a shuffled pass of their own: right after its timed twin a student finds
+            # its weights in cache (at batch 1 that read ~5% fast), after another model it does not
+            for k in rng.permutation(len(students)):
+                _time_whole(plain, layers, candidates, students[k], round_meter, input_shape, samples)
         return samples
 
     return run_round
 
 
-def _isolated_round(teacher, layers, candidates, meter, input_shape, rounds, rng, students: int = 6, sized: int = 4):
-    """``run_round`` timing each candidate alone at its layer's input, the teacher, and
-    ``students`` random students plus ``sized`` of light or heavy candidates whole (items
+def _isolated_round(teacher, layers, candidates, mbytes, meter, input_shape, rounds, rng, whole: bool = True):
+    """``run_round`` timing each candidate alone at its layer's input, the teacher, and where
+    ``whole`` 6 random students plus 4 of light or heavy candidates whole (items
     ``("plain", choices)``), for the whole-student fit.
 
     Blocks timed alone keep their weights in cache between repeats; inside the network they are
@@ -361,7 +375,7 @@ def _isolated_round(teacher, layers, candidates, meter, input_shape, rounds, rng
     onnxruntime``); the whole students let :func:`_whole_fit` put it right.
     """
     teacher, plain = copy.deepcopy(teacher), copy.deepcopy(teacher)  # the meter moves what it times
-    mbytes = [np.array([weight_mb(m) for m in row]) for row in candidates]
+    students = _RANDOM_STUDENTS if whole else 0
 
     def run_round(first: bool) -> dict:
         round_meter = _round_meter(meter, rounds, first)
@@ -371,11 +385,9 @@ def _isolated_round(teacher, layers, candidates, meter, input_shape, rounds, rng
                 samples[i, int(c)] = list(round_meter(row[c], layer.in_shape).samples_ms)
         samples["teacher"] = list(round_meter(teacher, input_shape).samples_ms)
         chosen = [[int(rng.integers(len(row))) for row in candidates] for _ in range(students)]
-        chosen += [_sized_choices(mbytes, rng, small=k % 2 == 0) for k in range(sized)]
+        chosen += [_sized_choices(mbytes, rng, small=k % 2 == 0) for k in range(_SIZED_STUDENTS if whole else 0)]
         for choices in chosen:
-            for layer, row, c in zip(layers, candidates, choices):
-                _replace(plain, layer.name, row[c])
-            samples["plain", tuple(choices)] = list(round_meter(plain, input_shape).samples_ms)
+            _time_whole(plain, layers, candidates, choices, round_meter, input_shape, samples)
         return samples
 
     return run_round
@@ -399,8 +411,13 @@ def _whole_vs_parts(samples: dict, latency: list[np.ndarray], fixed_ms: float) -
     ])  # fmt: skip
 
 
-def _timing_method(method: str | None, meter: LatencyMeter, specs_per_layer) -> tuple[str, list[int | None]]:
-    """The timing method (checked against the meter) and each layer's index of ``teacher``."""
+def _timing_method(
+    method: str | None, meter: LatencyMeter, specs_per_layer, correction: str = "whole_fit"
+) -> tuple[str, list[int | None]]:
+    """The timing method (checked against the meter, the correction checked too) and each
+    layer's index of ``teacher``."""
+    if correction not in ("whole_fit", "scale"):
+        raise ValueError(f"unknown correction {correction!r}: whole_fit or scale")
     method = method or ("in_network" if meter.eager else "isolated")
     if method not in ("in_network", "isolated"):
         raise ValueError(f"unknown timing method {method!r}: in_network or isolated")
@@ -422,7 +439,8 @@ def _in_network_scale(samples: dict, latency, fixed_ms: float, teacher_index) ->
     return scale, {"scale": round(scale, 4), "students_max_error_pct": round(error, 2)}
 
 
-# a fit is kept only where it is physical: block times count about once, the fixed part is positive
+# a fit is kept only where it is physical: block times count about once (the fixed part, after
+# any negative intercept moved to the layers, is >= 0)
 _BLOCK_FACTOR_RANGE = (0.5, 2.0)
 
 
@@ -479,11 +497,10 @@ def _whole_fit(samples: dict, latency, mbytes, teacher_index) -> dict | None:
             "median_abs_error_pct": round(float(np.median(error)), 2), "max_abs_error_pct": round(float(error.max()), 2)}  # fmt: skip
 
 
-def _fold_correction(samples, latency, spread, fixed_ms, fixed_spread_ms, candidates, teacher_index, correction):
-    """The in-network numbers with the correction folded in: the whole-student fit where asked
-    for and physical, else the per-table scale. Returns (latency, spread, fixed, fixed spread,
+def _fold_correction(samples, latency, spread, fixed_ms, fixed_spread_ms, mbytes, teacher_index, correction):
+    """The numbers with the correction folded in: the whole-student fit where asked for and
+    physical, else the per-table scale. Returns (latency, spread, fixed, fixed spread,
     diagnostics for the fingerprint)."""
-    mbytes = [np.array([weight_mb(m) for m in row]) for row in candidates]
     scale, diagnostics = _in_network_scale(samples, latency, fixed_ms, teacher_index)
     fit = _whole_fit(samples, latency, mbytes, teacher_index) if correction == "whole_fit" else None
     diagnostics["raw_fixed_ms"] = round(fixed_ms, 6)
@@ -542,14 +559,13 @@ def measure_table(
     Returns:
         The :class:`LatencyTable`.
     """
-    method, teacher_index = _timing_method(method, meter, specs_per_layer)
-    if correction not in ("whole_fit", "scale"):
-        raise ValueError(f"unknown correction {correction!r}: whole_fit or scale")
+    method, teacher_index = _timing_method(method, meter, specs_per_layer, correction)
     load_before = os.getloadavg()[0]
     candidates = _build_candidates(teacher, layers, specs_per_layer, build)
+    mbytes = candidate_weights_mb(candidates)
     make_round = _in_network_round if method == "in_network" else _isolated_round
-    run_round = make_round(teacher, layers, candidates, meter, tuple(input_shape), rounds,
-                           np.random.default_rng(seed))  # fmt: skip
+    run_round = make_round(teacher, layers, candidates, mbytes, meter, tuple(input_shape), rounds,
+                           np.random.default_rng(seed), whole=correction == "whole_fit")  # fmt: skip
     with _progress(rounds, progress, f"latency {name}") as bar:
         samples, quiet, noise = _attempts(
             run_round, rounds, max_rounds or 2 * rounds, tolerance, bar, name, max_retimes
@@ -565,7 +581,7 @@ def measure_table(
     fixed_ms, fixed_spread_ms, diagnostics = fixed_timing.median_ms, fixed_timing.spread_ms, {}
     if method == "in_network" or correction == "whole_fit":  # folded into the numbers (stays linear)
         latency, spread, fixed_ms, fixed_spread_ms, diagnostics = _fold_correction(
-            samples, latency, spread, fixed_ms, fixed_spread_ms, candidates, teacher_index, correction
+            samples, latency, spread, fixed_ms, fixed_spread_ms, mbytes, teacher_index, correction
         )
     predicted = fixed_ms + sum(row[c] for row, c in zip(latency, teacher_index)) if None not in teacher_index else None
     if predicted is not None:  # the teacher's own row against its measurement whole
