@@ -25,6 +25,8 @@ __all__ = [
     "load_dataset",
     "make_loader",
     "to_model_input",
+    "to_unit",
+    "normalize",
     "augment",
     "fashion_mnist_dirs",
     "SPLITS",
@@ -286,6 +288,32 @@ def make_loader(
     )
 
 
+def to_unit(images: torch.Tensor, device: torch.device | str = "cpu", in_chans: int = 3) -> torch.Tensor:
+    """uint8 (B, C, H, W) → float in [0, 1] on ``device``; grayscale is repeated to ``in_chans``.
+
+    The view every model of a step shares (augmentation runs on it); each model then normalises
+    it for itself with :func:`normalize` (the teacher of a KD loss with its own mean/std).
+    """
+    x = images.to(device, non_blocking=True)
+    if x.shape[1] == 1 and in_chans == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x.float().div_(255.0)
+
+
+def normalize(
+    x: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """A [0, 1] float batch (from :func:`to_unit`) normalised by ``mean``/``std`` (a new tensor)."""
+    channels = x.shape[1]
+    mean_t = torch.tensor(mean[:channels], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std[:channels], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    x = (x - mean_t) / std_t
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def to_model_input(
     images: torch.Tensor,
     device: torch.device | str = "cpu",
@@ -296,17 +324,10 @@ def to_model_input(
 ) -> torch.Tensor:
     """uint8 (B, C, H, W) → normalised float on ``device``; grayscale is repeated to ``in_chans``.
 
-    ``mean``/``std`` are the teacher's (timm's ``pretrained_cfg``); ImageNet's by default.
+    ``mean``/``std`` are the model's (timm's ``pretrained_cfg``, :func:`lana.train.model_norm`);
+    ImageNet's by default.
     """
-    x = images.to(device, non_blocking=True)
-    if x.shape[1] == 1 and in_chans == 3:
-        x = x.expand(-1, 3, -1, -1)
-    x = x.float().div_(255.0)
-    channels = x.shape[1]
-    mean_t = torch.tensor(mean[:channels], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std[:channels], device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    x = (x - mean_t) / std_t
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return normalize(to_unit(images, device, in_chans), mean, std, channels_last)
 
 
 def augment(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:

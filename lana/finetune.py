@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lana.data import ImageDataset
-from lana.train import FitResult, Recipe, fit
+from lana.train import FitResult, Recipe, fit, teacher_logits
 
 __all__ = ["kd_loss", "finetune", "FINETUNE_RECIPE"]
 
@@ -56,16 +56,21 @@ def finetune(
     alpha: float = 0.9,
     eval_set: ImageDataset | None = None,
     desc: str = "fine-tune",
+    teacher_img_size: int | None = None,
 ) -> FitResult:
-    """Train ``student`` in place by distillation from ``teacher`` (frozen, eval mode)."""
+    """Train ``student`` in place by distillation from ``teacher`` (frozen, eval mode).
+
+    The teacher sees the student's augmented view normalised with its *own* mean/std (timm's
+    ``pretrained_cfg``), resized to ``teacher_img_size`` when given and different.
+    """
     from lana.dist import resolve_device
 
     device = resolve_device(device)
     teacher = teacher.to(device).eval()  # its forward runs under no_grad; its parameters are left as they are
 
-    def loss_fn(logits, labels, x):
+    def loss_fn(logits, labels, x):  # x: the augmented [0, 1] view, before any normalisation
         with torch.no_grad():
-            target = teacher(x)
+            target = teacher_logits(teacher, x, teacher_img_size)
         return kd_loss(logits, target, labels, temperature, alpha)
 
     recipe = replace(recipe, epochs=epochs, max_steps=max_steps)

@@ -17,10 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lana.data import ImageDataset, augment, make_loader, to_model_input
+from lana.data import ImageDataset, augment, make_loader, normalize, to_model_input, to_unit
 from lana.dist import resolve_device
 
-__all__ = ["Recipe", "FitResult", "fit", "evaluate", "predict_logits", "model_norm"]
+__all__ = ["Recipe", "FitResult", "fit", "evaluate", "predict_logits", "model_norm", "teacher_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,10 @@ def fit(
     """Train ``model`` in place by ``recipe``.
 
     Args:
-        loss_fn: ``loss_fn(logits, labels, x)``; cross-entropy with label smoothing by default
-            (the KD loss of fine-tuning passes ``x`` to its teacher).
+        loss_fn: ``loss_fn(logits, labels, view)``; cross-entropy with label smoothing by default.
+            ``view`` is the augmented batch as floats in [0, 1], *before* ``model``'s
+            normalisation: a KD loss normalises it for its teacher (:func:`teacher_logits`), so a
+            teacher whose mean/std differ from the student's sees its own input.
         eval_set: evaluated (top-1) after every epoch when given.
         on_epoch: called with each epoch's history entry.
     """
@@ -161,12 +163,15 @@ def fit(
         model.train()
         running, seen = 0.0, 0
         for images, labels in loader:
-            x = to_model_input(images, device, channels_last=channels_last, **norm)
+            # augment the un-normalised view (crop and flip commute with a per-channel affine map,
+            # so this equals augmenting the normalised batch), then normalise it for this model
+            view = to_unit(images, device)
             if recipe.augment != "none":
-                x = augment(x, pad=4 if recipe.augment == "crop-flip" else 0, generator=generator)
+                view = augment(view, pad=4 if recipe.augment == "crop-flip" else 0, generator=generator)
+            x = normalize(view, channels_last=channels_last, **norm)
             labels = labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), labels, x)
+                loss = loss_fn(model(x), labels, view)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -191,6 +196,14 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
     return FitResult(step, time.perf_counter() - start, tuple(history))
+
+
+def teacher_logits(teacher: nn.Module, view: torch.Tensor, img_size: int | None = None) -> torch.Tensor:
+    """``teacher``'s logits on a [0, 1] batch ``view``, normalised by the teacher's own mean/std
+    and resized to ``img_size`` (the size the teacher is run at) when that differs."""
+    if img_size is not None and tuple(view.shape[-2:]) != (img_size, img_size):
+        view = F.interpolate(view, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    return teacher(normalize(view, **model_norm(teacher)))
 
 
 def recipe_dict(recipe: Recipe) -> dict:
