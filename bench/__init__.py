@@ -410,6 +410,7 @@ def run_bench(
     budgets=None,
     argv: str = "python3 -m bench",
     full: bool = False,
+    prepare_only: bool = False,
 ) -> Path:
     """Run the workloads ``names`` (``W1``, ``W2``) and write the report; returns its path.
 
@@ -419,6 +420,7 @@ def run_bench(
             ``out`` for a smoke run, so that a smoke run never overwrites the real report).
         budgets: override every workload's budgets (e.g. ``("0.7x", "0.5x", "0.35x")``).
         full: the library's design scale (:data:`bench.workloads.FULL`) instead of the 2-core one.
+        prepare_only: make (or reuse) the teachers and libraries and stop; returns ``out``.
     """
     from dataclasses import replace
 
@@ -431,6 +433,15 @@ def run_bench(
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
+    if prepare_only:  # teacher and library (with its calibration) only: the long cold stages
+        from bench.workloads import prepare_library, prepare_teacher
+
+        for name in names:
+            workload = replace(WORKLOADS[name], **FULL) if full else WORKLOADS[name]
+            workload = tiny(workload) if smoke else workload
+            teacher = prepare_teacher(workload, out / workload.name)
+            prepare_library(workload, teacher["path"], out / workload.name)
+        return out
     start = time.perf_counter()
     results = []
     for name in names:

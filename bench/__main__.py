@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite the report from OUT/results.json of an earlier run (trains and times nothing)",
     )
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="make (or reuse) the teachers and libraries, then stop"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         budgets=budgets,
         argv=command,
         full=args.scale == "full",
+        prepare_only=args.prepare_only,
     )
     print(f"wrote {report}")
     return 0

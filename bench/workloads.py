@@ -209,17 +209,27 @@ def prepare_teacher(workload: Workload, out: Path) -> dict:
         "limit": workload.limit,
         "seed": workload.seed,
     }
+    from bench.provenance import code_digest, cpu_model
+
     sidecar = read_json(out / "teacher" / "teacher.json")
-    if sidecar and Path(sidecar["path"]).is_file() and all(sidecar["config"].get(k) == v for k, v in wanted.items()):
+    made = read_json(out / "teacher" / "provenance.json") or {}
+    if (
+        sidecar
+        and Path(sidecar["path"]).is_file()
+        and all(sidecar["config"].get(k) == v for k, v in wanted.items())
+        and made.get("code") == code_digest("teacher")
+    ):
         log.info("%s: reusing teacher %s (top-1 %.2f%%)", workload.name, sidecar["path"], sidecar["top1"])
-        return {**sidecar, "cached": True}
+        return {**sidecar, "cached": True, "provenance": made}
     config = TeacherConfig(
         model=workload.model, dataset=workload.dataset, img_size=workload.img_size, epochs=workload.teacher_epochs,
         pretrained=workload.pretrained, lr=workload.teacher_lr, max_steps=workload.max_steps,
         device=workload.device, seed=workload.seed, limit=workload.limit,
     )  # fmt: skip
     result = train_teacher(config, out / "teacher")
-    return {**asdict(result), "cached": False}
+    made = {"code": code_digest("teacher"), "cpu": cpu_model()}
+    write_json(out / "teacher" / "provenance.json", made)
+    return {**asdict(result), "cached": False, "provenance": made}
 
 
 def build_config(workload: Workload, checkpoint: str):
@@ -266,17 +276,26 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
         ``{"path", "cached", "stages_s"}``; ``stages_s`` are the build's own stage times, read
         back from the library when it is reused.
     """
+    from bench.provenance import code_digest, cpu_model
     from lana.pipeline import build
 
     path = out / "library.h5"
     config = build_config(workload, checkpoint)
-    if path.exists() and _library_is_current(path, config):
+    made = read_json(out / "library.provenance.json") or {}
+    current = made.get("code") == code_digest("library")
+    if path.exists() and current and _library_is_current(path, config):
         log.info("%s: reusing library %s", workload.name, path)
         return {"path": str(path), "cached": True, "stages_s": library_stages(path),
-                "calibration": _calibration(workload, path)}  # fmt: skip
+                "calibration": _calibration(workload, path), "provenance": made}  # fmt: skip
+    stale = (path.exists() or path.with_name(path.name + ".work").exists()) and not current
+    if stale:  # an interrupted or complete build by other code: start it over
+        log.warning("%s: the library's code changed (or is unrecorded): rebuilding it", workload.name)
+        path.unlink(missing_ok=True)
+    made = {"code": code_digest("library"), "cpu": cpu_model()}
+    write_json(out / "library.provenance.json", made)  # before the build: an interrupted one resumes
     start = time.perf_counter()
     try:
-        build(config, path)
+        build(config, path, restart=stale)
     except ValueError as error:  # an interrupted build with other settings: start it over
         if "other settings" not in str(error):  # an interrupted build, or a complete library, of other settings
             raise
@@ -284,7 +303,8 @@ def prepare_library(workload: Workload, checkpoint: str, out: Path) -> dict:
         build(config, path, restart=True)
     stages = library_stages(path)
     log.info("%s: library built in %.0f s (%s)", workload.name, time.perf_counter() - start, stages)
-    return {"path": str(path), "cached": False, "stages_s": stages, "calibration": _calibration(workload, path)}
+    calibration = _calibration(workload, path)
+    return {"path": str(path), "cached": False, "stages_s": stages, "calibration": calibration, "provenance": made}
 
 
 def _calibration(workload: Workload, path: Path) -> dict | None:
