@@ -112,6 +112,15 @@ def evaluate(
     return float((logits.argmax(1) == labels).float().mean() * 100.0)
 
 
+def _view(images: torch.Tensor, how: str, device, generator: torch.Generator) -> torch.Tensor:
+    """A batch's augmented view in [0, 1], before any model's normalisation (crop and flip commute
+    with a per-channel affine map, so this equals augmenting the normalised batch)."""
+    view = to_unit(images, device)
+    if how != "none":
+        view = augment(view, pad=4 if how == "crop-flip" else 0, generator=generator)
+    return view
+
+
 def fit(
     model: nn.Module,
     train_set: ImageDataset,
@@ -163,15 +172,10 @@ def fit(
         model.train()
         running, seen = 0.0, 0
         for images, labels in loader:
-            # augment the un-normalised view (crop and flip commute with a per-channel affine map,
-            # so this equals augmenting the normalised batch), then normalise it for this model
-            view = to_unit(images, device)
-            if recipe.augment != "none":
-                view = augment(view, pad=4 if recipe.augment == "crop-flip" else 0, generator=generator)
+            view = _view(images, recipe.augment, device, generator)
             x = normalize(view, channels_last=channels_last, **norm)
-            labels = labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), labels, view)
+                loss = loss_fn(model(x), labels.to(device), view)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
