@@ -27,9 +27,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-__all__ = ["rewrite_report", "run_bench", "run_workload"]
+__all__ = ["RESULTS", "rewrite_report", "run_bench", "run_workload"]
 
 log = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"  # the committed per-workload results
 
 
 class _NoPlan(Exception):
@@ -75,6 +77,7 @@ def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
             "train_s": stages["finetune"],
             "resolve_rounds": report["resolve_rounds"],
             "plan": dict(plan.choices),
+            "plan_full": plan.to_dict(),
         }
         return row, load_student(folder)
 
@@ -144,9 +147,16 @@ def _search(w) -> dict:
     return {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
 
 
+def _after_teacher_epochs(w) -> float:
+    """Epochs of training images every method sees after the teacher (issue 25 item 4): lana's
+    block distillation plus its fine-tuning; the competitors get it all as KD fine-tuning."""
+    return w.build_epochs + w.finetune_epochs
+
+
 def _rebuild(build):
     """``rebuild(row, folder)`` for run.cached: the same knob rebuilds the same architecture (pruning
-    by magnitude, slimming by importance are deterministic), then the saved weights load."""
+    by Taylor importance on fixed images, slimming by importance are deterministic), then the saved
+    weights load."""
     from lana.teacher import load_state_file
 
     def load(row: dict, folder: Path):
@@ -157,92 +167,205 @@ def _rebuild(build):
     return load
 
 
-def _matched_baselines(run, budget: str, lana: dict, target) -> None:
-    """Torch-Pruning and the sibling, each bisected to the measured latency of lana's student."""
-    from bench.baselines import match_latency, prune_model, sibling_model
-    from bench.workloads import budget_table
-    from lana.teacher import save_state
-    from lana.train import Recipe
+def _calibration(run):
+    """The images the pruning methods may look at (training batches, the score split)."""
+    from bench.competitors import Calibration
+    from lana.data import load_dataset
+    from lana.train import model_norm
 
-    w, classes, search = run.w, len(run.test_set.classes), _search(run.w)
-    table = budget_table(w, budget)
-    build = {
-        "prune": lambda ratio: prune_model(run.teacher, ratio, w.input_shape),
-        "sibling": lambda width: sibling_model(w.sibling, width, classes),
-    }
-
-    def make_pruned(folder: Path):
-        model, match = match_latency(build["prune"], target, w.input_shape, table, 0.0, 0.9, increasing=False, **search)
-        before = run.evaluate(model, limit=w.corr_images)
-        train_s = run.finetune(model, w.finetune_epochs, f"prune {budget}")
-        save_state(model, folder / "model.safetensors")
-        return {
-            "method": "prune",
-            "budget": budget,
-            "top1": run.evaluate(model),
-            "top1_before_ft": before,
-            "search_s": match.seconds,
-            "train_s": train_s,
-            "match": asdict(match),
-        }, model
-
-    def make_sibling(folder: Path):
-        high = 1.0 if w.sibling == w.model else 3.0  # a narrower teacher stops at the teacher's width
-        model, match = match_latency(
-            build["sibling"], target, w.input_shape, table, 0.05, high, increasing=True, **search
-        )
-        # from random weights: the teacher's own recipe (SGD 0.1, warm-up + cosine) with KD as the loss
-        train_s = run.finetune(model, w.sibling_epochs, f"sibling {budget}", recipe=Recipe())
-        save_state(model, folder / "model.safetensors")
-        return {
-            "method": "sibling",
-            "budget": budget,
-            "top1": run.evaluate(model),
-            "top1_before_ft": None,
-            "search_s": match.seconds,
-            "train_s": train_s,
-            "match": asdict(match),
-            "sibling": f"{w.sibling} x{match.knob:.3f}",
-        }, model
-
-    for method, make in (("prune", make_pruned), ("sibling", make_sibling)):
-        run.cached(budget, method, make, _rebuild(build[method]), depends={"lana": lana["plan"]})
+    if getattr(run, "_calib", None) is None:
+        w = run.w
+        score = load_dataset(w.dataset, "score", w.img_size, seed=w.seed).subset(1024)
+        norm = model_norm(run.teacher)
+        run._calib = Calibration(run.train_set.images[:1024], run.train_set.labels[:1024], score.images,
+                                 score.labels, norm.get("mean", IMAGENET[0]), norm.get("std", IMAGENET[1]))  # fmt: skip
+    return run._calib
 
 
-def _uniform_slim(run, budget: str, lana: dict, target) -> None:
-    """Every block cut to one slim width, bisected to the measured latency of lana's student,
-    refitted by least squares on the library's number of images, then fine-tuned like lana's."""
-    from bench.baselines import least_squares_blocks, match_latency, uniform_slim_model
-    from bench.workloads import budget_table
-    from lana.distill import DistillConfig
-    from lana.teacher import save_state
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-    w, search, table = run.w, _search(run.w), budget_table(run.w, budget)
 
-    def build(width: float):
-        return uniform_slim_model(run.teacher, width, w.input_shape)
+def _competitor_builders(run) -> dict:
+    """``knob -> model`` (random-free, deterministic) and the knob's range for each competitor."""
+    from bench.baselines import sibling_model, uniform_slim_model
+    from bench.competitors import fastnas_model, taylor_prune_model
+
+    w, classes = run.w, len(run.test_set.classes)
+    checkpoint = run.out / "competitors" / f"fastnas-sensitivity-{run.key['teacher_sha256'][:12]}.pth"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    high = 1.0 if w.sibling == w.model else 3.0  # a narrower teacher stops at the teacher's width
+    return {  # (build, low, high, latency grows with the knob)
+        "prune": (lambda ratio: taylor_prune_model(run.teacher, ratio, w.input_shape, _calibration(run)),
+                  0.0, 0.95, False),
+        "fastnas": (lambda pct: fastnas_model(run.teacher, pct, w.input_shape, _calibration(run), str(checkpoint)),
+                    3.0, 100.0, True),
+        "sibling": (lambda width: _seeded(w.seed, sibling_model, w.sibling, width, classes), 0.05, high, True),
+        "uniform_slim": (lambda width: uniform_slim_model(run.teacher, width, w.input_shape), 0.05, 1.0, True),
+    }  # fmt: skip
+
+
+def _seeded(seed: int, build, *args):
+    """``build(*args)`` with torch's generator seeded first: random initial weights that depend on
+    the seed and the arguments only (the sibling starts from them)."""
+    import torch
+
+    torch.manual_seed(seed)
+    return build(*args)
+
+
+def _factor(run, budget: str) -> float:
+    """The budget as a factor of the teacher's latency: the label's (``0.5x``), or for a sibling's
+    budget (``=MODEL``) that pretrained model's latency over the teacher's, timed interleaved."""
+    from bench.workloads import budget_factor, budget_table, sibling_budget
+    from lana.accelerate import measure_latency
+    from lana.teacher import load_teacher
+
+    name = sibling_budget(budget)
+    if name is None:
+        run.factors[budget] = budget_factor(budget)
+        return run.factors[budget]
+    w = run.w
+    sibling = load_teacher(name, len(run.test_set.classes), pretrained=True)
+    timing = measure_latency({"sibling": sibling, "teacher": run.teacher}, w.input_shape, budget_table(w, budget),
+                             rounds=w.latency_rounds, threads=w.threads)  # fmt: skip
+    run.factors[budget] = timing["sibling"]["median_ms"] / timing["teacher"]["median_ms"]
+    log.info("%s %s: %s takes %.3f x the teacher", w.name, budget, name, run.factors[budget])
+    return run.factors[budget]
+
+
+def _pretrained_sibling(run, budget: str, seed: int) -> dict:
+    """The smaller pretrained model whose latency is the budget, fine-tuned as the teacher was (its
+    recipe, for the teacher's epochs plus lana's after-teacher ones) with KD from the teacher."""
+    from bench.workloads import sibling_budget
+    from lana.teacher import TeacherConfig, load_state_file, load_teacher, save_state
+
+    w, name = run.w, sibling_budget(budget)
+    classes = len(run.test_set.classes)
 
     def make(folder: Path):
-        model, match = match_latency(build, target, w.input_shape, table, 0.05, 1.0, increasing=True, **search)
-        start = time.perf_counter()
-        fits = least_squares_blocks(model, run.teacher, run.train_set.images[: DistillConfig.ls_images], w.input_shape)
-        seconds = time.perf_counter() - start
-        before = run.evaluate(model, limit=w.corr_images)
-        train_s = run.finetune(model, w.finetune_epochs, f"uniform slim {budget}")
+        model = load_teacher(name, classes, pretrained=True)
+        before = run.evaluate(model, limit=w.corr_images)  # a fresh head: near chance, for the record
+        recipe = TeacherConfig(model=name, dataset=w.dataset, img_size=w.img_size, pretrained=True).recipe()
+        epochs = w.teacher_epochs + _after_teacher_epochs(w)
+        train_s = run.finetune(model, epochs, f"sibling {name} seed {seed}", recipe, seed)
         save_state(model, folder / "model.safetensors")
-        return {
-            "method": "uniform_slim",
-            "budget": budget,
-            "top1": run.evaluate(model),
-            "top1_before_ft": before,
-            "search_s": match.seconds + seconds,
-            "train_s": train_s,
-            "match": asdict(match),
-            "width": match.knob,
-            "ls_start": {name: [round(a, 5), round(b, 5)] for name, (a, b) in fits.items()},
-        }, model
+        match = {"knob": 1.0, "ratio": 1.0, "matched": True, "tries": [], "seconds": 0.0}
+        return {"method": "sibling", "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
+                "search_s": 0.0, "train_s": train_s, "match": match, "sibling": f"{name} (ImageNet)",
+                "epochs": epochs}, model  # fmt: skip
 
-    run.cached(budget, "uniform_slim", make, _rebuild(build), depends={"lana": lana["plan"]})
+    def rebuild(_row, folder: Path):
+        model = load_teacher(name, classes)
+        model.load_state_dict(load_state_file(folder / "model.safetensors"))
+        return model
+
+    row, _ = run.cached(budget, "sibling", make, rebuild, seed=seed, apart=True)
+    return row
+
+
+def _budget_matched(run, budget: str, method: str, seed: int, model=None) -> dict | None:
+    """``method`` matched to the *budget* (a factor of the teacher's latency, timed interleaved
+    with the teacher, landing in [0.95, 1.0] of it as lana must), KD fine-tuned on as many
+    training images after the teacher as lana's student saw; cached apart from lana. Seeds > 0
+    fine-tune again from the seed-0 row's starting point. None when the method cannot run here."""
+    from bench.baselines import least_squares_blocks, match_latency
+    from bench.workloads import budget_table, sibling_budget
+    from lana.distill import DistillConfig
+    from lana.teacher import TeacherConfig, save_state
+
+    w = run.w
+    if method == "sibling" and sibling_budget(budget):
+        return _pretrained_sibling(run, budget, seed)
+    build, low, high, increasing = _competitor_builders(run)[method]
+    search = {**_search(w), "goal": run.factors[budget], "band": (0.95, 1.0)}
+
+    def make(folder: Path):
+        start = time.perf_counter()
+        if seed == 0:
+            model, match = match_latency(build, run.teacher, w.input_shape, budget_table(w, budget), low, high,
+                                         increasing=increasing, **search)  # fmt: skip
+        else:  # the seed-0 row's architecture and start, trained again with another seed
+            first = run.cached_row(budget, method)
+            model, match = build(first["match"]["knob"]), LatencyMatchView(first["match"])
+        extra = {}
+        if method == "uniform_slim":
+            fits = least_squares_blocks(model, run.teacher, run.train_set.images[: DistillConfig.ls_images],
+                                        w.input_shape)  # fmt: skip
+            extra = {"width": match.knob, "ls_start": {n: [round(a, 5), round(b, 5)] for n, (a, b) in fits.items()}}
+        search_s = time.perf_counter() - start
+        before = None if method == "sibling" else run.evaluate(model, limit=w.corr_images)
+        epochs, recipe = _after_teacher_epochs(w), None
+        if method == "sibling":  # from random weights: trained as the teacher was (its recipe) + KD, and more
+            epochs += w.teacher_epochs
+            recipe = TeacherConfig(model=w.sibling, dataset=w.dataset, img_size=w.img_size).recipe()
+        train_s = run.finetune(model, epochs, f"{method} {budget} seed {seed}", recipe, seed)
+        save_state(model, folder / "model.safetensors")
+        row = {"method": method, "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
+               "search_s": search_s, "train_s": train_s, "match": match.as_dict(), **extra}  # fmt: skip
+        if method == "sibling":
+            row["sibling"] = f"{w.sibling} x{match.knob:.3f}"
+        return row, model
+
+    try:
+        row, _ = run.cached(budget, method, make, _rebuild(build), seed=seed, apart=True)
+    except Exception as error:  # a competitor that cannot handle this model: a row of its own, quoted
+        if method != "fastnas":
+            raise
+        log.warning("%s %s: FastNAS failed: %s", w.name, budget, error)
+        run.failures.setdefault(budget, {})[method] = f"{type(error).__name__}: {error}"
+        return None
+    return row
+
+
+class LatencyMatchView:
+    """A stored match (``row["match"]``) with the fields a fresh one has."""
+
+    def __init__(self, stored: dict):
+        self._stored = dict(stored)
+        self.knob = stored["knob"]
+
+    def as_dict(self) -> dict:
+        return dict(self._stored)
+
+
+def _competitors(run, budget: str) -> None:
+    """Every competitor and uniform slim at ``budget`` (seed 0), then more seeds for the best
+    competitor (highest seed-0 top-1) and for uniform slim."""
+    from bench.workloads import sibling_budget
+
+    w = run.w
+    methods = [m for m in w.competitors if m != "sibling" or w.sibling or sibling_budget(budget)]
+    for method in methods:
+        _budget_matched(run, budget, method, 0)
+    _budget_matched(run, budget, "uniform_slim", 0)
+    firsts = [r for r in run.rows if r["budget"] == budget and r["method"] in w.competitors and not r.get("seed")]
+    if not firsts:
+        return
+    best = max(firsts, key=lambda r: r["top1"])["method"]
+    for seed in range(1, w.seeds):
+        for method in (best, "uniform_slim"):
+            _budget_matched(run, budget, method, seed)
+
+
+def _lana_seeds(run, budget: str, lana: dict) -> None:
+    """lana's plan fine-tuned again with seeds 1 .. seeds-1 (seed 0 is ``lana accelerate``'s)."""
+    from lana.plan import Plan
+    from lana.student import load_student, save_student, student_from_context
+
+    w = run.w
+    plan = Plan.from_dict(lana["plan_full"]) if "plan_full" in lana else None
+    for seed in range(1, w.seeds):
+
+        def make(folder: Path, seed=seed):
+            model = student_from_context(run.ctx, plan)
+            train_s = run.finetune(model, w.finetune_epochs, f"lana {budget} seed {seed}", seed=seed)
+            save_student(model, plan, run.ctx, folder)
+            row = {k: lana[k] for k in ("budget_ms", "predicted_drop", "predicted_ms", "library_budget_ms", "plan",
+                                        "top1_before_ft", "solve_s", "solver", "search_s")}  # fmt: skip
+            return {"method": "lana", "budget": budget, **row, "top1": run.evaluate(model), "train_s": train_s}, model
+
+        run.cached(budget, "lana", make, lambda _row, folder: load_student(folder),
+                   depends={"budget_ms": round(lana["budget_ms"], 6)}, seed=seed)  # fmt: skip
 
 
 def _measure_all(run) -> dict:
@@ -298,18 +421,45 @@ def _additivity(run) -> dict:
     return errors
 
 
+def _provenance(start_load) -> dict:
+    """Which code and machine made a workload's result (issue 25 item 6), and how quiet it was."""
+    import datetime
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bench.provenance import code_digests, commit, cpu_model
+
+    versions = {}
+    for package in ("lana-accel", "torch", "timm", "torch-pruning", "nvidia-modelopt", "numpy", "highspy", "h5py"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {
+        "commit": commit(),
+        "code": code_digests(),
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": {"start": [round(x, 2) for x in start_load], "end": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
 def run_workload(workload, out: str | os.PathLike) -> dict:
     """Run one workload end to end; writes and returns ``OUT/<name>/result.json``'s content."""
     import torch
 
     from bench.library_analysis import analyse
-    from bench.workloads import WorkloadRun, budget_factor, budget_table
+    from bench.workloads import WorkloadRun, budget_table
     from lana.accelerate import measure_latency
     from lana.correlation import spearman
     from lana.files import write_json
     from lana.solver import InfeasibleBudget
 
-    start = time.perf_counter()
+    start, start_load = time.perf_counter(), os.getloadavg()
     previous_threads = torch.get_num_threads()
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if workload.threads:
@@ -349,18 +499,20 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
         )
         budgets = {}
         for budget in w.budgets:
-            budget_ms = budget_factor(budget) * teacher_by_table[budget_table(w, budget)]["used"]
+            factor = _factor(run, budget)
+            budget_ms = factor * teacher_by_table[budget_table(w, budget)]["used"]
             t0 = time.perf_counter()
             try:
                 lana, student = _lana(run, budget, budget_ms)
             except InfeasibleBudget as error:  # below the library's fastest plan: nothing to match
                 log.warning("%s %s: %s", w.name, budget, error)
-                budgets[budget] = {"budget_ms": budget_ms, "infeasible": str(error)}
+                budgets[budget] = {"budget_ms": budget_ms, "factor": factor, "infeasible": str(error)}
                 continue
+            _lana_seeds(run, budget, lana)
             _library_plans(run, budget, lana)
-            _matched_baselines(run, budget, lana, student)
-            _uniform_slim(run, budget, lana, student)
+            _competitors(run, budget)
             budgets[budget] = {
+                "factor": factor,
                 "budget_ms": lana["budget_ms"],
                 "solve_s": lana["solve_s"],
                 "wall_s": time.perf_counter() - t0,
@@ -381,6 +533,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
                 "candidates": sum(map(len, run.problem.specs)),
             },
             "budgets": budgets,
+            "failures": run.failures,
             "rows": run.rows,
             "correlation": {
                 "spearman": spearman(*zip(*before)) if before else float("nan"),
@@ -394,6 +547,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
             "wall_s": time.perf_counter() - start,
         }
         result["analysis"] = analyse(run.library["path"], w.budget_table)  # seconds: solves only
+        result.update(_provenance(start_load))
     finally:
         torch.set_num_threads(previous_threads)
         if affinity:
@@ -411,6 +565,7 @@ def run_bench(
     argv: str = "python3 -m bench",
     full: bool = False,
     prepare_only: bool = False,
+    results: str | os.PathLike | None = None,
 ) -> Path:
     """Run the workloads ``names`` (``W1``, ``W2``) and write the report; returns its path.
 
@@ -421,13 +576,15 @@ def run_bench(
         budgets: override every workload's budgets (e.g. ``("0.7x", "0.5x", "0.35x")``).
         full: the library's design scale (:data:`bench.workloads.FULL`) instead of the 2-core one.
         prepare_only: make (or reuse) the teachers and libraries and stop; returns ``out``.
+        results: where each workload's result goes as ``<name>.json`` (default ``bench/results/`` of
+            the repository, committed; ``OUT/results/`` for a smoke run); the report is rendered
+            from every ``W*.json`` there.
     """
     from dataclasses import replace
 
-    from bench.report import write_report
     from bench.workloads import FULL, WORKLOADS
     from bench.workloads import smoke as tiny
-    from lana.files import read_json, write_json
+    from lana.files import write_json
 
     out = Path(out)
     unknown = [n for n in names if n not in WORKLOADS]
@@ -442,49 +599,42 @@ def run_bench(
             teacher = prepare_teacher(workload, out / workload.name)
             prepare_library(workload, teacher["path"], out / workload.name)
         return out
-    start = time.perf_counter()
-    results = []
+    results_list = []
     for name in names:
         workload = replace(WORKLOADS[name], **FULL) if full else WORKLOADS[name]
         workload = tiny(workload) if smoke else workload
         if budgets:
             workload = replace(workload, budgets=tuple(budgets))
-        results.append(run_workload(workload, out))
-    wall_s = time.perf_counter() - start
+        results_list.append(run_workload(workload, out))
+    results_dir = Path(results) if results else (out / "results" if smoke else RESULTS)
+    for result in results_list:
+        result.update(command=argv, smoke=smoke)
+        write_json(results_dir / f"{result['workload']['name']}.json", result)
     # workloads run before (e.g. `--workloads W1`, then `--workloads W2`) stay in the report
-    earlier = read_json(out / "results.json")
-    if earlier and earlier.get("smoke") == smoke:
-        ran = {r["workload"]["name"] for r in results}
-        kept = [r for r in earlier["results"] if r["workload"]["name"] not in ran]
-        results = sorted(kept + results, key=lambda r: r["workload"]["name"])
-        wall_s = sum(r["wall_s"] for r in results)
-        argv = "; ".join(dict.fromkeys([*earlier["command"].split("; "), argv]))
-    write_json(out / "results.json", {"results": results, "wall_s": wall_s, "smoke": smoke, "command": argv})
     report = Path(report) if report else (out if smoke else Path(".")) / "BENCHMARKS.md"
-    return write_report(results, report, smoke=smoke, wall_s=wall_s, command=argv)
+    return rewrite_report(results_dir, report)
 
 
-def rewrite_report(out: str | os.PathLike = "runs/bench", report: str | os.PathLike | None = None) -> Path:
-    """Write the report again from ``OUT/results.json`` (no model is trained or timed).
+def rewrite_report(
+    results: str | os.PathLike = "bench/results", report: str | os.PathLike | None = None, allow_stale: bool = False
+) -> Path:
+    """Write the report from the per-workload results ``RESULTS/W*.json`` (nothing is trained or
+    timed); the same files give the same report, byte for byte.
 
-    A result without the library analysis (one from before it existed) gets it now, from its
-    library, which still holds the same numbers.
+    Raises:
+        FileNotFoundError: no results there.
+        ValueError: a result mixes rows made by other code than its run's (unless ``allow_stale``).
     """
-    from bench.library_analysis import analyse
     from bench.report import write_report
-    from lana.files import read_json, write_json
+    from lana.files import read_json
 
-    out = Path(out)
-    saved = read_json(out / "results.json")
-    if saved is None:
-        raise FileNotFoundError(
-            f"{out / 'results.json'} is missing or unreadable: run the benchmark first (python3 -m bench)"
-        )
-    for result in saved["results"]:
-        if "analysis" not in result:
-            result["analysis"] = analyse(result["library"]["path"], result["workload"]["budget_table"])
-    write_json(out / "results.json", saved)
-    report = Path(report) if report else (out if saved["smoke"] else Path(".")) / "BENCHMARKS.md"
-    return write_report(
-        saved["results"], report, smoke=saved["smoke"], wall_s=saved["wall_s"], command=saved["command"]
-    )
+    folder = Path(results)
+    saved = [read_json(path) for path in sorted(folder.glob("W*.json"))]
+    saved = [r for r in saved if r]
+    if not saved:
+        raise FileNotFoundError(f"no results in {folder} (W*.json): run the benchmark first (python3 -m bench)")
+    smoke = any(r.get("smoke") for r in saved)
+    wall_s = sum(r["wall_s"] for r in saved)
+    command = "; ".join(dict.fromkeys(r.get("command", "python3 -m bench") for r in saved))
+    report = Path(report) if report else (folder.parent if smoke else Path(".")) / "BENCHMARKS.md"
+    return write_report(saved, report, smoke=smoke, wall_s=wall_s, command=command, allow_stale=allow_stale)

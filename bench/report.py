@@ -6,7 +6,6 @@ numbers of the run: where lana wins, where it loses, by how much, and the facts 
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 from pathlib import Path
@@ -15,7 +14,7 @@ from bench.library_analysis import markdown
 
 __all__ = ["findings", "goals", "plot_fronts", "plot_workload", "write_report"]
 
-_ORDER = ("teacher", "lana", "prune", "sibling", "uniform_slim", "greedy", "random")
+_ORDER = ("teacher", "lana", "prune", "fastnas", "sibling", "uniform_slim", "greedy", "random")
 _LABEL = {
     "teacher": "teacher",
     "lana": "lana (ILP)",
@@ -23,11 +22,12 @@ _LABEL = {
     "greedy": "greedy plan",
     "uniform_slim": "uniform slim",
     "prune": "Torch-Pruning",
+    "fastnas": "FastNAS (Model Optimizer)",
     "sibling": "smaller sibling",
 }
 # What a user would do instead of lana: "the best baseline" is the better of these. The other
 # methods are ablations of lana itself (plans from its own library, one slim width everywhere).
-COMPETITORS = ("prune", "sibling")
+COMPETITORS = ("prune", "fastnas", "sibling")
 ABLATIONS = ("uniform_slim", "greedy", "random")
 
 
@@ -70,15 +70,11 @@ def train_images(result: dict, row: dict) -> float | None:
     w, n = result["workload"], result.get("train_images")
     if not n:
         return None
-    epochs = {
-        "teacher": w["teacher_epochs"],
-        "lana": w["build_epochs"] + w["finetune_epochs"],
-        "random": w["build_epochs"] + w["finetune_epochs"],
-        "greedy": w["build_epochs"] + w["finetune_epochs"],
-        "prune": w["finetune_epochs"],
-        "uniform_slim": w["finetune_epochs"],
-        "sibling": w["sibling_epochs"],
-    }[row["method"]]
+    # issue 25 item 4: every method sees lana's images after the teacher (distillation + fine-tuning)
+    after = w["build_epochs"] + w["finetune_epochs"]
+    epochs = w["teacher_epochs"] if row["method"] == "teacher" else after
+    if row["method"] == "sibling":  # trained as the teacher was, then as long as lana after it
+        epochs += w["teacher_epochs"]
     return epochs * n
 
 
@@ -91,17 +87,18 @@ def _results_table(result: dict) -> list[str]:
     tables = w["tables"]
     teacher = _by(result, "teacher", "-")
     head = (
-        ["method", "budget", "top-1 %", "Δ top-1", "before FT %"]
+        ["method", "budget", "top-1 % (± std, seeds)", "Δ top-1", "before FT %"]
         + [f"{t} ms (IQR)" for t in tables]
         + [f"speed-up {t}" for t in tables]
         + ["latency / lana (budget's table)", "params M", "MMACs", "search s", "train s", "train images"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in _rows(result):
+        spread = f" ± {r['top1_std']:.2f} ({len(r['top1_seeds'])})" if r.get("top1_std") is not None else ""
         cells = [
-            r["method"],
+            r["method"] + (" ⚠ stale" if r.get("stale") else ""),
             r["budget"],
-            f"{r['top1']:.2f}",
+            f"{r['top1']:.2f}{spread}",
             f"{r['top1'] - teacher['top1']:+.2f}",
             _num(r.get("top1_before_ft")),
         ]
@@ -113,7 +110,12 @@ def _results_table(result: dict) -> list[str]:
             f"{r['macs'] / 1e6:.1f}",
             _num(r.get("search_s"), "{:.1f}"),
             _num(r.get("train_s"), "{:.0f}"),
-            _images(train_images(result, r)) + (" + ImageNet" if r["method"] == "teacher" and w["pretrained"] else ""),
+            _images(train_images(result, r))
+            + (
+                " + ImageNet"
+                if (r["method"] == "teacher" and w["pretrained"]) or "ImageNet" in r.get("sibling", "")
+                else ""
+            ),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     cached = [f"{r['method']}@{r['budget']}" for r in _rows(result) if r.get("cached")]
@@ -198,11 +200,6 @@ def findings(result: dict) -> list[str]:
         )
         if margin < 0:
             why = []
-            if best["method"] == "sibling":
-                why.append(
-                    f"the sibling trained {w['sibling_epochs']:g} epochs from scratch, lana's student "
-                    f"{w['finetune_epochs']:g} epoch(s) of fine-tuning after {w['build_epochs']:g} of block distillation"
-                )
             if lana.get("top1_before_ft") is not None:
                 why.append(
                     f"lana's student stood at {lana['top1_before_ft']:.2f}% before fine-tuning "
@@ -287,21 +284,22 @@ def goals(results: list[dict]) -> list[str]:
     lines = ["| goal | workload | result | met |", "|---|---|---|---|"]
     for result in results:
         w = result["workload"]
-        for budget in ("0.5x", "0.35x"):
-            lana = _by(result, "lana", budget)
-            others = [r for r in result["rows"] if r["budget"] == budget and r["method"] in COMPETITORS]
-            if lana is None or not others:
+        for budget, found in verdicts(result).items():  # issue 25: a win at every budget
+            if found is None:
                 why = (
                     "infeasible for lana's library" if "infeasible" in result["budgets"].get(budget, {}) else "not run"
                 )
-                lines.append(f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {why} | no |")
+                lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {why} | no |")
                 continue
-            best = max(others, key=lambda r: r["top1"])
-            margin = lana["top1"] - best["top1"]
-            lines.append(
-                f"| ≥ 1 point over the best baseline at {budget} | {w['name']} | {margin:+.2f} "
-                f"(vs {best['method']}) | {'yes' if margin >= 1 else 'no'} |"
+            best = next((c for c in found["comparisons"] if c["other"] == found["best"]), None)
+            detail = (
+                f"{found['verdict']}: {best['diff']:+.2f} vs {best['other']} {_interval(best)}, lana at "
+                f"{found['lana_vs_budget']:.3f} of the budget"
+                if best
+                else found["verdict"]
             )
+            met = "yes" if found["verdict"] == "win" else "no"
+            lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {detail} | {met} |")
         for method in ("greedy", "random", "uniform_slim"):
             pairs = [(budget, _by(result, "lana", budget), _by(result, method, budget)) for budget in w["budgets"]]
             pairs = [(b, lana, other) for b, lana, other in pairs if lana and other]
@@ -441,25 +439,83 @@ def plot_fronts(result: dict, png: Path) -> Path:
     return _save(figure, png)
 
 
-def _machine() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
+def _factor(result: dict, budget: str) -> float:
+    from bench.workloads import budget_factor
 
-    from lana.latency import fingerprint, make_meter
+    info = result["budgets"].get(budget, {})
+    return info["factor"] if "factor" in info else budget_factor(budget)
 
-    info = fingerprint(make_meter("cpu"))
-    versions = []
-    for package in ("lana-accel", "torch", "timm", "torch-pruning", "numpy", "highspy", "h5py"):
-        try:
-            versions.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    load = os.getloadavg()
+
+def verdicts(result: dict) -> dict[str, dict | None]:
+    """:func:`bench.verdict.budget_verdict` at every budget of an aggregated ``result``."""
+    from bench.verdict import budget_verdict
+    from bench.workloads import budget_table
+
+    from bench.verdict import aggregate
+
+    w, rows = result["workload"], result["rows"]
+    if not all("top1_seeds" in r for r in rows):  # a raw result: fold its seeds first
+        rows = aggregate(rows)
+    return {b: budget_verdict(rows, b, budget_table(w, b), _factor(result, b)) for b in w["budgets"]}
+
+
+def _interval(c: dict) -> str:
+    if c["low"] is None:
+        return "—"
+    return f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
+def verdict_table(result: dict) -> list[str]:
+    """One line per budget and method compared with lana: difference, interval, seeds, verdict."""
+    lines = [
+        "| budget | lana / budget (measured) | vs | Δ top-1 (lana − other) | 95% interval | seeds (lana, other) | "
+        "latency / lana | verdict |",
+        "|---|---:|---|---:|---|---|---:|---|",
+    ]
+    for budget, found in verdicts(result).items():
+        if found is None:
+            lines.append(f"| {budget} | — | — | — | — | — | — | no lana student |")
+            continue
+        band = f"{found['lana_vs_budget']:.3f}" + ("" if found["lana_in_band"] else " ⚠")
+        ordered = sorted(found["comparisons"], key=lambda c: (c["other"] not in COMPETITORS, _ORDER.index(c["other"])))
+        for c in ordered:
+            best = " (best competitor)" if c["other"] == found["best"] else ""
+            ratio = _num(c["latency_ratio"], "{:.3f}")
+            lines.append(
+                f"| {budget} | {band} | {c['other']}{best} | {c['diff']:+.2f} | {_interval(c)} | "
+                f"{c['seeds'][0]}, {c['seeds'][1]} | {ratio} | {c['verdict']} |"
+            )
+        lines.append(f"| **{budget}** | {band} | **best competitor** | | | | | **{found['verdict']}** |")
+    return lines
+
+
+def _failure_lines(result: dict) -> list[str]:
+    """A competitor that could not handle the model, with the error quoted (issue 25 item 3)."""
     return [
-        (
-            f"- Machine: {info['cpu']}, {info['cpu_count']} cores usable; {info['platform']}; load average at the end "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)."
-        ),
-        f"- Versions: Python {info['python']}, " + ", ".join(versions) + ".",
+        f"- {method} at {budget} failed: `{error}`"
+        for budget, failed in result.get("failures", {}).items()
+        for method, error in failed.items()
+    ]
+
+
+def _aggregated(result: dict, stale: list[str], aggregate) -> dict:
+    """``result`` with one row per method and budget (seeds folded: mean, std), stale rows marked."""
+    rows = [dict(r, stale=f"{r['method']}@{r['budget']} (seed {r.get('seed', 0)})" in stale) for r in result["rows"]]
+    return {**result, "rows": aggregate(rows), "rows_by_seed": rows}
+
+
+def _provenance_lines(result: dict) -> list[str]:
+    """Where a workload's figures came from: commit, machine, load, code digests."""
+    if "commit" not in result:
+        return ["- Provenance: not recorded (a result from before issue 25)."]
+    load = result["load_average"]
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
+    return [
+        f"- Commit {result['commit']}, finished {result['finished']}; {result['cpu']}, {result['cores']} cores "
+        f"usable; {result['platform']}; load average {' / '.join(f'{x:.1f}' for x in load['start'])} at the start, "
+        f"{' / '.join(f'{x:.1f}' for x in load['end'])} at the end (1/5/15 min).",
+        f"- Versions: Python {result['python']}, {versions}.",
+        "- Code digests per stage: " + ", ".join(f"{k} `{v}`" for k, v in result["code"].items()) + ".",
     ]
 
 
@@ -469,17 +525,33 @@ def write_report(
     smoke: bool = False,
     wall_s: float = 0.0,
     command: str = "python3 -m bench",
+    allow_stale: bool = False,
 ) -> Path:
-    """Write ``path`` (Markdown) and one PNG per workload next to it, atomically; returns ``path``."""
+    """Write ``path`` (Markdown) and one PNG per workload next to it, atomically; returns ``path``.
+
+    Nothing in it depends on when or where it is rendered: a fresh clone re-renders it byte for
+    byte from the same results. Rows made by other code than their run's (stale cache entries)
+    are refused unless ``allow_stale``, then marked.
+    """
+    from bench.provenance import stale_rows
+    from bench.verdict import aggregate
+
     path = Path(path)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stale = {r["workload"]["name"]: stale_rows(r) for r in results}
+    if any(stale.values()) and not allow_stale:
+        listed = "; ".join(f"{name}: {', '.join(rows)}" for name, rows in stale.items() if rows)
+        raise ValueError(
+            f"results mix code versions (rows made by other code than their run's): {listed}. Rerun those "
+            "stages, or pass --allow-stale to render them marked as stale."
+        )
+    results = [_aggregated(r, stale[r["workload"]["name"]], aggregate) for r in results]
     lines = [
         "# lana benchmarks",
         "",
-        f"Generated by `{command}` on {now}; the workloads ran {wall_s / 60:.1f} min in all (cached stages excluded).",
-        "Reproduce with `make bench` (teachers and libraries are cached under `runs/bench/`).",
-        "",
-        *_machine(),
+        f"Rendered by `python3 -m bench --report-only` from `bench/results/*.json`, written by `{command}`; the "
+        f"workloads ran {wall_s / 60:.1f} min in all (cached stages excluded). Each section names the commit and "
+        "the machine that made it. Reproduce with `bench/snapshot.sh COMMIT --workloads W1` (teachers, libraries "
+        "and competitors are cached under `runs/bench/`).",
         "",
     ]
     if smoke:
@@ -492,8 +564,9 @@ def write_report(
         ]
     lines += [
         (
-            "Methods, all fine-tuned by KD from the teacher with lana's recipe for the same epochs (the sibling, from "
-            "random weights, with the teacher's recipe plus KD):"
+            "Methods. Every method sees the same training images after the teacher (lana: block distillation "
+            "+ fine-tuning; the others: KD fine-tuning from the teacher, lana's recipe; the sibling: the teacher's "
+            "recipe with KD, for the teacher's epochs plus those): the `train images` column counts them."
         ),
         "",
     ]
@@ -502,34 +575,49 @@ def write_report(
         for m, d in (
             ("lana", "`lana accelerate` at the budget: exact ILP over the library, re-solved if measured over budget."),
             (
-                "random",
-                "the best, by predicted score, of N random plans of the same library that meet the same predicted budget.",
-            ),
-            (
-                "greedy",
-                "from the teacher, repeatedly the swap with the least score added per ms saved, until under the budget.",
-            ),
-            (
                 "prune",
-                "Torch-Pruning (DepGraph, L2 group magnitude, same ratio per layer), ratio bisected to lana's measured latency.",
+                "Torch-Pruning at its strongest documented CNN recipe: Taylor importance on 4 batches, global "
+                "pruning with a 0.9 per-layer cap, isomorphic groups, channels rounded to 8, BN statistics "
+                "re-estimated on 1,024 training images; the global ratio bisected to the budget.",
+            ),
+            (
+                "fastnas",
+                "NVIDIA Model Optimizer's FastNAS (`mtp.prune`, mode `fastnas`): a FLOPs constraint bisected to the "
+                "budget, its score function top-1 on 1,024 images of the score split, BN calibration through its "
+                "data loader, then BN re-estimated as for prune.",
             ),
             (
                 "sibling",
-                "a narrower network of the family (W1: the teacher at reduced width; W2: LCNet), width bisected to lana's latency.",
+                "a smaller network of the family: W1 the teacher at reduced width, from random weights, width "
+                "bisected to the budget; W2 the pretrained Lite1 / Lite0 whose own latency is the budget.",
             ),
             (
                 "uniform_slim",
-                "(ablation) every block cut to one width by lana's slim surgery, width bisected to lana's measured "
-                "latency, least-squares start, then the same fine-tuning: what choosing per layer adds.",
+                "(ablation) every block cut to one width by lana's slim surgery, width bisected to the budget, "
+                "least-squares start, then KD fine-tuning: what choosing per layer adds.",
+            ),
+            (
+                "greedy",
+                "(ablation) from the teacher, repeatedly the swap with the least score added per ms saved, until "
+                "under lana's predicted budget.",
+            ),
+            (
+                "random",
+                "(ablation) the best, by predicted score, of N random plans of the same library under the same "
+                "predicted budget.",
             ),
         )
     ]
     lines += [
         "",
         (
-            "The best baseline is the better of the competitors, Torch-Pruning and the sibling; random, greedy and "
-            "uniform slim are ablations of lana (its own library or its own surgery), reported apart. `train images`: "
-            "training images seen in all, every stage counted (lana: block distillation + fine-tuning)."
+            "Competitors (prune, fastnas, sibling) are matched to the *budget* (a factor of the teacher's latency, "
+            "timed interleaved with the teacher, landing in [0.95, 1.0] of it) and cached apart from lana. A "
+            "comparison counts when the other model is within ±5% of lana's latency in the final interleaved pass "
+            "(or lana is both faster and more accurate), and lana itself within [0.95, 1.0] of the budget; else it "
+            "is *undetermined*. lana, the best competitor and uniform slim get several fine-tuning seeds (mean ± "
+            "std); a **win** is a mean difference ≥ 1 point whose 95% interval (Welch) excludes zero; an interval "
+            "across zero is a **tie**, one below zero a **loss**."
         ),
     ]
     lines += [
@@ -538,7 +626,7 @@ def write_report(
             "Budgets are factors of the teacher's latency (each workload says which timing). Latency: torch eager on "
             "the CPU, median (and interquartile range) over interleaved rounds of 20 calls, all models of a workload "
             "in one pass. `before FT`: top-1 before fine-tuning, on the first test images (the correlation set). "
-            "`search s`: ILP solve + assembly (lana), sampling (random, greedy) or latency bisection (prune, sibling)."
+            "`search s`: ILP solve + assembly (lana), sampling (random, greedy) or latency bisection (the others)."
         ),
         "",
     ]
@@ -571,10 +659,18 @@ def write_report(
                     if t != w["budget_table"]
                 )
                 + "; "
-                f"fine-tuning {w['finetune_epochs']:g} epoch(s), sibling {w['sibling_epochs']:g} epoch(s); "
+                f"lana: {w['build_epochs']:g} epoch(s) of block distillation + {w['finetune_epochs']:g} of fine-tuning, "
+                f"every other method {w['build_epochs'] + w['finetune_epochs']:g} epoch(s) of KD fine-tuning; "
                 f"training images per stage: {w['limit'] or 'all'}; "
                 f"workload wall time {result['wall_s'] / 60:.1f} min."
             ),
+            "",
+            *_provenance_lines(result),
+            *_failure_lines(result),
+            "",
+            "### Verdicts",
+            "",
+            *verdict_table(result),
             "",
             "### Results",
             "",

