@@ -448,10 +448,8 @@ def _factor(result: dict, budget: str) -> float:
 
 def verdicts(result: dict) -> dict[str, dict | None]:
     """:func:`bench.verdict.budget_verdict` at every budget of an aggregated ``result``."""
-    from bench.verdict import budget_verdict
+    from bench.verdict import aggregate, budget_verdict
     from bench.workloads import budget_table
-
-    from bench.verdict import aggregate
 
     w, rows = result["workload"], result["rows"]
     if not all("top1_seeds" in r for r in rows):  # a raw result: fold its seeds first
