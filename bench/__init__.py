@@ -170,7 +170,7 @@ def _rebuild(build):
 def _calibration(run):
     """The images the pruning methods may look at (training batches, the score split)."""
     from bench.competitors import Calibration
-    from lana.data import load_dataset
+    from lana.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
     from lana.train import model_norm
 
     if getattr(run, "_calib", None) is None:
@@ -178,11 +178,8 @@ def _calibration(run):
         score = load_dataset(w.dataset, "score", w.img_size, seed=w.seed).subset(1024)
         norm = model_norm(run.teacher)
         run._calib = Calibration(run.train_set.images[:1024], run.train_set.labels[:1024], score.images,
-                                 score.labels, norm.get("mean", IMAGENET[0]), norm.get("std", IMAGENET[1]))  # fmt: skip
+                                 score.labels, norm.get("mean", IMAGENET_MEAN), norm.get("std", IMAGENET_STD))  # fmt: skip
     return run._calib
-
-
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def _competitor_builders(run) -> dict:
