@@ -73,11 +73,14 @@ def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
             "library_budget_ms": plan.budget_ms,
             "solve_s": plan.solve_time_s,
             "solver": plan.solver,
-            "search_s": stages["solve"] + stages["assemble"],
+            "search_s": stages["solve"] + stages["assemble"] + stages.get("select", 0.0),
+            "select_s": stages.get("select", 0.0),
             "train_s": stages["finetune"],
             "resolve_rounds": report["resolve_rounds"],
             "plan": dict(plan.choices),
             "plan_full": plan.to_dict(),
+            "selection": report.get("selection"),  # issue 26: the pool measured, and where the plan came from
+            "ilp_plan": report.get("ilp_plan"),
         }
         return row, load_student(folder)
 
@@ -135,7 +138,18 @@ def _library_plans(run, budget: str, lana: dict) -> None:
             raise _NoPlan(f"no greedy plan meets {budget_ms:.3f} ms")
         return train(folder, "greedy", choice, time.perf_counter() - start, {})
 
-    for method, make in (("random", make_random), ("greedy", make_greedy)):
+    def make_ilp(folder: Path):  # the ILP's own plan, when the measured selection kept another one
+        from lana.plan import Plan
+
+        ilp = Plan.from_dict(lana["ilp_plan"])
+        choice = tuple(problem.specs[l].index(spec) for l, (_layer, spec) in enumerate(ilp.choices))
+        return train(folder, "ilp", choice, ilp.solve_time_s, {})
+
+    makers = [("random", make_random), ("greedy", make_greedy)]
+    chosen = (lana.get("selection") or {}).get("chosen", "ilp")
+    if lana.get("ilp_plan") and chosen != "ilp":
+        makers.insert(0, ("ilp", make_ilp))
+    for method, make in makers:
         try:
             run.cached(budget, method, make, lambda _row, folder: load_student(folder), depends={"lana": lana["plan"]})
         except _NoPlan as error:  # lana met the budget, so this is rare: the row is left out, loudly

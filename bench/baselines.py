@@ -24,12 +24,15 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from lana.select import _costs, plan_of
+from lana.select import greedy_choice as greedy_plan
 
 __all__ = [
     "LatencyMatch",
@@ -240,13 +243,6 @@ def least_squares_blocks(model: nn.Module, teacher: nn.Module, images: torch.Ten
     return fits
 
 
-def _costs(problem) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per-layer latency (budget table) and score; a NaN score counts as never worth taking."""
-    latency = [np.asarray(row, dtype=float) for row in problem.latency[problem.table]]
-    scores = [np.where(np.isfinite(row), row, np.inf) for row in problem.scores]
-    return latency, scores
-
-
 def random_feasible_plans(problem, budget_ms: float, count: int = 20, seed: int = 0) -> list[tuple[int, ...]]:
     """``count`` random plans whose predicted latency meets ``budget_ms``.
 
@@ -268,52 +264,3 @@ def random_feasible_plans(problem, budget_ms: float, count: int = 20, seed: int 
             choice[layer] = int(rng.choice(faster[layer]))
         plans.append(tuple(choice))
     return plans
-
-
-def greedy_plan(problem, budget_ms: float) -> tuple[int, ...] | None:
-    """Start from the teacher; while over budget, take the swap with the least score added per ms saved.
-
-    The classic knapsack heuristic: at each step every (layer, faster candidate) pair is a move
-    costing ``score increase / latency saved``, and the cheapest is made. None when infeasible.
-    """
-    from lana.problem import TEACHER
-
-    latency, scores = _costs(problem)
-    choice = [
-        specs.index(TEACHER) if TEACHER in specs else int(np.argmin(s)) for specs, s in zip(problem.specs, scores)
-    ]
-    while problem.predicted_latency_ms(choice) > budget_ms:
-        best, move = np.inf, None
-        for layer, (row, score) in enumerate(zip(latency, scores)):
-            saved = row[choice[layer]] - row
-            added = score - score[choice[layer]]
-            for candidate in np.flatnonzero((saved > 0) & np.isfinite(score)):
-                cost = added[candidate] / saved[candidate]
-                if cost < best:
-                    best, move = cost, (layer, int(candidate))
-        if move is None:
-            return None
-        choice[move[0]] = move[1]
-    return tuple(choice)
-
-
-def plan_of(problem, choice: Sequence[int], budget_ms: float, solver: str, solve_time_s: float = 0.0):
-    """A :class:`lana.plan.Plan` for a choice made outside the ILP (random, greedy)."""
-    from lana.plan import Plan
-
-    return Plan(
-        model=problem.model,
-        table=problem.table,
-        score=problem.score,
-        budget_ms=budget_ms,
-        choices=tuple((layer, problem.specs[l][c]) for l, (layer, c) in enumerate(zip(problem.layers, choice))),
-        predicted_latency_ms=problem.predicted_latency_ms(choice),
-        predicted_drop=problem.predicted_drop(choice),
-        solver=solver,
-        solve_time_s=solve_time_s,
-        latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
-        params=problem.total_params(choice),
-        macs=problem.total_macs(choice),
-        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
-        layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)),
-    )

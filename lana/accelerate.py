@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 # what a library is *for*: accelerate reuses one built for the same teacher, data, space, input
 # size and precisions, however long it was distilled (the strict identity is BuildConfig's)
-_REUSE_FIELDS = ("model", "checkpoint_sha256", "pretrained", "dataset", "img_size", "space", "int8")
+_REUSE_FIELDS = ("model", "checkpoint_sha256", "pretrained", "dataset", "img_size", "space", "int8", "score_split",
+                 "synsets")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ class AccelerateConfig:
         finetune: the student's fine-tuning.
         library: the library file (default ``OUT/library.h5``); reused when built for the same
             teacher, data, space, size and precisions.
-        diverse, min_diff: measure ``diverse`` plans that differ in ``min_diff`` layers, keep the best.
+        select: the measured selection (:mod:`lana.select`): the ILP's plan, its next ``diverse``
+            - 1 best that differ in ``min_diff`` layers, greedy's, the slim-only and uniform-width
+            plans, each run on the score split and timed; the most accurate within the budget is
+            kept. False: the ILP's plan alone.
         eval_limit: test images of the final top-1 (None: all).
         export: write ONNX and TorchScript files.
     """
@@ -64,7 +68,8 @@ class AccelerateConfig:
     solve: SolveOptions = field(default_factory=SolveOptions)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     library: str | None = None
-    diverse: int = 1
+    select: bool = True
+    diverse: int = 4
     min_diff: int = 2
     eval_limit: int | None = None
     export: bool = True
@@ -124,27 +129,19 @@ def _prepare_library(config: AccelerateConfig, out: Path, device) -> Path:
     return library
 
 
-def _pick_plan(config: AccelerateConfig, library: Path, ctx, solve: SolveOptions):
-    """The ILP's plan; with ``diverse`` > 1, the most accurate feasible one of K diverse plans."""
-    from lana.data import load_dataset
-    from lana.plan import solve_diverse, solve_library
-    from lana.student import student_from_context
-    from lana.train import evaluate
+def _select(config: AccelerateConfig, library: Library, ctx, plan, asked_ms: float, solve: SolveOptions, device):
+    """The measured selection (:mod:`lana.select`) at the target the latency loop settled on;
+    ``(plan, record)``, the ILP's plan and None when ``select`` is off."""
+    from lana.data import split_of
+    from lana.select import selection
 
-    plan = solve_library(library, config.budget, solve)
-    if config.diverse <= 1:
-        return plan
+    if not config.select:
+        return plan, None
     b = config.build
-    score_set = load_dataset(b.dataset, "score", b.img_size, seed=b.seed, limit=b.score_images)
-    plans = solve_diverse(library, config.budget, k=config.diverse, min_diff=config.min_diff, options=solve)
-    students = {f"plan{i}": student_from_context(ctx, p) for i, p in enumerate(plans)}
-    timings = measure_latency(students, ctx.input_shape, solve.table, rounds=b.latency_rounds, threads=b.threads)
-
-    def rank(i):
-        too_slow = timings[f"plan{i}"]["median_ms"] > plan.budget_ms * 1.03
-        return too_slow, -evaluate(students[f"plan{i}"], score_set)
-
-    return plans[min(range(len(plans)), key=rank)]
+    score_set = split_of(asdict(b), "score", limit=b.score_images)
+    return selection(ctx, library.path, asked_ms, plan.budget_ms, score_set, solve, k=config.diverse,
+                     min_diff=config.min_diff, rounds=b.latency_rounds, threads=b.threads,
+                     noise=library.table_noise(solve.table), device=device)  # fmt: skip
 
 
 _ROUNDS = 5  # measurements of the closed loop, at most
@@ -208,7 +205,7 @@ def _resolve(library: Library, target: float, solve: SolveOptions):
 def _finetuned_student(config: AccelerateConfig, ctx, plan, device):
     """The plan's student fine-tuned by KD (float); with int8 layers, also their quantized form.
     Returns ``(student to ship, float student)``."""
-    from lana.data import load_dataset
+    from lana.data import split_of
     from lana.finetune import finetune
     from lana.student import int8_layers, quantize_layers, student_from_context
 
@@ -216,7 +213,7 @@ def _finetuned_student(config: AccelerateConfig, ctx, plan, device):
     # int8 kernels cannot backprop: fine-tune the float parents, quantize after
     student = student_from_context(ctx, plan, float_only=bool(int8_layers(plan)))
     if config.finetune.epochs > 0:
-        train_set = load_dataset(b.dataset, "train", b.img_size, seed=b.seed, limit=b.limit)
+        train_set = split_of(asdict(b), "train", limit=b.limit)
         finetune(student, ctx.teacher, train_set, epochs=config.finetune.epochs, device=device,
                  max_steps=config.finetune.max_steps, desc=f"fine-tune {config.budget}")  # fmt: skip
     float_student = student.cpu().eval()  # what is saved, and counted: int8 modules hide their weights
@@ -229,12 +226,12 @@ def _finetuned_student(config: AccelerateConfig, ctx, plan, device):
 def _report(config, library: Library, ctx, plan, student, float_student, table: str, device, budget_ms) -> dict:
     """Teacher and student measured on every table of the library, and their test top-1; the
     budget is the one asked for (``budget_ms``), not the tighter target a re-solve may have used."""
-    from lana.data import load_dataset
+    from lana.data import split_of
     from lana.student import int8_layers, model_stats
     from lana.train import evaluate
 
     b, shape = config.build, ctx.input_shape
-    test_set = load_dataset(b.dataset, "test", b.img_size, limit=config.eval_limit)
+    test_set = split_of(asdict(b), "test", limit=config.eval_limit)
     teacher = ctx.teacher.cpu().eval()
     latency = {
         t: measure_latency(
@@ -269,30 +266,42 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     from lana.dist import resolve_device
     from lana.export import export_all
     from lana.files import write_json
+    from lana.head import fitted_teacher
+    from lana.plan import solve_library
     from lana.student import save_student
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.build.device)
     stages: dict[str, float] = {}
+    start = time.perf_counter()  # never plan on a random head: the teacher learns the classes first
+    config = replace(
+        config, build=fitted_teacher(config.build, out / "teacher", refuse=not config.build.teacher_finetune)
+    )
+    stages["teacher"] = time.perf_counter() - start
     start = time.perf_counter()
     library = Library(_prepare_library(config, out, device))
     stages["build"] = time.perf_counter() - start
     solve = SolveOptions.of(config.solve, table=config.solve.table or sorted(library.tables)[0])
     start = time.perf_counter()
     ctx = context_from_library(library)
-    plan = _pick_plan(config, library.path, ctx, solve)
+    plan = solve_library(library.path, config.budget, solve)
     stages["solve"] = time.perf_counter() - start
     start = time.perf_counter()
     asked_ms = plan.budget_ms
     plan, rounds = _meet_budget(config, library, ctx, plan, solve)
     stages["assemble"] = time.perf_counter() - start
     start = time.perf_counter()
+    ilp_plan = plan
+    plan, selected = _select(config, library, ctx, plan, asked_ms, solve, device)
+    stages["select"] = time.perf_counter() - start
+    start = time.perf_counter()
     student, float_student = _finetuned_student(config, ctx, plan, device)
     stages["finetune"] = time.perf_counter() - start
     start = time.perf_counter()
     report = {**_report(config, library, ctx, plan, student, float_student, solve.table, device, asked_ms),
-              "resolve_rounds": rounds, "library": str(library.path)}  # fmt: skip
+              "resolve_rounds": rounds, "library": str(library.path), "selection": selected,
+              "ilp_plan": ilp_plan.to_dict()}  # fmt: skip
     stages["measure"] = time.perf_counter() - start
     save_student(float_student, plan, ctx, out, extra={"top1": report["student"]["top1"]})
     if config.export:

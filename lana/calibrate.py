@@ -313,7 +313,7 @@ def calibrate(path, config: CalibrationConfig | None = None) -> CalibrationResul
     """
     from lana.context import context_from_library
     from lana.correlation import spearman
-    from lana.data import load_dataset
+    from lana.data import split_of
     from lana.dist import resolve_device
     from lana.library import Library, write_scores
     from lana.problem import load_problem
@@ -327,8 +327,7 @@ def calibrate(path, config: CalibrationConfig | None = None) -> CalibrationResul
     problem = load_problem(path, config.table, base)
     built = library.config
     build_s = float(sum(built.get("stages_s", {}).values()))
-    data = load_dataset(built["dataset"], "score", built["img_size"], seed=built.get("seed", 0),
-                        limit=config.images or built.get("score_images"))  # fmt: skip
+    data = split_of(built, "score", limit=config.images or built.get("score_images"))
     ctx, device = context_from_library(library), resolve_device(config.device)
     teacher_top1 = evaluate(ctx.teacher, data, device=device)
     count = config.samples or _count_by_time(ctx, problem, data, device, teacher_top1, config, build_s)

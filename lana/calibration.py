@@ -36,27 +36,37 @@ class CalibrationSet:
     seed: int = 0
     limit: int | None = None
     count: int = CALIBRATION_IMAGES
+    # how an image folder's splits were cut and transformed (lana.data.split_of); None/False for
+    # Fashion-MNIST and for configurations saved before folders streamed
+    score_split: int | float | str | None = None
+    model: str | None = None
+    synsets: bool = False
 
     @classmethod
     def of(cls, config: dict) -> CalibrationSet:
         """The calibration set of a build or student configuration (a dict with ``dataset``,
-        ``img_size``, ``seed``, ``limit`` and optionally ``count``)."""
+        ``img_size``, ``seed``, ``limit`` and optionally ``count``, ``score_split``, ``model``)."""
         return cls(
             config["dataset"],
             int(config["img_size"]),
             int(config.get("seed", 0)),
             config.get("limit"),
             int(config.get("count", CALIBRATION_IMAGES)),
+            config.get("score_split"),
+            config.get("model"),
+            bool(config.get("synsets", False)),
         )
 
     def images(self) -> torch.Tensor:
         """The uint8 images, (count, C, H, W) (fewer when the split is smaller)."""
-        from lana.data import load_dataset
+        from lana.data import split_of
 
         # ``limit`` keeps a prefix of the shuffled split, so loading only the first ``count``
-        # images gives the same ones without resizing the whole split
+        # images gives the same ones without resizing (or decoding) the whole split
         limit = self.count if self.limit is None else min(self.limit, self.count)
-        return load_dataset(self.dataset, "train", self.img_size, seed=self.seed, limit=limit).images
+        built = {"dataset": self.dataset, "img_size": self.img_size, "seed": self.seed, "model": self.model,
+                 "score_split": self.score_split, "synsets": self.synsets}  # fmt: skip
+        return split_of(built, "train", limit=limit).head(limit)
 
 
 @torch.no_grad()

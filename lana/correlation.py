@@ -75,7 +75,7 @@ def score_correlation(
     kind was fitted on are drawn again, so every kind is judged on plans it never saw.
     """
     from lana.context import context_from_library
-    from lana.data import load_dataset
+    from lana.data import split_of
     from lana.library import Library
     from lana.plan import Plan
     from lana.student import student_from_context
@@ -85,13 +85,7 @@ def score_correlation(
     ctx = context_from_library(lib)
     built = lib.config
     scores = [record.scores for record in lib.layers()]
-    data = load_dataset(
-        built["dataset"],
-        dataset_split,
-        built["img_size"],
-        seed=built.get("seed", 0),
-        limit=limit if limit is not None else built.get("score_images"),
-    )
+    data = split_of(built, dataset_split, limit=limit if limit is not None else built.get("score_images"))
     rng = np.random.default_rng(seed)
     kinds = sorted(scores[0])
     # a calibrated kind is judged on plans its fit never saw (issue 15): its fitted samples are skipped

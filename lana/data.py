@@ -1,9 +1,11 @@
-"""Data sets: Fashion-MNIST from its IDX files, or any ImageFolder-style directory.
+"""Data sets: Fashion-MNIST from its IDX files (in memory), or any image folder (streamed).
 
-Images are decoded and resized once, then kept in memory as uint8 (N, C, H, W); batches are
-turned into normalised float tensors on the fly, on the device that consumes them. The
-training set is split deterministically into ``train`` and a held-out ``score`` split (used to
-score candidates); the official test split is kept for final numbers only.
+Fashion-MNIST is decoded and resized once, then kept in memory as uint8 (N, C, H, W). An image
+folder is listed, not loaded: :mod:`lana.streamed` decodes batches through timm's transforms as
+they are asked for. Either way batches are uint8 and each consumer turns them into normalised
+floats on its device, for its own model (:func:`to_unit`, :func:`normalize`). The training set is
+split deterministically into ``train`` and a held-out ``score`` split (used to score
+candidates); the test split is kept for final numbers only.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ __all__ = [
     "load_dataset",
     "make_loader",
     "to_model_input",
+    "parse_score_split",
+    "split_of",
+    "is_fashion_mnist",
+    "default_img_size",
     "to_unit",
     "normalize",
     "augment",
@@ -37,6 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "score", "test")
+FMNIST_SCORE_IMAGES = 5000  # held out of the 60,000 training images (min(5000, 10%), as for folders)
 # ImageNet statistics: the teachers are timm models that expect them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,6 +104,28 @@ class ImageDataset(torch.utils.data.Dataset):
     def subset(self, count: int) -> ImageDataset:
         """The first ``count`` images (the splits are already shuffled deterministically)."""
         return ImageDataset(self.name, self.split, self.images[:count], self.labels[:count], self.classes)
+
+    # The interface every split offers (lana.streamed.StreamedSplit streams an image folder's):
+    augmented = False  # the training loader yields the images as they are; fit() augments them
+
+    def batches(self, batch_size: int, limit: int | None = None):
+        """(uint8 images, labels) of the first ``limit`` images (all by default), in order."""
+        count = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, count, batch_size):
+            end = min(count, start + batch_size)
+            yield self.images[start:end], self.labels[start:end]
+
+    def head(self, count: int) -> torch.Tensor:
+        """The first ``count`` images, uint8 (count, C, H, W)."""
+        return self.images[:count]
+
+    def train_loader(self, batch_size: int, seed: int = 0, drop_last: bool = True, workers: int | None = None):
+        """Shuffled training batches, a new order each pass (epoch), seeded."""
+        return make_loader(self, batch_size, shuffle=True, workers=workers or 0, seed=seed, drop_last=drop_last)
+
+    def batches_at(self, steps, seed: int = 0):
+        """The images of each ``(epoch, indices)`` of ``steps``, as stored (the consumer augments)."""
+        return (self.images[indices] for _epoch, indices in steps)
 
 
 def fashion_mnist_dirs() -> list[Path]:
@@ -170,37 +199,6 @@ def _load_fashion_mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[:, None], labels.astype(np.int64)
 
 
-def _load_image_folder(root: Path, split: str, img_size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from PIL import Image
-
-    missing = [d for d in ("train", "val") if not (root / d).is_dir()]
-    if missing:
-        raise DataNotFoundError(
-            f"{root} is not an ImageFolder data set: it has no {' or '.join(missing)}/ directory. "
-            "Expected <root>/train/<class>/<image> and <root>/val/<class>/<image>."
-        )
-    classes = tuple(sorted(p.name for p in (root / "train").iterdir() if p.is_dir()))
-    if not classes:
-        raise DataNotFoundError(f"{root / 'train'} has no class directories")
-    folder = root / ("val" if split == "test" else "train")
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((folder / cls).glob("*")) if (folder / cls).is_dir() else []:
-            if path.suffix.lower() not in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}:
-                continue
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                scale = img_size / min(im.size)  # resize the shorter side, then centre-crop
-                im = im.resize((max(img_size, round(im.width * scale)), max(img_size, round(im.height * scale))))
-                left, top = (im.width - img_size) // 2, (im.height - img_size) // 2
-                im = im.crop((left, top, left + img_size, top + img_size))
-                images.append(np.asarray(im).transpose(2, 0, 1))
-                labels.append(label)
-    if not images:
-        raise DataNotFoundError(f"{folder} holds no images")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
-
-
 def _resize(images: np.ndarray, img_size: int) -> torch.Tensor:
     tensor = torch.from_numpy(np.ascontiguousarray(images))
     if tensor.shape[-1] == img_size and tensor.shape[-2] == img_size:
@@ -214,57 +212,135 @@ def _resize(images: np.ndarray, img_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def is_fashion_mnist(name: str) -> bool:
+    """Whether ``name`` names Fashion-MNIST (else it is an image folder)."""
+    return name.lower().replace("_", "-") in {"fashion-mnist", "fashionmnist", "fmnist"}
+
+
+def _score_count(score_split, available: int) -> int:
+    """Fashion-MNIST's held-out score images: a count, or a fraction of the training images."""
+    if score_split is None:
+        return FMNIST_SCORE_IMAGES
+    if isinstance(score_split, float) or (isinstance(score_split, str) and "." in score_split):
+        fraction = float(score_split)
+        if not 0 < fraction < 1:
+            raise ValueError(f"--score-split {score_split}: a fraction must be between 0 and 1")
+        return max(1, round(fraction * available))
+    try:
+        return int(score_split)
+    except ValueError:
+        raise ValueError(
+            f"--score-split {score_split!r}: Fashion-MNIST's score split is a count or a fraction of its "
+            "training images, not a folder"
+        ) from None
+
+
+def parse_score_split(value):
+    """``--score-split``: ``5000`` (a count) -> int, ``0.1`` (a fraction) -> float, else a folder (str)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    text = str(value)
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def load_dataset(
     name: str,
     split: str,
-    img_size: int = 32,
-    score_size: int = 5000,
+    img_size: int | None = 32,
+    score_size=None,
     seed: int = 0,
     limit: int | None = None,
-) -> ImageDataset:
-    """Load one split of a data set into memory.
+    *,
+    model: str | None = None,
+    synsets: bool = False,
+):
+    """One split of a data set: Fashion-MNIST in memory, an image folder streamed.
 
     Args:
-        name: ``fashion-mnist`` or the path of an ImageFolder directory with ``train/`` and ``val/``.
-        split: ``train`` (training set minus the score split), ``score`` (held out from the
-            training set, for scoring candidates) or ``test`` (official test / ``val/`` split).
-        img_size: side of the square images the model sees.
-        score_size: images held out from the training set as the ``score`` split.
-        seed: seed of the deterministic train/score split.
-        limit: keep only the first ``limit`` images (for smoke runs and tests).
+        name: ``fashion-mnist`` or an image folder (``ROOT/train/<class>/``, ``ROOT/val/``
+            optional, ``ROOT/<class>/``, or a ``.tar``; :func:`lana.folder.open_folder`).
+        split: ``train`` (training images minus the score split), ``score`` (held out of them, to
+            score candidates) or ``test`` (the official test split, ``val/``, or held out).
+        img_size: side of the square images the model sees (None: the model's pretrained size,
+            for folders).
+        score_size: the score split (``--score-split``): a count, a fraction of the training
+            images, or (folders) a separate folder. Default: 5,000 for Fashion-MNIST; min(5000,
+            10%) for a folder.
+        seed: seed of the held-out splits.
+        limit: keep only the first ``limit`` images (the splits are shuffled by ``seed``).
+        model: timm name whose pretrained data configuration sets a folder's transforms
+            (resize, crop_pct, interpolation); ImageNet's defaults without one.
+        synsets: a folder of ImageNet synsets: labels are the ImageNet-1k output indices.
 
     Returns:
-        An :class:`ImageDataset` with uint8 images of shape (N, C, img_size, img_size).
+        An :class:`ImageDataset` (Fashion-MNIST) or a :class:`lana.streamed.StreamedSplit`
+        (folders): both yield uint8 batches (see ``batches``, ``head``, ``train_loader``).
 
     Raises:
         DataNotFoundError: the files are missing; the message says where to put them.
-        ValueError: an unknown split.
+        ValueError: an unknown split, or a score split the data set cannot hold (naming the option).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
-    if name.lower().replace("_", "-") in {"fashion-mnist", "fashionmnist", "fmnist"}:
-        images, labels = _load_fashion_mnist_split("test" if split == "test" else "train")
-        classes, display = FASHION_MNIST_CLASSES, "fashion-mnist"
-    else:
-        root = Path(name).expanduser()
-        if not root.exists():
-            raise DataNotFoundError(
-                f"unknown data set {name!r}: not 'fashion-mnist' and no such directory. "
-                "Give 'fashion-mnist' or an ImageFolder directory with train/ and val/."
-            )
-        images, labels, classes = _load_image_folder(root, split, img_size)
-        display = str(root)
+    score_size = parse_score_split(score_size)
+    if not is_fashion_mnist(name):
+        return _load_folder(name, split, img_size, score_size, seed, limit, model, synsets)
+    images, labels = _load_fashion_mnist_split("test" if split == "test" else "train")
+    img_size = 32 if img_size is None else img_size
     if split != "test":
         order = np.random.default_rng(seed).permutation(len(labels))
-        if not 0 < score_size < len(labels):
-            raise ValueError(f"score_size={score_size} must be between 1 and {len(labels) - 1}")
-        keep = order[:score_size] if split == "score" else order[score_size:]
+        count = _score_count(score_size, len(labels))
+        if not 0 < count < len(labels):
+            raise ValueError(
+                f"--score-split {score_size}: the score split must hold between 1 and {len(labels) - 1} of "
+                f"Fashion-MNIST's {len(labels)} training images"
+            )
+        keep = order[:count] if split == "score" else order[count:]
         images, labels = images[keep], labels[keep]
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     tensor = _resize(images, img_size)
-    log.info("%s/%s: %d images at %d px, %d classes", display, split, len(labels), img_size, len(classes))
-    return ImageDataset(display, split, tensor, torch.from_numpy(np.ascontiguousarray(labels)), tuple(classes))
+    log.info("fashion-mnist/%s: %d images at %d px, %d classes", split, len(labels), img_size, 10)
+    return ImageDataset("fashion-mnist", split, tensor, torch.from_numpy(np.ascontiguousarray(labels)),
+                        FASHION_MNIST_CLASSES)  # fmt: skip
+
+
+def split_of(built: dict, split: str, limit: int | None = None):
+    """The ``split`` a build reads, from its configuration (a ``BuildConfig`` as a dict: dataset,
+    img_size, seed, score_split, model, synsets): every stage that reads data asks here."""
+    return load_dataset(built["dataset"], split, built["img_size"], built.get("score_split"), built.get("seed", 0),
+                        limit, model=built.get("model"), synsets=bool(built.get("synsets")))  # fmt: skip
+
+
+def default_img_size(dataset: str, model: str | None) -> int:
+    """``--img-size`` when not given: 32 for Fashion-MNIST, else the model's pretrained input size."""
+    if is_fashion_mnist(dataset):
+        return 32
+    from lana.streamed import data_config
+
+    return int(data_config(model, None)["input_size"][-1])
+
+
+def _load_folder(name, split, img_size, score_size, seed, limit, model, synsets):
+    """A folder's split, streamed (:mod:`lana.streamed`); clear errors for what is not one."""
+    from lana.folder import FolderNotFoundError
+    from lana.streamed import StreamedSplit, data_config, open_source
+
+    try:
+        source = open_source(str(Path(name).expanduser()), score_size, seed, synsets)
+    except FolderNotFoundError as error:
+        raise DataNotFoundError(f"unknown data set {name!r}: not 'fashion-mnist', and {error}") from None
+    data = StreamedSplit(source, split, data_config(model, img_size), limit=limit, outputs=1000 if synsets else None)
+    log.info("%s/%s: %d images at %d px, %d classes (streamed)", name, split, len(data), data.img_size,
+             data.num_classes)  # fmt: skip
+    return data
 
 
 def make_loader(

@@ -1,6 +1,7 @@
 """Where a build runs: the device (:func:`resolve_device`), and under torchrun which rank does what.
 
-The build is split by *candidates*, not by data: each rank distils whole chunks of layers (and
+Training (the teacher, the student's fine-tuning: :func:`lana.train.fit`) is data-parallel under
+torchrun (DDP). The build is split by *candidates*, not by data: each rank distils whole chunks of layers (and
 scores whole layers) on the full data, so ranks never exchange gradients. Candidates of different
 layers share nothing, so this needs no communication but a few barriers, and a 2-rank build
 computes exactly what a 1-rank build computes (per-candidate seeds, the same batches). The work
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DistContext", "resolve_device", "split_round_robin"]
+__all__ = ["DistContext", "is_main_process", "resolve_device", "split_round_robin"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was given but torch sees no CUDA GPU; use --device cpu")
     return device
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (the one that writes files), or a process of its own."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass(frozen=True)

@@ -200,8 +200,8 @@ def _held_out_losses(
     sums = {li: [0.0, 0.0, 0] for li in chunk.layer_ids}  # sum y, sum y^2, count per layer
     for m in chunk.modules.values():
         m.eval()
-    for start in range(0, len(eval_set), batch_size):
-        x = to_model_input(eval_set.images[start : start + batch_size], device, **norm)
+    for images, _labels in eval_set.batches(batch_size):
+        x = to_model_input(images, device, **norm)
         io = capture_io(teacher, names, x)
         for li in chunk.layer_ids:
             x_in, y = io[layers[li].name]
@@ -372,15 +372,16 @@ def _least_squares_starts(run: _Run, chunk: _Chunk) -> dict[str, dict]:
     if not keys or run.config.ls_images <= 0:
         return {}
     names = sorted({run.layers[int(key.split("/")[0])].name for key in keys})
-    images = run.train_set.images[: run.config.ls_images]
+    images = run.train_set.head(run.config.ls_images)
     inputs = {name: [] for name in names}
+    starts = range(0, len(images), run.config.batch_size)
     with torch.no_grad():
-        for start in range(0, len(images), run.config.batch_size):
+        for start in tqdm(starts, desc="capture (least-squares starts)", unit="batch", leave=False, mininterval=1.0):
             x = to_model_input(images[start : start + run.config.batch_size], run.device, **run.norm)
             for name, (x_in, _y) in capture_io(run.teacher, names, x).items():
                 inputs[name].append(x_in.float().cpu())
     out = {}
-    for key in keys:
+    for key in tqdm(keys, desc="least-squares starts", unit="cand", dynamic_ncols=True, mininterval=1.0):
         li = int(key.split("/")[0])
         name, module = run.layers[li].name, chunk.modules[key]
         teacher_block = copy.deepcopy(get_layer(run.teacher, name)).cpu()  # the fit runs in float64 on the CPU
@@ -401,13 +402,25 @@ def _least_squares_starts(run: _Run, chunk: _Chunk) -> dict[str, dict]:
     return out
 
 
-def _step(run: _Run, chunk: _Chunk, names, step: int, warmup: int) -> float:
-    """One optimisation step of every candidate of the chunk; returns the mean loss."""
+def _batches(run: _Run, first: int):
+    """The uint8 training batches of steps ``first`` .. total: each depends on its step alone
+    (resumable). A streamed folder decodes and augments them in its loader's workers, ahead of
+    the step that needs them (timm's train transform, seeded per sample)."""
+    steps, orders = [], {}
+    for step in range(first, run.total):
+        epoch, offset = divmod(step, run.batches_per_epoch)
+        if epoch not in orders:
+            orders[epoch] = _batch_indices(len(run.train_set), run.config.batch_size, epoch, run.config.seed)
+        steps.append((epoch, orders[epoch][offset]))
+    return iter(run.train_set.batches_at(steps, run.config.seed))
+
+
+def _step(run: _Run, chunk: _Chunk, names, step: int, warmup: int, images: torch.Tensor) -> float:
+    """One optimisation step of every candidate of the chunk on ``images`` (:func:`_batches`);
+    returns the mean loss."""
     config, device = run.config, run.device
-    epoch, offset = divmod(step, run.batches_per_epoch)
-    index = _batch_indices(len(run.train_set), config.batch_size, epoch, config.seed)[offset]
-    x = to_model_input(run.train_set.images[index], device, channels_last=run.channels_last, **run.norm)
-    if config.augment:
+    x = to_model_input(images, device, channels_last=run.channels_last, **run.norm)
+    if config.augment and not getattr(run.train_set, "augmented", False):
         torch.manual_seed(config.seed * 31 + step)  # resumable: augmentation depends on the step only
         x = augment(x)
     for group in chunk.optimizer.param_groups:
@@ -441,9 +454,10 @@ def _train_chunk(run: _Run, chunk: _Chunk, names, step: int, elapsed: float, ckp
     def save(at: int) -> None:
         torch_save({"chunk": chunk.state(), "step": at, "seconds": time.perf_counter() - start}, ckpt)
 
+    batches = _batches(run, step)
     try:
         while step < run.total and chunk.optimizer is not None:
-            mean = _step(run, chunk, names, step, warmup)
+            mean = _step(run, chunk, names, step, warmup, next(batches))
             step += 1
             running = mean if running is None else 0.95 * running + 0.05 * mean
             bar.update(1)

@@ -249,7 +249,7 @@ def _score_count(available: int, num_classes: int, score_images, score_split, te
     """Images the score split holds out of ``available``; an error names the option that fixes it."""
     most = available - num_classes  # one training image per class stays
     if score_images is not None:
-        count, asked = int(score_images), f"--score-images {score_images}"
+        count, asked = int(score_images), f"--score-split {score_images}"
     elif score_split is not None:
         if not 0 < float(score_split) < 1:
             raise FolderError(f"--score-split {score_split}: a fraction must be between 0 and 1, or give a folder")
@@ -257,7 +257,7 @@ def _score_count(available: int, num_classes: int, score_images, score_split, te
     else:
         count, asked = _default_count(available, num_classes), "the default score split"
     if count < 1 and score_images is not None:
-        raise FolderError(f"--score-images {score_images}: the score split needs at least 1 image")
+        raise FolderError(f"--score-split {score_images}: the score split needs at least 1 image")
     if 1 <= count <= most:
         return count
     held = f" (after {test_held} held out for testing: a val/ folder keeps them)" if test_held else ""
@@ -268,7 +268,7 @@ def _score_count(available: int, num_classes: int, score_images, score_split, te
         )
     raise FolderError(
         f"{asked} needs {count} of the {available} training images{held}, but each of the {num_classes} classes "
-        f"must keep one to train on: give --score-images {most} or fewer, a smaller --score-split fraction, "
+        f"must keep one to train on: give --score-split {most} or fewer (a count), a smaller fraction, "
         "or --score-split DIR (a separate folder of score images)"
     )
 
@@ -403,7 +403,7 @@ def open_folder(
     Args:
         root: an image folder (see the module docstring), a ``.tar``, or a timm dataset root.
         name: a timm dataset name (``hfds/...``, ``torch/...``); ``""`` for folders and tars.
-        score_images: images held out of training as the score split (``--score-images``).
+        score_images: images held out of training as the score split (``--score-split N``).
         score_split: a fraction of the training images, or a separate folder (``--score-split``).
             Neither given: min(5000, 10% of the training images), at least one per class.
         seed: seed of the held-out splits (test when there is no ``val/``, then score).
@@ -420,7 +420,7 @@ def open_folder(
         FolderError: no class directories, no images, or too few images for the splits asked.
     """
     if score_images is not None and score_split is not None:
-        raise FolderError("give --score-images (a count) or --score-split (a fraction or a folder), not both")
+        raise FolderError("give the score split as a count or as a fraction or folder (--score-split), not both")
     score_dir = _score_folder(score_split)
     bases, test_from = _open_bases(str(root), name, class_map, score_dir)
     classes = _class_to_idx(bases["train"])

@@ -49,6 +49,8 @@ IDENTITY_FIELDS = (
     "seed",
     "limit",
     "score_images",
+    "score_split",
+    "synsets",
     "max_macs_ratio",
     "int8",
 )
@@ -72,7 +74,15 @@ class BuildConfig:
     device: str = "auto"
     seed: int = 0
     limit: int | None = None  # training images used (smoke runs)
-    score_images: int | None = 2000  # held-out images for scores (None: the whole score split)
+    score_images: int | None = 2000  # images of the score split the scores use (None: all of it)
+    # the score split held out of training (--score-split): a count, a fraction or a folder;
+    # None: 5,000 for Fashion-MNIST, min(5000, 10%) of an image folder's training images
+    score_split: int | float | str | None = None
+    synsets: bool = False  # a folder of ImageNet synsets: labels are the pretrained head's outputs
+    # a pretrained head that does not know the classes is fine-tuned first (lana.head), this long;
+    # teacher_finetune False refuses instead, printing the `lana teacher` command
+    teacher_epochs: float = 2.0
+    teacher_finetune: bool = True
     tables: tuple[str, ...] | None = None  # latency tables to measure; None: default_tables(device)
     threads: int | None = None
     latency_rounds: int = 5
@@ -168,7 +178,7 @@ def _setup(config: BuildConfig, out: Path, restart: bool) -> tuple[BuildConfig, 
     """Device, data, teacher and candidates; then the work directory (only once all of them
     loaded, so that a failed start leaves nothing behind)."""
     from lana.calibration import CalibrationSet
-    from lana.data import load_dataset
+    from lana.data import split_of
     from lana.dist import DistContext, resolve_device
 
     device = resolve_device(config.device)
@@ -176,8 +186,8 @@ def _setup(config: BuildConfig, out: Path, restart: bool) -> tuple[BuildConfig, 
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     config = config.resolved(device)
-    train_set = load_dataset(config.dataset, "train", config.img_size, seed=config.seed, limit=config.limit)
-    score_set = load_dataset(config.dataset, "score", config.img_size, seed=config.seed, limit=config.score_images)
+    train_set = split_of(asdict(config), "train", limit=config.limit)
+    score_set = split_of(asdict(config), "score", limit=config.score_images)
     torch.manual_seed(config.seed)  # a teacher without weights (smoke runs) is the same on every rank
     teacher = load_teacher(
         config.model, train_set.num_classes, checkpoint=config.checkpoint, pretrained=config.pretrained
@@ -302,6 +312,18 @@ def _layer_records(ctx: LibraryContext, losses: dict, scores: list | None, table
     return records
 
 
+def _splits(config: BuildConfig, run: _Inputs) -> dict:
+    """How the data set was split (issue 27 item 2): recorded in the library."""
+    from lana.data import FMNIST_SCORE_IMAGES
+    from lana.folder import split_record
+
+    used = {"train_used": len(run.train_set), "score_used": len(run.score_set)}
+    source = getattr(run.train_set, "source", None)
+    if source is not None:
+        return {**split_record(source), **used}
+    return {"source": config.dataset, "score": config.score_split or FMNIST_SCORE_IMAGES, "seed": config.seed, **used}
+
+
 def _write(out: Path, config: BuildConfig, run: _Inputs, records, scores, tables, stages) -> bool:
     """Write the library; returns whether it is complete."""
     ctx = run.ctx
@@ -319,7 +341,7 @@ def _write(out: Path, config: BuildConfig, run: _Inputs, records, scores, tables
     meta = {
         "lana_version": lana.__version__, "teacher": teacher_meta, "config": {**asdict(config), "stages_s": stages},
         "stages": {"distill": True, "score": scores is not None}, "default_score": config.default_score,
-        "dataset": config.dataset, "space": config.space,
+        "dataset": config.dataset, "space": config.space, "splits": _splits(config, run),
     }  # fmt: skip
     complete = scores is not None and bool(tables)
     table_attrs = [{k: v for k, v in t.items() if k not in ("latency_ms", "spread_ms")} for t in tables]
@@ -410,11 +432,15 @@ def build(config: BuildConfig, out: str | os.PathLike, restart: bool = False, ke
         ValueError: ``out`` holds a library (or a work directory) of other settings, and no
             ``restart``; or bad settings.
     """
+    from lana.head import fitted_teacher
+
     out = Path(out)
+    stages: dict[str, float] = {}
+    with _timed(stages, "teacher"):  # never plan on a random head (lana.head): a cached stage
+        config = fitted_teacher(config, out.with_name(out.name + ".teacher"), refuse=not config.teacher_finetune)
     done, later = _existing(out, config, restart)
     if done is not None:
         return done
-    stages: dict[str, float] = {}
     with _timed(stages, "setup"):
         config, run = _setup(config, out, restart)
     n_cands = sum(len(s) for s in run.ctx.specs)

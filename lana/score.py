@@ -96,8 +96,7 @@ def score_layer(
         for g0 in range(0, len(candidates), per_group):
             group = [c.to(device).eval() for c in candidates[g0 : g0 + per_group]]
             replace_layer(teacher, layer.name, _Fanout(group))
-            for start in range(0, len(dataset), batch_size):
-                images = dataset.images[start : start + batch_size]
+            for images, _labels in dataset.batches(batch_size):
                 x = to_model_input(images, device, **norm)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     out = teacher(x).float().cpu()

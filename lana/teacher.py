@@ -326,12 +326,14 @@ class TeacherConfig:
     optimizer: str = "sgd"
     max_steps: int | None = None
     device: str = "auto"
-    workers: int = 0
+    workers: int | None = None  # None: 0 in memory, min(4, cores) for a streamed folder
     seed: int = 0
     limit: int | None = None
     label_smoothing: float = 0.0
     augment: str = "flip"
     weight_decay: float | None = None
+    score_split: int | float | str | None = None  # held out of training as the build's (lana.data)
+    eval_limit: int | None = None  # test images of the top-1 (None: ``limit``, else all)
 
     def recipe(self):
         """The :class:`lana.train.Recipe` this config trains with (defaults resolved)."""
@@ -359,12 +361,14 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike = "runs/teacher"
     of six recipes at 4 epochs for resnet18 on 32 px Fashion-MNIST (91.4% vs 88.9% with random
     crops; see the notes of issue 2).
     """
-    from lana.data import load_dataset
+    from lana.data import split_of
+    from lana.dist import is_main_process
     from lana.train import evaluate, fit
 
     c = config
-    train_set = load_dataset(c.dataset, "train", c.img_size, limit=c.limit)
-    test_set = load_dataset(c.dataset, "test", c.img_size, limit=c.limit)
+    built = {**asdict(c), "synsets": False}  # the score split is held out here too: the teacher never sees it
+    train_set = split_of(built, "train", limit=c.limit)
+    test_set = split_of(built, "test", limit=c.eval_limit if c.eval_limit is not None else c.limit)
     net = load_teacher(c.model, train_set.num_classes, checkpoint=c.checkpoint, pretrained=c.pretrained)
     check_img_size(net, c.img_size, c.model)
     recipe = c.recipe()
@@ -373,6 +377,9 @@ def train_teacher(config: TeacherConfig, out: str | os.PathLike = "runs/teacher"
     top1 = result.history[-1]["top1"] if result.history else evaluate(net, test_set)
     minutes = (time.perf_counter() - start) / 60
     out = Path(out)
+    if not is_main_process():  # under torchrun (data-parallel fit) rank 0 writes the teacher
+        return TeacherResult(str(out / "teacher.safetensors"), c.model, train_set.num_classes, c.img_size, c.dataset,
+                             top1, c.epochs, result.steps, minutes, asdict(c))  # fmt: skip
     weights = save_state(net, out / "teacher.safetensors", {"model": c.model})
     steps_per_epoch = max(1, len(train_set) // c.batch_size)
     info = TeacherResult(

@@ -1,7 +1,8 @@
 """The training loop shared by the teacher and the student's fine-tuning, and evaluation.
 
 One recipe (SGD or AdamW, warm-up then cosine, label smoothing, light augmentation, AMP and
-channels_last on CUDA) so that teacher, students and baselines are trained alike.
+channels_last on CUDA) so that teacher, students and baselines are trained alike; under torchrun
+the same loop runs data-parallel (DDP).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lana.data import ImageDataset, augment, make_loader, normalize, to_model_input, to_unit
+from lana.data import ImageDataset, augment, normalize, to_model_input, to_unit
 from lana.dist import resolve_device
 
 __all__ = ["Recipe", "FitResult", "fit", "evaluate", "predict_logits", "model_norm", "teacher_logits"]
@@ -38,7 +39,7 @@ class Recipe:
     label_smoothing: float = 0.1
     augment: str = "crop-flip"  # crop-flip, flip or none
     max_steps: int | None = None
-    workers: int = 0
+    workers: int | None = None  # DataLoader workers; None: 0 in memory, min(4, cores) streamed
     seed: int = 0
 
 
@@ -47,6 +48,7 @@ class FitResult:
     steps: int
     seconds: float
     history: tuple[dict, ...]  # one entry per epoch: epoch, loss, top1 (if evaluated), seconds
+    losses: tuple[float, ...] = ()  # every step's loss (over all ranks under torchrun)
 
 
 def model_norm(model: nn.Module) -> dict:
@@ -94,9 +96,7 @@ def predict_logits(
     model.eval().to(device)
     norm = model_norm(model)
     outs = []
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    for start in range(0, count, batch_size):
-        images = dataset.images[start : min(count, start + batch_size)]
+    for images, _labels in dataset.batches(batch_size, limit):
         x = to_model_input(images, device, in_chans, **norm)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outs.append(model(x).float().cpu())
@@ -106,7 +106,7 @@ def predict_logits(
 def evaluate(
     model: nn.Module, dataset: ImageDataset, batch_size: int = 256, device="cpu", limit: int | None = None
 ) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent on the first ``limit`` images (all by default)."""
     logits = predict_logits(model, dataset, batch_size, device, limit=limit)
     labels = dataset.labels[: logits.shape[0]]
     return float((logits.argmax(1) == labels).float().mean() * 100.0)
@@ -121,6 +121,54 @@ def _view(images: torch.Tensor, how: str, device, generator: torch.Generator) ->
     return view
 
 
+class _Feed:
+    """This process's share of each training batch, as augmented [0, 1] views with labels.
+
+    One process: the whole batch. Under torchrun (DDP), rank r of W gets 1/W of every batch that
+    one process would train on, so that W ranks take the steps of one: a streamed folder's
+    sampler strides the same order (its per-sample augmentation is seeded), and an in-memory set
+    is read whole on every rank (cheap), augmented with the same draws, and sliced.
+    """
+
+    def __init__(self, train_set, recipe: Recipe, device, dist):
+        self.streamed = bool(getattr(train_set, "augmented", False))  # its loader augments (timm's transform)
+        self.how = "none" if self.streamed else recipe.augment
+        self.device, self.dist = device, dist
+        self.per_rank = recipe.batch_size // dist.world_size
+        if dist.enabled and recipe.batch_size % dist.world_size:
+            raise ValueError(f"--batch-size {recipe.batch_size} does not split over {dist.world_size} ranks: "
+                             f"give a multiple of {dist.world_size}")  # fmt: skip
+        if dist.enabled and self.streamed:
+            self.loader = train_set.train_loader(self.per_rank, seed=recipe.seed, drop_last=True,
+                                                 workers=recipe.workers, rank=dist.rank, world_size=dist.world_size)  # fmt: skip
+        else:
+            self.loader = train_set.train_loader(recipe.batch_size, seed=recipe.seed, drop_last=True,
+                                                 workers=recipe.workers)  # fmt: skip
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            view = _view(images, self.how, self.device, self.generator)
+            if self.dist.enabled and not self.streamed:
+                part = slice(self.dist.rank * self.per_rank, (self.dist.rank + 1) * self.per_rank)
+                view, labels = view[part], labels[part]
+            yield view, labels.to(self.device)
+
+
+def _global_mean(loss: torch.Tensor, dist) -> float:
+    """The step's loss over every rank's share (what one process would have seen)."""
+    value = loss.detach().float().clone()
+    if dist.enabled:
+        import torch.distributed
+
+        torch.distributed.all_reduce(value)
+        value /= dist.world_size
+    return float(value)
+
+
 def fit(
     model: nn.Module,
     train_set: ImageDataset,
@@ -131,7 +179,8 @@ def fit(
     desc: str = "train",
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place by ``recipe``.
+    """Train ``model`` in place by ``recipe``; under torchrun, data-parallel (DDP: gloo on CPU,
+    NCCL on GPU), each rank a share of every batch, so N ranks take the steps one would.
 
     Args:
         loss_fn: ``loss_fn(logits, labels, view)``; cross-entropy with label smoothing by default.
@@ -141,16 +190,26 @@ def fit(
         eval_set: evaluated (top-1) after every epoch when given.
         on_epoch: called with each epoch's history entry.
     """
+    from lana.dist import DistContext
+
     device = resolve_device(device)
+    dist = DistContext.from_env(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
     torch.manual_seed(recipe.seed)
     model.to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = make_loader(
-        train_set, recipe.batch_size, shuffle=True, workers=recipe.workers, seed=recipe.seed, drop_last=True
-    )
-    steps_per_epoch = len(loader)
+    if len(train_set) < recipe.batch_size:  # a small data set: one batch of everything, not zero steps
+        log.warning("%s: %d training images, fewer than a batch of %d: batches of %d", desc, len(train_set),
+                    recipe.batch_size, len(train_set))  # fmt: skip
+        recipe = replace(recipe, batch_size=max(1, len(train_set)))
+    feed = _Feed(train_set, recipe, device, dist)
+    net = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = len(feed)
     total = max(1, math.ceil(recipe.epochs * steps_per_epoch))
     if recipe.max_steps is not None:
         total = min(total, recipe.max_steps)
@@ -162,26 +221,26 @@ def fit(
         loss_fn = lambda logits, labels, _x: F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
 
     norm = model_norm(model)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    log.info("%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d, on %s", desc, total, total / steps_per_epoch,
-             steps_per_epoch, recipe.optimizer, recipe.lr, recipe.batch_size, device)  # fmt: skip
-    history, step, start = [], 0, time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+    log.info("%s: %d steps (%.2f epochs of %d), %s lr=%g, batch %d%s, on %s", desc, total, total / steps_per_epoch,
+             steps_per_epoch, recipe.optimizer, recipe.lr, recipe.batch_size,
+             f" ({dist.world_size} ranks)" if dist.enabled else "", device)  # fmt: skip
+    history, losses, step, start = [], [], 0, time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
     epoch = 0
     while step < total:
-        model.train()
+        net.train()
         running, seen = 0.0, 0
-        for images, labels in loader:
-            view = _view(images, recipe.augment, device, generator)
+        for view, labels in feed:
             x = normalize(view, channels_last=channels_last, **norm)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), labels.to(device), view)
+                loss = loss_fn(net(x), labels, view)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             step += 1
-            running, seen = running + float(loss.detach()), seen + 1
+            losses.append(_global_mean(loss, dist))
+            running, seen = running + losses[-1], seen + 1
             bar.update(1)
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{schedule.get_last_lr()[0]:.3g}")
             if step >= total:
@@ -199,7 +258,7 @@ def fit(
     model.eval()
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
-    return FitResult(step, time.perf_counter() - start, tuple(history))
+    return FitResult(step, time.perf_counter() - start, tuple(history), tuple(losses))
 
 
 def teacher_logits(teacher: nn.Module, view: torch.Tensor, img_size: int | None = None) -> torch.Tensor:

@@ -68,12 +68,14 @@ def test_image_folder_round_trip(tmp_path):
     train = load_dataset(str(tmp_path), "train", img_size=32, score_size=2)
     test = load_dataset(str(tmp_path), "test", img_size=32)
     assert train.classes == ("cat", "dog") and len(train) == 4 and len(test) == 6
-    assert train.images.shape[1:] == (3, 32, 32)
+    assert train.head(4).shape == (4, 3, 32, 32) and train.head(4).dtype == torch.uint8
 
 
-def test_image_folder_without_train_val_is_a_clear_error(tmp_path):
+def test_image_folder_without_images_is_a_clear_error(tmp_path):
+    from lana.folder import FolderError
+
     (tmp_path / "images").mkdir()
-    with pytest.raises(DataNotFoundError, match="train/"):
+    with pytest.raises(FolderError, match="no images"):
         load_dataset(str(tmp_path), "train")
 
 

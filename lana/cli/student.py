@@ -17,7 +17,8 @@ __all__ = ["add_parsers"]
 
 def _cmd_assemble(args) -> int:
     from lana.context import context_from_library
-    from lana.data import load_dataset
+    from lana.data import split_of
+    from lana.dist import is_main_process
     from lana.finetune import finetune
     from lana.library import Library
     from lana.plan import Plan, verify_plan
@@ -27,12 +28,14 @@ def _cmd_assemble(args) -> int:
     ctx = context_from_library(args.library)
     # float: fine-tuning needs it, and save_student keeps float weights (load_student quantizes int8 layers)
     student = student_from_context(ctx, plan, float_only=True)
-    if args.finetune_epochs > 0:
+    if args.finetune_epochs > 0:  # data-parallel under torchrun (lana.train.fit)
         built = Library(args.library).config
-        train_set = load_dataset(built["dataset"], "train", built["img_size"], limit=built.get("limit"))
+        train_set = split_of(built, "train", limit=built.get("limit"))
         finetune(
             student, ctx.teacher, train_set, epochs=args.finetune_epochs, device=args.device, max_steps=args.max_steps
         )
+    if not is_main_process():  # under torchrun rank 0 writes the student
+        return 0
     out = save_student(student.cpu().eval(), plan, ctx, args.out)
     print(f"student written to {out} (student.safetensors, plan.json, student.json)")
     return 0
@@ -59,6 +62,7 @@ def _cmd_accelerate(args) -> int:
         solve=SolveOptions(table=args.table),
         finetune=FinetuneConfig(epochs=args.finetune_epochs, max_steps=args.max_steps),
         library=args.library,
+        select=args.select,
         diverse=args.diverse,
         min_diff=args.min_diff,
         eval_limit=args.eval_limit,
@@ -81,8 +85,16 @@ def _add_accelerate(sub) -> None:
     p.add_argument("--table", default=None, help="latency table the budget refers to (default: the library's first)")
     p.add_argument("--library", default=None, help="library file (default OUT/library.h5; reused when it matches)")
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="KD fine-tuning epochs of the student")
-    p.add_argument("--diverse", type=int, default=1, help="measure K diverse plans and keep the best")
+    p.add_argument(
+        "--diverse", type=int, default=4,
+        help="the ILP's K best plans (differing pairwise in --min-diff layers) in the measured selection's pool",
+    )  # fmt: skip
     p.add_argument("--min-diff", type=int, default=2, help="layers in which the diverse plans differ pairwise")
+    p.add_argument(
+        "--no-select", dest="select", action="store_false",
+        help="ship the ILP's plan as it is, without the measured selection (K diverse ILP plans, greedy, "
+        "slim-only and uniform-width plans run on the score split and timed; the most accurate within budget)",
+    )  # fmt: skip
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the final top-1 (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX and TorchScript exports")
     p.add_argument("--out", required=True, help="folder for the student, its report and exports")

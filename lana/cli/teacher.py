@@ -8,10 +8,13 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_teacher(args) -> int:
+    from lana.cli.options import img_size
+    from lana.data import parse_score_split
     from lana.teacher import TeacherConfig, train_teacher
 
     config = TeacherConfig(
-        model=args.model, dataset=args.dataset, img_size=args.img_size, epochs=args.epochs,
+        model=args.model, dataset=args.dataset, img_size=img_size(args), epochs=args.epochs,
+        score_split=parse_score_split(args.score_split),
         checkpoint=args.checkpoint, pretrained=args.pretrained, lr=args.lr, batch_size=args.batch_size,
         optimizer=args.optimizer, max_steps=args.max_steps, device=args.device, workers=args.workers,
         seed=args.seed, limit=args.limit, label_smoothing=args.label_smoothing, augment=args.augment,

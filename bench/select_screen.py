@@ -1,0 +1,132 @@
+"""Issue 26 screening, cheap and on the score split only: does the ILP's objective rank the plans
+that compete at a budget, and does the measured selection pick better plans than the rules?
+
+For each budget (a factor of the teacher's predicted latency): the selection's pool (the ILP's K
+diverse best, greedy, slim-only, uniform width), plus the one-swap neighbours of the ILP's plan
+within +-10% of the budget's predicted latency, until at least ``--plans`` plans. Each is assembled
+from the library (no fine-tuning) and run on the score split, split in two halves: the selection
+picks on the first half (``select``), every figure below is read on the second (``judge``), so
+the pick is not judged on the images that picked it. Reports Spearman(-predicted drop, top-1)
+over the near-budget plans and, per pool member, its judged top-1::
+
+    python3 bench/select_screen.py runs/bench/W2/library.h5 --budgets 0.5x,0.35x --out bench/results/checks/select_screen_W2.json
+
+No latency is measured (predicted only), so it may run beside other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _neighbours(problem, choice, low: float, high: float) -> list[tuple[int, ...]]:
+    """Plans that differ from ``choice`` in one layer, predicted within [low, high] ms."""
+    out = []
+    for layer, specs in enumerate(problem.specs):
+        for c in range(len(specs)):
+            if c != choice[layer] and np.isfinite(problem.scores[layer][c]):
+                other = (*choice[:layer], c, *choice[layer + 1 :])
+                if low <= problem.predicted_latency_ms(other) <= high:
+                    out.append(other)
+    return out
+
+
+def _accuracy(model, data, teacher_logits):
+    import torch.nn.functional as F
+
+    from lana.train import predict_logits
+
+    logits = predict_logits(model, data)
+    labels = data.labels[: logits.shape[0]]
+    top1 = float((logits.argmax(1) == labels).float().mean() * 100)
+    kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1), log_target=True,
+                        reduction="batchmean"))  # fmt: skip
+    return top1, kl
+
+
+def screen(library_path, budget: str, table: str | None, plans: int, k: int, data_halves, ctx) -> dict:
+    from lana.correlation import spearman
+    from lana.plan import SolveOptions, _setup
+    from lana.problem import parse_budget
+    from lana.select import plan_of, plan_pool
+    from lana.student import student_from_context
+    from lana.train import predict_logits
+
+    options = SolveOptions.of(table=table)
+    problem, settings = _setup(library_path, options)
+    budget_ms = parse_budget(budget, settings["teacher_ms"].get(problem.table))
+    pool = plan_pool(library_path, budget_ms, options, k=k, min_diff=2)
+    ilp_choice = tuple(problem.specs[l].index(s) for l, (_, s) in enumerate(pool[0][1].choices))
+    entries = [(source, plan) for source, plan in pool]
+    seen = {plan.choices for _, plan in entries}
+    for other in _neighbours(problem, ilp_choice, 0.9 * budget_ms, 1.1 * budget_ms):
+        if len(entries) >= plans:
+            break
+        plan = plan_of(problem, other, budget_ms, "neighbour")
+        if plan.choices not in seen:
+            seen.add(plan.choices)
+            entries.append(("neighbour", plan))
+    select, judge = data_halves
+    teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
+    rows = []
+    for source, plan in entries:
+        model = student_from_context(ctx, plan)
+        (top1_select, kl_select), (top1, kl) = (_accuracy(model, h, t) for h, t in zip((select, judge), teacher))
+        rows.append({"source": source, "predicted_drop": float(plan.predicted_drop), "predicted_ms":
+                     float(plan.predicted_latency_ms), "top1_select": top1_select, "kl_select": kl_select,
+                     "top1": top1, "kl": kl})  # fmt: skip
+    near = [r for r in rows if 0.9 * budget_ms <= r["predicted_ms"] <= 1.1 * budget_ms]
+    within = [r for r in rows if r["source"] != "neighbour" and r["predicted_ms"] <= budget_ms + 1e-9]
+    chosen = max(within, key=lambda r: (r["top1_select"], -r["kl_select"]))
+    return {
+        "budget": budget, "budget_ms": budget_ms, "table": problem.table, "score": problem.score,
+        "spearman_near_budget": spearman([-r["predicted_drop"] for r in near], [r["top1"] for r in near]),
+        "spearman_kl_select": spearman([-r["kl_select"] for r in near], [r["top1"] for r in near]),
+        "near_plans": len(near), "chosen": chosen["source"], "chosen_top1": chosen["top1"],
+        "by_source": {r["source"]: r["top1"] for r in rows if r["source"] != "neighbour"}, "rows": rows,
+    }  # fmt: skip
+
+
+def main(argv=None) -> dict:
+    from lana.context import context_from_library
+    from lana.data import split_of
+    from lana.library import Library
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("library")
+    parser.add_argument("--budgets", default="0.5x,0.35x")
+    parser.add_argument("--table", default=None, help="default: the library's first table")
+    parser.add_argument("--plans", type=int, default=40, help="near-budget plans at least (one-swap neighbours fill)")
+    parser.add_argument("--k", type=int, default=4, help="the ILP's diverse plans in the pool")
+    parser.add_argument("--images", type=int, default=2000, help="score-split images, halved: select / judge")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    library = Library(args.library)
+    data = split_of(library.config, "score", limit=args.images)
+    half = len(data) // 2
+    select = data.subset(half)
+    judge = type(data)(data.name, data.split, data.images[half:], data.labels[half:], data.classes)
+    ctx = context_from_library(library)
+    results = [screen(args.library, b, args.table, args.plans, args.k, (select, judge), ctx)
+               for b in args.budgets.split(",")]  # fmt: skip
+    for r in results:
+        print(f"{r['budget']}: Spearman near budget {r['spearman_near_budget']:.3f} over {r['near_plans']} plans "
+              f"(KL on the select half: {r['spearman_kl_select']:.3f}); chosen {r['chosen']} {r['chosen_top1']:.2f}%; "
+              + ", ".join(f"{s} {v:.2f}" for s, v in r["by_source"].items()))  # fmt: skip
+    out = {"library": str(args.library), "results": results, "seconds": time.perf_counter() - start,
+           "images": {"select": len(select), "judge": len(judge)}, "load_average": os.getloadavg()}  # fmt: skip
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Measured selection (issue 26): the plan lana ships is the most accurate of a small pool of plans
+at the budget, measured, instead of the ILP's prediction alone.
+
+The ILP is exact for its objective, the sum of one-layer scores, and that sum ranks whole
+students poorly on deep networks (errors compound). So, at the budget, a pool of plans is
+assembled from the library, each is run on the held-out *score* split (top-1 and KL to the
+teacher, before any fine-tuning) and timed (interleaved, on the budget's table), and the most
+accurate one that meets the budget as measured is kept. The pool (:func:`plan_pool`):
+
+* ``ilp``: the ILP's plan; ``ilp-2`` .. ``ilp-K``: its next-best plans that differ from every
+  earlier one in at least ``min_diff`` layers (``solve_diverse``);
+* ``greedy``: the classic knapsack heuristic on the same scores and latencies;
+* ``slim``: the ILP restricted to the teacher's own blocks cut narrower (``slim_*``) and the
+  teacher: per-layer widths, no new operators;
+* ``uniform-wX``: every layer cut to one width X (the widest that fits), as uniform slim would.
+
+Re-solving a new budget stays instant (``lana solve``); the selection is a separate step whose
+cost (a few forward passes over the score split per plan) is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Contender", "greedy_choice", "plan_of", "plan_pool", "select_plan", "uniform_choice"]
+
+log = logging.getLogger(__name__)
+
+
+def _costs(problem) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-layer latency (budget table) and score; a NaN score counts as never worth taking."""
+    latency = [np.asarray(row, dtype=float) for row in problem.latency[problem.table]]
+    scores = [np.where(np.isfinite(row), row, np.inf) for row in problem.scores]
+    return latency, scores
+
+
+def greedy_choice(problem, budget_ms: float) -> tuple[int, ...] | None:
+    """Start from the teacher; while over budget, take the swap with the least score added per ms saved.
+
+    The classic knapsack heuristic: at each step every (layer, faster candidate) pair is a move
+    costing ``score increase / latency saved``, and the cheapest is made. None when infeasible.
+    """
+    from lana.problem import TEACHER
+
+    latency, scores = _costs(problem)
+    choice = [
+        specs.index(TEACHER) if TEACHER in specs else int(np.argmin(s)) for specs, s in zip(problem.specs, scores)
+    ]
+    while problem.predicted_latency_ms(choice) > budget_ms:
+        best, move = np.inf, None
+        for layer, (row, score) in enumerate(zip(latency, scores)):
+            saved = row[choice[layer]] - row
+            added = score - score[choice[layer]]
+            for candidate in np.flatnonzero((saved > 0) & np.isfinite(score)):
+                cost = added[candidate] / saved[candidate]
+                if cost < best:
+                    best, move = cost, (layer, int(candidate))
+        if move is None:
+            return None
+        choice[move[0]] = move[1]
+    return tuple(choice)
+
+
+def uniform_choice(problem, budget_ms: float) -> tuple[str, tuple[int, ...]] | None:
+    """Every layer that has ``slim_wX`` cut to one width X, the widest whose plan fits
+    ``budget_ms`` (predicted); the other layers keep the teacher. ``(label, choice)`` or None."""
+    from lana.problem import TEACHER
+
+    widths = sorted({s.split("_")[1] for specs in problem.specs for s in specs if s.startswith("slim_w")
+                     and s.count("_") == 1}, key=lambda w: -float(w[1:]))  # fmt: skip
+    for width in widths:
+        spec = f"slim_{width}"
+        if any(spec not in specs and TEACHER not in specs for specs in problem.specs):
+            continue
+        choice = tuple(specs.index(spec) if spec in specs else specs.index(TEACHER) for specs in problem.specs)
+        if problem.predicted_latency_ms(choice) <= budget_ms:
+            return f"uniform-{width}", choice
+    return None
+
+
+def plan_of(problem, choice: Sequence[int], budget_ms: float, solver: str, solve_time_s: float = 0.0):
+    """A :class:`lana.plan.Plan` for a choice made outside the ILP (greedy, uniform, random)."""
+    from lana.plan import Plan
+
+    return Plan(
+        model=problem.model,
+        table=problem.table,
+        score=problem.score,
+        budget_ms=budget_ms,
+        choices=tuple((layer, problem.specs[l][c]) for l, (layer, c) in enumerate(zip(problem.layers, choice))),
+        predicted_latency_ms=problem.predicted_latency_ms(choice),
+        predicted_drop=problem.predicted_drop(choice),
+        solver=solver,
+        solve_time_s=solve_time_s,
+        latency_ms={t: problem.predicted_latency_ms(choice, t) for t in problem.tables},
+        params=problem.total_params(choice),
+        macs=problem.total_macs(choice),
+        layer_latency_ms=tuple(float(problem.latency[problem.table][l][c]) for l, c in enumerate(choice)),
+        layer_score=tuple(float(problem.scores[l][c]) for l, c in enumerate(choice)),
+    )
+
+
+def plan_pool(path, budget_ms: float, options=None, k: int = 4, min_diff: int = 2) -> list[tuple[str, object]]:
+    """``[(source, plan)]`` at ``budget_ms`` (predicted, on ``options.table``): the ILP's K
+    diverse best, greedy, the slim-only ILP, the widest uniform width; a plan found twice is kept
+    once, under its first source."""
+    from lana.plan import SolveOptions, _setup, solve_diverse, solve_library
+    from lana.solver import InfeasibleBudget
+
+    options = SolveOptions.of(options)
+    pool = [(("ilp" if i == 0 else f"ilp-{i + 1}"), p) for i, p in enumerate(
+        solve_diverse(path, budget_ms, k=max(1, k), min_diff=min_diff, options=options))]  # fmt: skip
+    problem, _settings = _setup(path, options)
+    choice = greedy_choice(problem, budget_ms)
+    if choice is not None:
+        pool.append(("greedy", plan_of(problem, choice, budget_ms, "greedy")))
+    others = sorted({s for specs in problem.specs for s in specs if not s.startswith("slim") and s != "teacher"})
+    try:
+        slim = solve_library(path, budget_ms, SolveOptions.of(options, exclude=(*options.exclude, *others)))
+        pool.append(("slim", slim))
+    except InfeasibleBudget:
+        pass
+    uniform = uniform_choice(problem, budget_ms)
+    if uniform is not None:
+        pool.append((uniform[0], plan_of(problem, uniform[1], budget_ms, uniform[0])))
+    seen, out = set(), []
+    for source, plan in pool:
+        if plan.choices not in seen:
+            seen.add(plan.choices)
+            out.append((source, plan))
+    return out
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One plan of the pool, measured: where it came from, its score-split top-1 and KL to the
+    teacher (before fine-tuning), its latency on the budget's table."""
+
+    source: str
+    plan: object
+    top1: float
+    kl: float
+    measured_ms: float
+
+    def row(self) -> dict:
+        return {"source": self.source, "top1": round(self.top1, 3), "kl": round(self.kl, 5),
+                "measured_ms": round(self.measured_ms, 4), "predicted_ms": round(self.plan.predicted_latency_ms, 4),
+                "predicted_drop": round(float(self.plan.predicted_drop), 4)}  # fmt: skip
+
+
+def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int | None = None, device="cpu"):
+    """Each plan of ``pool`` assembled, run on ``score_set`` and timed (interleaved); Contenders."""
+    import torch
+    import torch.nn.functional as F
+
+    from lana.accelerate import measure_latency
+    from lana.student import student_from_context
+    from lana.train import predict_logits
+
+    teacher = predict_logits(ctx.teacher, score_set, device=device)
+    labels = score_set.labels[: teacher.shape[0]]
+    students = {f"{i}": student_from_context(ctx, plan) for i, (_source, plan) in enumerate(pool)}
+    timing = measure_latency(students, ctx.input_shape, table, rounds=rounds, threads=threads)
+    out = []
+    for i, (source, plan) in enumerate(pool):
+        logits = predict_logits(students[f"{i}"], score_set, device=device)
+        top1 = float((logits.argmax(1) == labels).float().mean() * 100)
+        kl = float(
+            F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
+        )
+        out.append(Contender(source, plan, top1, kl, timing[f"{i}"]["median_ms"]))
+        students[f"{i}"] = None  # free it
+        del logits
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return out
+
+
+def select_plan(contenders: Sequence[Contender], budget_ms: float, noise: float = 0.0) -> Contender:
+    """The most accurate contender (score-split top-1, then the lower KL) measured within the
+    budget (plus the table's noise); the fastest when none is."""
+    within = [c for c in contenders if c.measured_ms <= budget_ms * (1 + noise)]
+    if not within:
+        return min(contenders, key=lambda c: c.measured_ms)
+    return max(within, key=lambda c: (c.top1, -c.kl))
+
+
+def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, options, *, k: int = 4,
+              min_diff: int = 2, rounds: int = 3, threads: int | None = None, noise: float = 0.0, device="cpu"):  # fmt: skip
+    """The pool at ``target_ms`` (the predicted budget the latency loop settled on), measured,
+    and the plan kept for ``budget_ms`` (as measured). Returns ``(plan, record)``."""
+    start = time.perf_counter()
+    pool = plan_pool(library_path, target_ms, options, k=k, min_diff=min_diff)
+    contenders = measure_pool(ctx, pool, score_set, options.table, rounds=rounds, threads=threads, device=device)
+    best = select_plan(contenders, budget_ms, noise)
+    seconds = time.perf_counter() - start
+    log.info("measured selection (%d plans, %.0f s): %s", len(contenders), seconds,
+             ", ".join(f"{c.source} {c.top1:.2f}% {c.measured_ms:.3f} ms" for c in contenders))  # fmt: skip
+    log.info("kept %s (score-split top-1 %.2f%%, %.3f ms against %.3f ms)", best.source, best.top1, best.measured_ms,
+             budget_ms)  # fmt: skip
+    record = {"chosen": best.source, "seconds": seconds, "score_images": len(score_set), "target_ms": target_ms,
+              "plans": [c.row() for c in contenders]}  # fmt: skip
+    return best.plan, record
