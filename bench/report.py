@@ -162,6 +162,11 @@ def _stages_table(result: dict) -> list[str]:
                 f"| {budget}: lana solve + assemble | {lana['search_s']:.1f} | library load, re-solve rounds: "
                 f"{len(lana['resolve_rounds'])} |"
             ),
+            *(
+                [f"| {budget}: lana measured selection | {lana['select_s']:.1f} | {len(lana['selection']['plans'])} "
+                 f"plans on {lana['selection']['score_images']} score images, kept {lana['selection']['chosen']} |"]
+                if lana.get("selection") else []
+            ),  # fmt: skip
             f"| {budget}: lana fine-tune | {lana['train_s']:.0f} | {result['workload']['finetune_epochs']:g} epoch(s) KD |",
             (
                 f"| {budget}: all methods | {info['wall_s']:.0f} | lana, competitors and ablations, searches included"

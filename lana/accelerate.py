@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from lana.library import Library, LibraryError
+from lana.meters import measure_latency  # re-exported: lana.accelerate.measure_latency
 from lana.pipeline import BuildConfig
 from lana.plan import SolveOptions
 
@@ -86,29 +87,6 @@ def library_matches(path: str | os.PathLike, config: AccelerateConfig, checkpoin
         return False
     wanted = {k: getattr(config.build, k) for k in _REUSE_FIELDS}
     return not library.same_build({**wanted, "checkpoint_sha256": checkpoint_sha})
-
-
-def measure_latency(
-    models: dict, input_shape, table: str, rounds: int = 5, threads: int | None = None
-) -> dict[str, dict]:
-    """Median (and IQR) end-to-end latency of each model on ``table``'s target, interleaved.
-
-    Models are timed in shipped form (:func:`lana.candidates.inference_form`: BN folded, rep
-    branches fused), as the library's tables are.
-    """
-    from lana.candidates import inference_form
-    from lana.latency import Timing
-    from lana.meters import meter_for_table
-
-    meter = meter_for_table(table, threads=threads)
-    models = {name: inference_form(model) for name, model in models.items()}  # timed as shipped
-    samples = {name: [] for name in models}
-    for _ in range(rounds):  # interleave so that drifting load hits every model alike
-        for name, model in models.items():
-            samples[name] += list(meter(model, input_shape).samples_ms)
-    return {
-        name: {"median_ms": Timing.of(s).median_ms, "spread_ms": Timing.of(s).spread_ms} for name, s in samples.items()
-    }
 
 
 def _prepare_library(config: AccelerateConfig, out: Path, device) -> Path:

@@ -24,6 +24,7 @@ from lana.table_names import check_int8_target, default_tables, parse_table_name
 
 __all__ = [
     "BACKENDS",
+    "measure_latency",
     "Timing",
     "LatencyMeter",
     "TorchMeter",
@@ -372,4 +373,25 @@ def fingerprint(meter: LatencyMeter) -> dict:
         "channels_last": bool(getattr(meter, "channels_last", False)),
         "python": platform.python_version(),
         "platform": platform.platform(),
+    }
+
+
+def measure_latency(
+    models: dict, input_shape, table: str, rounds: int = 5, threads: int | None = None
+) -> dict[str, dict]:
+    """Median (and IQR) end-to-end latency of each model on ``table``'s target, interleaved.
+
+    Models are timed in shipped form (:func:`lana.candidates.inference_form`: BN folded, rep
+    branches fused), as the library's tables are.
+    """
+    from lana.candidates import inference_form
+
+    meter = meter_for_table(table, threads=threads)
+    models = {name: inference_form(model) for name, model in models.items()}  # timed as shipped
+    samples = {name: [] for name in models}
+    for _ in range(rounds):  # interleave so that drifting load hits every model alike
+        for name, model in models.items():
+            samples[name] += list(meter(model, input_shape).samples_ms)
+    return {
+        name: {"median_ms": Timing.of(s).median_ms, "spread_ms": Timing.of(s).spread_ms} for name, s in samples.items()
     }

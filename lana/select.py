@@ -158,7 +158,7 @@ def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int
     import torch
     import torch.nn.functional as F
 
-    from lana.accelerate import measure_latency
+    from lana.meters import measure_latency
     from lana.student import student_from_context
     from lana.train import predict_logits
 

@@ -169,6 +169,31 @@ def _global_mean(loss: torch.Tensor, dist) -> float:
     return float(value)
 
 
+def _place(model: nn.Module, device):
+    """The device (this rank's GPU under torchrun) and torchrun's context; ``model`` moved there
+    (channels_last on CUDA)."""
+    from lana.dist import DistContext
+
+    device = resolve_device(device)
+    dist = DistContext.from_env(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return device, dist
+
+
+def _fitting(recipe: Recipe, images: int, desc: str) -> Recipe:
+    """``recipe`` with a batch no larger than the data set (a small one: one batch of everything,
+    not zero steps)."""
+    if images >= recipe.batch_size:
+        return recipe
+    log.warning("%s: %d training images, fewer than a batch of %d: batches of %d", desc, images, recipe.batch_size,
+                images)  # fmt: skip
+    return replace(recipe, batch_size=max(1, images))
+
+
 def fit(
     model: nn.Module,
     train_set: ImageDataset,
@@ -190,25 +215,13 @@ def fit(
         eval_set: evaluated (top-1) after every epoch when given.
         on_epoch: called with each epoch's history entry.
     """
-    from lana.dist import DistContext
-
-    device = resolve_device(device)
-    dist = DistContext.from_env(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
+    device, dist = _place(model, device)
     torch.manual_seed(recipe.seed)
-    model.to(device)
     channels_last = device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if len(train_set) < recipe.batch_size:  # a small data set: one batch of everything, not zero steps
-        log.warning("%s: %d training images, fewer than a batch of %d: batches of %d", desc, len(train_set),
-                    recipe.batch_size, len(train_set))  # fmt: skip
-        recipe = replace(recipe, batch_size=max(1, len(train_set)))
+    recipe = _fitting(recipe, len(train_set), desc)
     feed = _Feed(train_set, recipe, device, dist)
-    net = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist.enabled else model  # fmt: skip
     steps_per_epoch = len(feed)
     total = max(1, math.ceil(recipe.epochs * steps_per_epoch))
     if recipe.max_steps is not None:

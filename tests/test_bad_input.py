@@ -234,9 +234,12 @@ def test_version_and_exit_codes_in_help(capsys):
 
 def test_candidates_defaults_to_the_image_size_build_uses():
     from lana.cli import build_parser
+    from lana.cli.options import img_size
 
     parser = build_parser()
-    assert parser.parse_args(["candidates"]).img_size == parser.parse_args(["build", "--out", "x.h5"]).img_size == 32
+    build = parser.parse_args(["build", "--out", "x.h5"])
+    # both unset: candidates then uses 32, and so does build on its default data set, Fashion-MNIST
+    assert parser.parse_args(["candidates"]).img_size is None and build.img_size is None and img_size(build) == 32
     assert parser.parse_args(["correlate", "lib.h5"]).device == "auto"
 
 
@@ -249,11 +252,11 @@ def test_ctrl_c_in_the_first_steps_saves_a_checkpoint_that_the_rerun_resumes(tin
 
     real, calls = distill._step, []
 
-    def interrupted(run, chunk, names, step, warmup):
+    def interrupted(run, chunk, names, step, warmup, images):
         calls.append(step)
         if step == 2 and len(calls) == 3:  # Ctrl-C while the third step runs, long before a timed save
             raise KeyboardInterrupt
-        return real(run, chunk, names, step, warmup)
+        return real(run, chunk, names, step, warmup, images)
 
     monkeypatch.setattr(distill, "_step", interrupted)
     config = BuildConfig(**{**tiny_build, "max_steps": 4, "skip_score": True, "skip_latency": True})

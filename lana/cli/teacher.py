@@ -47,7 +47,8 @@ def _add_teacher(sub) -> None:
 def _cmd_candidates(args) -> int:
     from lana.layers import describe_space
 
-    summary = describe_space(args.model, space=args.space, img_size=args.img_size, num_classes=args.num_classes)
+    img_size = args.img_size if args.img_size is not None else 32
+    summary = describe_space(args.model, space=args.space, img_size=img_size, num_classes=args.num_classes)
     print(summary.to_text())
     return 0
 
@@ -58,7 +59,10 @@ def _add_candidates(sub) -> None:
     p.add_argument(
         "--space", default="default", help="tiny, compact, default, full, or patterns like 'ir_k3_*,dw_*,id'"
     )
-    p.add_argument("--img-size", type=int, default=32, help="input side in pixels (as lana build takes it)")
+    p.add_argument(
+        "--img-size", type=int, default=None,
+        help="input side in pixels (as lana build takes it; default 32, Fashion-MNIST's)",
+    )  # fmt: skip
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the model's head")
     p.set_defaults(func=_cmd_candidates)
 
