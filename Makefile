@@ -6,15 +6,14 @@ STAMP := .cache/installed.stamp
 
 .PHONY: demo test install data bench bench-smoke clean
 
-# Reinstall only when pyproject.toml changed (or the package is missing): quick when in place.
-$(STAMP): pyproject.toml
+# Reinstall only when pyproject.toml changed or the package is missing, or installed from another
+# checkout (an editable install elsewhere imports from here only by the current directory's luck).
+# The check runs every time: a reimaged machine can keep .cache but lose site-packages.
+install:
 	@mkdir -p .cache
-	@$(PYTHON) -c "import lana" 2>/dev/null && [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ] || \
+	@(cd / && $(PYTHON) -c "import lana, os, sys; sys.exit(os.path.dirname(os.path.realpath(lana.__file__)) != os.path.realpath('$(CURDIR)/lana'))") 2>/dev/null && [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ] || \
 		{ echo "installing lana-accel and its dependencies (pip; a few minutes on a fresh machine)" && \
-		  $(PIP) install --disable-pip-version-check -e '.[dev]'; }
-	@touch $(STAMP)
-
-install: $(STAMP)
+		  $(PIP) install --disable-pip-version-check -e '.[dev]' && touch $(STAMP); }
 
 # Fashion-MNIST: use the files if present anywhere lana looks, else the Debian package.
 data:

@@ -163,9 +163,12 @@ def _stages_table(result: dict) -> list[str]:
                 f"{len(lana['resolve_rounds'])} |"
             ),
             *(
-                [f"| {budget}: lana measured selection | {lana['select_s']:.1f} | {len(lana['selection']['plans'])} "
-                 f"plans on {lana['selection']['score_images']} score images, kept {lana['selection']['chosen']} |"]
-                if lana.get("selection") else []
+                [
+                    f"| {budget}: lana measured selection | {lana['select_s']:.1f} | {len(lana['selection']['plans'])} "
+                    f"plans on {lana['selection']['score_images']} score images, kept {lana['selection']['chosen']} |"
+                ]
+                if lana.get("selection")
+                else []
             ),  # fmt: skip
             f"| {budget}: lana fine-tune | {lana['train_s']:.0f} | {result['workload']['finetune_epochs']:g} epoch(s) KD |",
             (

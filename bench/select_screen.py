@@ -38,16 +38,10 @@ def _neighbours(problem, choice, low: float, high: float) -> list[tuple[int, ...
 
 
 def _accuracy(model, data, teacher_logits):
-    import torch.nn.functional as F
-
+    from lana.select import top1_and_kl
     from lana.train import predict_logits
 
-    logits = predict_logits(model, data)
-    labels = data.labels[: logits.shape[0]]
-    top1 = float((logits.argmax(1) == labels).float().mean() * 100)
-    kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1), log_target=True,
-                        reduction="batchmean"))  # fmt: skip
-    return top1, kl
+    return top1_and_kl(predict_logits(model, data), teacher_logits, data.labels)
 
 
 def screen(library_path, budget: str, table: str | None, plans: int, k: int, data_halves, ctx) -> dict:

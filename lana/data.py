@@ -218,21 +218,20 @@ def is_fashion_mnist(name: str) -> bool:
 
 
 def _score_count(score_split, available: int) -> int:
-    """Fashion-MNIST's held-out score images: a count, or a fraction of the training images."""
+    """Fashion-MNIST's held-out score images from a parsed ``--score-split``
+    (:func:`parse_score_split`): a count, or a fraction of the training images."""
     if score_split is None:
         return FMNIST_SCORE_IMAGES
-    if isinstance(score_split, float) or (isinstance(score_split, str) and "." in score_split):
-        fraction = float(score_split)
-        if not 0 < fraction < 1:
+    if isinstance(score_split, float):
+        if not 0 < score_split < 1:
             raise ValueError(f"--score-split {score_split}: a fraction must be between 0 and 1")
-        return max(1, round(fraction * available))
-    try:
-        return int(score_split)
-    except ValueError:
-        raise ValueError(
-            f"--score-split {score_split!r}: Fashion-MNIST's score split is a count or a fraction of its "
-            "training images, not a folder"
-        ) from None
+        return max(1, round(score_split * available))
+    if isinstance(score_split, int):
+        return score_split
+    raise ValueError(
+        f"--score-split {score_split!r}: Fashion-MNIST's score split is a count or a fraction of its "
+        "training images, not a folder"
+    )
 
 
 def parse_score_split(value):

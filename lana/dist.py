@@ -11,6 +11,7 @@ rank 0 alone times latency and writes the library.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -70,6 +71,9 @@ class DistContext:
             if device.type == "cuda":
                 torch.cuda.set_device(local)
             dist.init_process_group(backend, timeout=datetime.timedelta(hours=4))
+            # leave the group before the interpreter tears down: a gloo group destroyed at exit
+            # aborts the process ("terminate called without an active exception", seen in CI)
+            atexit.register(_leave_group)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # ranks on one node share its cores: oversubscribed threads slow small convs many-fold
@@ -86,6 +90,13 @@ class DistContext:
     def mine(self, items: list) -> list:
         """The items this rank works on."""
         return split_round_robin(items, self.world_size)[self.rank]
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def split_round_robin(items: list, parts: int) -> list[list]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Contender", "greedy_choice", "plan_of", "plan_pool", "select_plan", "uniform_choice"]
+__all__ = ["Contender", "greedy_choice", "plan_of", "plan_pool", "select_plan", "top1_and_kl", "uniform_choice"]
 
 log = logging.getLogger(__name__)
 
@@ -153,30 +153,30 @@ class Contender:
                 "predicted_drop": round(float(self.plan.predicted_drop), 4)}  # fmt: skip
 
 
-def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int | None = None, device="cpu"):
-    """Each plan of ``pool`` assembled, run on ``score_set`` and timed (interleaved); Contenders."""
-    import torch
+def top1_and_kl(logits, teacher_logits, labels) -> tuple[float, float]:
+    """A student's top-1 (%) and KL(teacher || student) on the same images (CPU logits)."""
     import torch.nn.functional as F
 
+    top1 = float((logits.argmax(1) == labels[: logits.shape[0]]).float().mean() * 100)
+    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher_logits, 1), log_target=True, reduction="batchmean")
+    return top1, float(kl)
+
+
+def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int | None = None, device="cpu"):
+    """Each plan of ``pool`` assembled, run on ``score_set`` and timed (interleaved); Contenders."""
     from lana.meters import measure_latency
     from lana.student import student_from_context
     from lana.train import predict_logits
 
     teacher = predict_logits(ctx.teacher, score_set, device=device)
-    labels = score_set.labels[: teacher.shape[0]]
     students = {f"{i}": student_from_context(ctx, plan) for i, (_source, plan) in enumerate(pool)}
     timing = measure_latency(students, ctx.input_shape, table, rounds=rounds, threads=threads)
     out = []
     for i, (source, plan) in enumerate(pool):
         logits = predict_logits(students[f"{i}"], score_set, device=device)
-        top1 = float((logits.argmax(1) == labels).float().mean() * 100)
-        kl = float(
-            F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), log_target=True, reduction="batchmean")
-        )
+        top1, kl = top1_and_kl(logits, teacher, score_set.labels)
         out.append(Contender(source, plan, top1, kl, timing[f"{i}"]["median_ms"]))
-        students[f"{i}"] = None  # free it
-        del logits
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        del students[f"{i}"]  # one student in memory at a time from here
     return out
 
 

@@ -23,7 +23,15 @@ import logging
 import numpy as np
 import torch
 
-from lana.folder import FolderSource, _targets, imagenet_class_map, imagenet_synsets_match, open_folder
+from lana.folder import (
+    FolderSource,
+    _class_to_idx,
+    _open_bases,
+    _targets,
+    imagenet_class_map,
+    imagenet_synsets_match,
+    open_folder,
+)
 from lana.stream import default_workers, folder_transform, make_folder_loader
 
 __all__ = ["StreamedSplit", "open_source", "data_config", "synset_labels"]
@@ -53,8 +61,14 @@ def synset_labels(root: str, model: str | None) -> bool:
     cfg = get_pretrained_cfg(model) if model else None
     if cfg is None or int(getattr(cfg, "num_classes", 0) or 0) != 1000:
         return False
-    source = open_source(root, None, 0)
-    return imagenet_synsets_match(source.classes)
+    return imagenet_synsets_match(_class_names(root))
+
+
+@functools.lru_cache(maxsize=8)
+def _class_names(root: str) -> tuple[str, ...]:
+    """A folder's class names, from its listing alone (no bad-file scan, no splits)."""
+    classes = _class_to_idx(_open_bases(root, "", None, None)[0]["train"])
+    return tuple(sorted(classes, key=classes.get))
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,9 +76,7 @@ def open_source(root: str, score_split, seed: int, synsets: bool = False) -> Fol
     """The folder opened once per process (listing and bad-file scan are the slow part): every
     split of a build is cut from the same listing. ``score_split``: a count (int), a fraction
     (float) or a folder (str); ``synsets``: labels are ImageNet-1k output indices."""
-    class_map = None
-    if synsets:
-        class_map = imagenet_class_map(open_source(root, None, seed).classes)
+    class_map = imagenet_class_map(_class_names(root)) if synsets else None
     count = score_split if isinstance(score_split, int) else None
     other = None if isinstance(score_split, int) else score_split
     return open_folder(root, score_images=count, score_split=other, seed=seed, class_map=class_map)
