@@ -8,7 +8,11 @@ apart from lana and a change to lana never retrains them.
 * **fastnas**: NVIDIA Model Optimizer's FastNAS (``modelopt.torch.prune``, mode ``fastnas``): a
   FLOPs constraint bisected to the budget, its ``score_func`` top-1 on the score split, BN
   calibration through its ``data_loader``; the sensitivity map is computed once and reused from
-  its checkpoint by every step of the bisection.
+  its checkpoint by every step of the bisection. Model Optimizer traces the model with torch.fx,
+  which timm's TF-ported layers defeat (``Conv2dSame`` pads by the input's shape; ``BatchNormAct2d``
+  is not in its registry: "The model does not contain any configurable hyperparameters!"), so
+  :func:`traceable` first rewrites them as the layers its registry knows, with equal outputs at
+  the workload's input size.
 * **sibling**: a smaller network of the family (:func:`bench.baselines.sibling_model`), its width
   bisected to the budget (W1), or a pretrained smaller model whose own latency *is* the budget (W2).
 
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Calibration", "fastnas_model", "reestimate_bn", "taylor_prune_model"]
+__all__ = ["Calibration", "fastnas_model", "reestimate_bn", "taylor_prune_model", "traceable"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,42 @@ def taylor_prune_model(
     return reestimate_bn(model, calib)
 
 
+def traceable(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``model`` (changed in place) with timm's ``Conv2dSame`` as a fixed ``ZeroPad2d`` and a plain
+    ``Conv2d`` (the padding its input size at ``example`` gives) and ``BatchNormAct2d`` as
+    ``BatchNorm2d`` + its activation: the modules Model Optimizer's tracer and registry handle.
+    Outputs are unchanged at ``example``'s input size (tested)."""
+    from timm.layers import BatchNormAct2d
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    sizes: dict[str, list[int]] = {}
+    hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: sizes.__setitem__(name, list(args[0].shape[-2:])))
+             for name, module in model.named_modules() if isinstance(module, Conv2dSame)]  # fmt: skip
+    with torch.no_grad():
+        model(example)
+    for hook in hooks:
+        hook.remove()
+    for name, module in list(model.named_modules()):
+        if name in sizes:
+            conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, 0,
+                             module.dilation, module.groups, module.bias is not None)  # fmt: skip
+            conv.load_state_dict(module.state_dict())
+            pad = pad_same_arg(sizes[name], list(module.weight.shape[-2:]), module.stride, module.dilation)
+            new = nn.Sequential(nn.ZeroPad2d(pad), conv)
+        elif type(module) is BatchNormAct2d:
+            bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)  # fmt: skip
+            bn.load_state_dict(module.state_dict())
+            new = nn.Sequential(bn, module.drop, module.act)
+        else:
+            continue
+        new.train(module.training)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+    return model
+
+
 def fastnas_model(
     teacher: nn.Module,
     flops_pct: float,
@@ -139,7 +179,7 @@ def fastnas_model(
     """
     import modelopt.torch.prune as mtp
 
-    model = copy.deepcopy(teacher).cpu().eval()
+    model = traceable(copy.deepcopy(teacher).cpu().eval(), torch.zeros(1, *input_shape))
     score = list(calib.batches(score_batches, score=True))
     loader = list(calib.batches(bn_batches))
 

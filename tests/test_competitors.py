@@ -1,0 +1,52 @@
+"""bench.competitors: the rewrite that lets Model Optimizer's FastNAS search a timm TF-ported model."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench.competitors import traceable  # noqa: E402
+
+
+def _lite0():
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=10, pretrained=False).eval()
+    for module in model.modules():  # non-trivial BN statistics, so a dropped buffer would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_traceable_keeps_the_outputs_and_drops_timms_dynamic_layers():
+    from timm.layers import BatchNormAct2d
+    from timm.layers.conv2d_same import Conv2dSame
+
+    model, x = _lite0(), torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        before = model(x)
+        rewritten = traceable(model, x[:1])
+        after = rewritten(x)
+    assert not any(isinstance(m, (Conv2dSame, BatchNormAct2d)) for m in rewritten.modules())
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+    assert not rewritten.training
+
+
+def test_fastnas_finds_a_search_space_in_the_rewritten_model(tmp_path):
+    """On the model as timm builds it, mtp.prune raises "does not contain any configurable
+    hyperparameters"; after traceable() it prunes to a smaller network that still runs."""
+    mtp = pytest.importorskip("modelopt.torch.prune")
+    model, x = _lite0(), torch.randn(4, 3, 32, 32)
+    params = sum(p.numel() for p in model.parameters())
+    loader = [(x, torch.zeros(4, dtype=torch.long))]
+    pruned, _ = mtp.prune(traceable(model, x[:1]), mode="fastnas", constraints={"flops": "60%"}, dummy_input=x[:1],
+                          config={"data_loader": loader, "score_func": lambda m: 0.0,
+                                  "checkpoint": str(tmp_path / "fastnas.pth"), "verbose": False})  # fmt: skip
+    assert sum(p.numel() for p in pruned.parameters()) < params
+    assert pruned(x).shape == (4, 10)
