@@ -1,4 +1,4 @@
-"""Image folders opened through timm's data pipeline: layout, splits, bad files, ImageNet classes.
+"""Image folders opened through timm's data pipeline: layout, splits; bad files (:mod:`lana.badfiles`) left out.
 
 Opening a folder lists its files (``timm.data.create_dataset``); nothing is decoded until a batch
 asks for it (:mod:`lana.stream`), so memory does not grow with the data set.
@@ -17,28 +17,26 @@ and are re-exported here.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lana.badfiles import _bad_indices, scan_bad_files
 from lana.stream import (
     EpochSampler,
     FolderDataset,
-    _cores,
     _filename,
     default_workers,
     folder_transform,
     make_folder_loader,
     resolve_config,
 )
+from lana.synsets import imagenet_class_map, imagenet_synsets_match
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -64,7 +62,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _VAL_DIRS = ("val", "validation", "valid", "test")
 _DEFAULT_HELD_OUT = 5000  # images, and at most 10% of the training images (see _held_out_count)
-_SYNSET = re.compile(r"n\d{8}")
 
 
 class FolderError(ValueError):
@@ -304,68 +301,6 @@ def _hold_out(indices: np.ndarray, targets: np.ndarray, count: int, rng: np.rand
     return indices[~held], indices[held]
 
 
-# -- bad files ----------------------------------------------------------------------------------
-
-
-def _readable(reader, index: int, decode: bool) -> bool:
-    """Whether image ``index`` opens, verifies and (with ``decode``) decodes at 1/8 scale."""
-    from PIL import Image
-
-    try:
-        fileobj, _ = reader[index]
-        with fileobj:
-            with Image.open(fileobj) as image:
-                image.verify()  # headers and, for PNG, checksums: cheap, misses truncated JPEGs
-            if decode:
-                fileobj.seek(0)
-                with Image.open(fileobj) as image:
-                    image.draft(image.mode, (1, 1))  # JPEG decodes at 1/8 scale: a truncated file still fails
-                    image.load()
-        return True
-    except Exception:  # any failure (OSError, SyntaxError, decompression bomb, ...) makes the file unusable
-        return False
-
-
-def _bad_indices(dataset, decode: bool = True, progress: bool = True, threads: int | None = None) -> list[int]:
-    from timm.data.readers.reader_image_folder import ReaderImageFolder
-    from timm.data.readers.reader_image_in_tar import ReaderImageInTar
-    from tqdm.auto import tqdm
-
-    reader = getattr(dataset, "reader", None)
-    if not isinstance(reader, (ReaderImageFolder, ReaderImageInTar)):
-        log.info("%s: not a folder or .tar, files not scanned", type(reader or dataset).__name__)
-        return []
-    # a tar reader shares one open TarFile: one thread; folder files open independently
-    threads = threads or (min(8, _cores()) if isinstance(reader, ReaderImageFolder) else 1)
-    check = functools.partial(_readable, reader, decode=decode)
-    bad, block = [], 1024  # futures for a million files at once would hold ~1 GB
-    bar = tqdm(total=len(reader), desc="checking images", unit="img", disable=not progress, mininterval=1.0)
-    with ThreadPoolExecutor(threads) as pool, bar:
-        for start in range(0, len(reader), block):
-            indices = range(start, min(start + block, len(reader)))
-            bad += [i for i, ok in zip(indices, pool.map(check, indices)) if not ok]
-            bar.update(len(indices))
-    return bad
-
-
-def scan_bad_files(dataset, decode: bool = True, progress: bool = True, threads: int | None = None) -> list[str]:
-    """Paths of the files of a timm folder or .tar dataset that do not open as images.
-
-    Every file is opened and verified, and with ``decode`` decoded at reduced scale (JPEGs at 1/8,
-    which still finds truncated files), in ``threads`` threads with a progress bar.
-
-    Args:
-        dataset: a timm ``ImageDataset`` (e.g. ``FolderSource.bases["train"]``).
-        decode: also decode (slower: reads every file whole; False reads headers only).
-        progress: show a tqdm bar with an ETA.
-        threads: reader threads (default: up to 8 on a folder, 1 on a .tar).
-
-    Returns:
-        The bad files' paths (tar members as ``TAR/member``), in the dataset's order.
-    """
-    return [_filename(dataset, i) for i in _bad_indices(dataset, decode, progress, threads)]
-
-
 def _good_indices(bases: dict, exclude: Iterable[str] | None, scan: bool, progress: bool) -> tuple[dict, list]:
     """split -> indices of usable images of that split's base; and the bad files found."""
     good, bad_files, seen = {}, [], {}
@@ -470,33 +405,3 @@ def split_record(source: FolderSource) -> dict:
         "held_out": "stratified by class",
         "bad_files": len(source.bad_files),
     }
-
-
-# -- ImageNet classes ---------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _synsets(subset: str) -> tuple[str, ...]:
-    from timm.data import ImageNetInfo
-
-    return tuple(ImageNetInfo(subset).label_names())
-
-
-def imagenet_synsets_match(classes: Iterable[str], subset: str = "imagenet-1k") -> bool:
-    """Whether every class name is an ImageNet synset id (``n01440764``) of ``subset``.
-
-    Then a pretrained ImageNet head already knows the folder's classes (with labels mapped by
-    :func:`imagenet_class_map`); otherwise the head must be trained for them.
-    """
-    classes = list(classes)
-    known = set(_synsets(subset))
-    return bool(classes) and all(_SYNSET.fullmatch(c) is not None and c in known for c in classes)
-
-
-def imagenet_class_map(classes: Iterable[str], subset: str = "imagenet-1k") -> dict[str, int]:
-    """Class name -> the model's output index, for synset-named classes (``open_folder(class_map=...)``)."""
-    index = {synset: i for i, synset in enumerate(_synsets(subset))}
-    unknown = [c for c in classes if c not in index]
-    if unknown:
-        raise FolderError(f"not ImageNet ({subset}) synsets: {', '.join(unknown[:5])}")
-    return {c: index[c] for c in classes}
