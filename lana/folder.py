@@ -30,6 +30,7 @@ from lana.badfiles import _bad_indices, scan_bad_files
 from lana.stream import (
     EpochSampler,
     FolderDataset,
+    FolderError,
     _filename,
     default_workers,
     folder_transform,
@@ -62,10 +63,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _VAL_DIRS = ("val", "validation", "valid", "test")
 _DEFAULT_HELD_OUT = 5000  # images, and at most 10% of the training images (see _held_out_count)
-
-
-class FolderError(ValueError):
-    """A data set that cannot be used as given; the message says what would work."""
 
 
 class FolderNotFoundError(FileNotFoundError):

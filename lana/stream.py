@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "FolderError",
     "FolderDataset",
     "EpochSampler",
     "resolve_config",
@@ -25,6 +26,10 @@ __all__ = [
     "make_folder_loader",
     "default_workers",
 ]
+
+
+class FolderError(ValueError):
+    """A data set that cannot be used as given; the message says what would work."""
 
 
 class FolderDataset(torch.utils.data.Dataset):

@@ -7,6 +7,8 @@ import functools
 import re
 from collections.abc import Iterable
 
+from lana.stream import FolderError
+
 __all__ = ["imagenet_class_map", "imagenet_synsets_match"]
 
 _SYNSET = re.compile(r"n\d{8}")
@@ -35,7 +37,5 @@ def imagenet_class_map(classes: Iterable[str], subset: str = "imagenet-1k") -> d
     index = {synset: i for i, synset in enumerate(_synsets(subset))}
     unknown = [c for c in classes if c not in index]
     if unknown:
-        from lana.folder import FolderError
-
         raise FolderError(f"not ImageNet ({subset}) synsets: {', '.join(unknown[:5])}")
     return {c: index[c] for c in classes}
