@@ -5,7 +5,7 @@ Writes synthetic JPEG folders (``bench/make_folders.py``) of each size asked, th
 scores on ``--score-images``, no latency) and reports its peak RSS (the child's ``ru_maxrss``),
 the distillation's images/s and the stage times, with the CPU and load average::
 
-    python3 bench/stream_scale.py --sizes 5000,50000 --steps 200 --out runs/stream-scale
+    python3 -m bench.stream_scale --sizes 5000,50000 --steps 200 --out runs/stream-scale
 
 Memory should be flat: the listing grows with the folder (a few hundred bytes an image), the
 decoded batches do not.
