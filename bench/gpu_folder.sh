@@ -10,9 +10,9 @@ mkdir -p "$out"
 export HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 folder="$out/scale/folder-$images"  # where bench/stream_scale.py looks for it
-[ -d "$folder/train" ] || python3 bench/make_folders.py "$folder" --images "$images" --classes 10 --size 256 --workers 8
+[ -d "$folder/train" ] || python3 -m bench.make_folders "$folder" --images "$images" --classes 10 --size 256 --workers 8
 # the stream-scale measurement (peak RSS, distillation images/s) on the GPU
-python3 bench/stream_scale.py --sizes "$images" --steps 200 --batch-size 128 --model tf_efficientnet_lite0 \
+python3 -m bench.stream_scale --sizes "$images" --steps 200 --batch-size 128 --model tf_efficientnet_lite0 \
     --space compact --score-images 1000 --device cuda --out "$out/scale" 2>&1 | tail -3
 # the whole path: the pretrained head fine-tuned for the folder's classes, build, plan, fine-tune, measure
 python3 -m lana accelerate --model tf_efficientnet_lite0 --pretrained --dataset "$folder" --img-size 224 \
