@@ -1,8 +1,9 @@
 """The whole path: build (or reuse) the library, solve, assemble, fine-tune, measure, export.
 
 ``accelerate`` is what ``lana accelerate`` runs; the budget is met as *measured*: when the
-assembled student is slower than the budget by more than the table's noise, the plan is re-solved
-with the budget tightened by the observed error (at most 3 rounds).
+assembled student, timed interleaved with the teacher and put on the library's scale
+(:func:`lana.meters.measure_against_teacher`), is not at least ``BUDGET_MARGIN`` under the budget,
+the plan is re-solved with the budget tightened by the observed error (at most 5 rounds).
 
 With ``int8`` the library holds int8 twins of every candidate and the plan may run some layers in
 int8 (CPU only). Int8 kernels cannot be trained, so the float student is fine-tuned, then its int8
@@ -118,8 +119,7 @@ def _select(config: AccelerateConfig, library: Library, ctx, plan, asked_ms: flo
     b = config.build
     score_set = split_of(asdict(b), "score", limit=b.score_images)
     return selection(ctx, library.path, asked_ms, plan.budget_ms, score_set, solve, k=config.diverse,
-                     min_diff=config.min_diff, rounds=b.latency_rounds, threads=b.threads,
-                     noise=library.table_noise(solve.table), device=device)  # fmt: skip
+                     min_diff=config.min_diff, rounds=b.latency_rounds, threads=b.threads, device=device)  # fmt: skip
 
 
 _ROUNDS = 5  # measurements of the closed loop, at most
@@ -128,19 +128,21 @@ _ROUNDS = 5  # measurements of the closed loop, at most
 def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: SolveOptions):
     """Assemble, measure, and re-solve until the student meets the budget as measured.
 
-    A plan over the budget (by more than the table's noise) is re-solved at a target scaled down
-    by how far it missed. Once one plan has missed, the target is bisected between the loosest
+    A plan that does not measure ``BUDGET_MARGIN`` under the budget (teacher-relative, on the
+    library's scale) is re-solved at a target scaled down by how far it missed. Once one plan has missed, the target is bisected between the loosest
     that met the budget and the tightest that did not, so that one mispredicted candidate does
     not cost the rest of the budget; the plan kept is the one of least predicted drop among
     those that met it (the last, fastest one when none did). At most ``_ROUNDS`` measurements.
     Returns the plan and the rounds' record.
     """
-    b, budget_ms, noise = config.build, plan.budget_ms, library.table_noise(solve.table)
+    from lana.meters import BUDGET_MARGIN
+
+    b, budget_ms = config.build, plan.budget_ms
     rounds, target, low, high, best = [], budget_ms, 0.0, math.inf, None
     for attempt in range(_ROUNDS):
         measured = _measured_ms(ctx, plan, solve.table, b)
         rounds.append({"budget_ms": target, "predicted_ms": plan.predicted_latency_ms, "measured_ms": measured})
-        if measured <= budget_ms * (1 + noise):
+        if measured <= budget_ms * (1 - BUDGET_MARGIN):
             best = plan if best is None or plan.predicted_drop < best.predicted_drop else best
             low = max(low, target)
             if math.isinf(high):
@@ -161,11 +163,15 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
 
 
 def _measured_ms(ctx, plan, table: str, b) -> float:
+    """The plan's student timed interleaved with the teacher, on the library's scale (the plan's
+    predicted teacher latency on ``table``; raw ms when the plan has none)."""
+    from lana.meters import measure_against_teacher
     from lana.student import student_from_context
 
     student = student_from_context(ctx, plan)
-    return measure_latency({"student": student}, ctx.input_shape, table, rounds=b.latency_rounds,
-                           threads=b.threads)["student"]["median_ms"]  # fmt: skip
+    reference = (plan.config or {}).get("teacher_ms", {}).get(table)
+    return measure_against_teacher({"student": student}, ctx.teacher, ctx.input_shape, table, reference,
+                                   rounds=b.latency_rounds, threads=b.threads)["student"]["median_ms"]  # fmt: skip
 
 
 def _resolve(library: Library, target: float, solve: SolveOptions):
@@ -201,9 +207,13 @@ def _finetuned_student(config: AccelerateConfig, ctx, plan, device):
     return quantize_layers(copy.deepcopy(float_student), plan, ctx.calibration.images()), float_student
 
 
-def _report(config, library: Library, ctx, plan, student, float_student, table: str, device, budget_ms) -> dict:
+def _report(config, library: Library, ctx, plan, student, float_student, table: str, device, budget_ms,
+            reference_ms: float | None = None) -> dict:  # fmt: skip
     """Teacher and student measured on every table of the library, and their test top-1; the
-    budget is the one asked for (``budget_ms``), not the tighter target a re-solve may have used."""
+    budget is the one asked for (``budget_ms``), not the tighter target a re-solve may have used.
+    ``budget_measured_ms`` is the student on the library's scale (its time over the teacher's in
+    this pass, times ``reference_ms``, the teacher's latency the budget was set from); it meets the
+    budget when within the table's noise."""
     from lana.data import split_of
     from lana.student import int8_layers, model_stats
     from lana.train import evaluate
@@ -223,9 +233,13 @@ def _report(config, library: Library, ctx, plan, student, float_student, table: 
                 **model_stats(counted, shape), **extra,
                 "latency_ms_by_table": {t: v[name]["median_ms"] for t, v in latency.items()}}  # fmt: skip
 
+    on_scale = latency[table]["student"]["median_ms"]
+    if reference_ms:
+        on_scale *= reference_ms / latency[table]["teacher"]["median_ms"]
     report = {
         "budget": config.budget, "budget_ms": budget_ms, "table": table,
-        "budget_met": latency[table]["student"]["median_ms"] <= budget_ms * (1 + library.table_noise(table)),
+        "budget_measured_ms": on_scale,
+        "budget_met": on_scale <= budget_ms * (1 + library.table_noise(table)),
         "teacher": who("teacher", teacher, teacher),
         "student": who("student", student, float_student, plan=plan.to_dict(), int8_layers=int8_layers(plan)),
     }  # fmt: skip
@@ -266,7 +280,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     plan = solve_library(library.path, config.budget, solve)
     stages["solve"] = time.perf_counter() - start
     start = time.perf_counter()
-    asked_ms = plan.budget_ms
+    asked_ms, reference_ms = plan.budget_ms, (plan.config or {}).get("teacher_ms", {}).get(solve.table)
     plan, rounds = _meet_budget(config, library, ctx, plan, solve)
     stages["assemble"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -277,7 +291,8 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     student, float_student = _finetuned_student(config, ctx, plan, device)
     stages["finetune"] = time.perf_counter() - start
     start = time.perf_counter()
-    report = {**_report(config, library, ctx, plan, student, float_student, solve.table, device, asked_ms),
+    report = {**_report(config, library, ctx, plan, student, float_student, solve.table, device, asked_ms,
+                        reference_ms),
               "resolve_rounds": rounds, "library": str(library.path), "selection": selected,
               "ilp_plan": ilp_plan.to_dict()}  # fmt: skip
     stages["measure"] = time.perf_counter() - start

@@ -24,7 +24,9 @@ from lana.table_names import check_int8_target, default_tables, parse_table_name
 
 __all__ = [
     "BACKENDS",
+    "BUDGET_MARGIN",
     "measure_latency",
+    "measure_against_teacher",
     "Timing",
     "LatencyMeter",
     "TorchMeter",
@@ -395,3 +397,35 @@ def measure_latency(
     return {
         name: {"median_ms": Timing.of(s).median_ms, "spread_ms": Timing.of(s).spread_ms} for name, s in samples.items()
     }
+
+
+# a plan is kept only when it measures this share under its budget: the bench's final pass (and a
+# user's own) times it again, and a plan kept at 0.998 x the budget came out at 1.04 x there (W2)
+BUDGET_MARGIN = 0.01
+
+_TEACHER_KEY = "__teacher__"
+
+
+def measure_against_teacher(
+    models: dict, teacher, input_shape, table: str, reference_ms: float | None, rounds: int = 5,
+    threads: int | None = None,
+) -> dict[str, dict]:  # fmt: skip
+    """Each model timed interleaved with the teacher and put on the library's scale: its median
+    times ``reference_ms`` (the teacher's latency on ``table`` that the budget was set from) over
+    the teacher's median in the same pass.
+
+    A budget is a share of the teacher's latency (``0.5x``), or milliseconds on the library's scale;
+    the machine's speed drifts between the table, the plan's measurement and a later check (W2's
+    teacher took 90.6 ms at the start of a run and 82.7 ms at its end), and that drift moves every
+    model alike, so it cancels in the ratio. ``reference_ms`` None: raw medians.
+
+    Returns ``{name: {"median_ms": on the library's scale, "raw_ms": as timed, "teacher_ms": the
+    teacher in this pass}}``.
+    """
+    if _TEACHER_KEY in models:
+        raise ValueError(f"{_TEACHER_KEY!r} is the teacher's own key here; name the model otherwise")
+    timing = measure_latency({**models, _TEACHER_KEY: teacher}, input_shape, table, rounds=rounds, threads=threads)
+    now = timing.pop(_TEACHER_KEY)["median_ms"]
+    scale = reference_ms / now if reference_ms else 1.0
+    return {name: {"median_ms": t["median_ms"] * scale, "raw_ms": t["median_ms"], "teacher_ms": now}
+            for name, t in timing.items()}  # fmt: skip

@@ -4,8 +4,9 @@ at the budget, measured, instead of the ILP's prediction alone.
 The ILP is exact for its objective, the sum of one-layer scores, and that sum ranks whole
 students poorly on deep networks (errors compound). So, at the budget, a pool of plans is
 assembled from the library, each is run on the held-out *score* split (top-1 and KL to the
-teacher, before any fine-tuning) and timed (interleaved, on the budget's table), and the most
-accurate one that meets the budget as measured is kept. The pool (:func:`plan_pool`):
+teacher, before any fine-tuning) and timed (interleaved with the teacher, on the budget's table,
+put on the library's scale), and the most accurate one at least ``BUDGET_MARGIN`` under the budget
+as measured is kept. The pool (:func:`plan_pool`):
 
 * ``ilp``: the ILP's plan; ``ilp-2`` .. ``ilp-K``: its next-best plans that differ from every
   earlier one in at least ``min_diff`` layers (``solve_diverse``);
@@ -145,11 +146,13 @@ class Contender:
     plan: object
     top1: float
     kl: float
-    measured_ms: float
+    measured_ms: float  # on the library's scale (:func:`lana.meters.measure_against_teacher`)
+    raw_ms: float | None = None  # as timed in this pass
 
     def row(self) -> dict:
         return {"source": self.source, "top1": round(self.top1, 3), "kl": round(self.kl, 5),
-                "measured_ms": round(self.measured_ms, 4), "predicted_ms": round(self.plan.predicted_latency_ms, 4),
+                "measured_ms": round(self.measured_ms, 4), "raw_ms": self.raw_ms and round(self.raw_ms, 4),
+                "predicted_ms": round(self.plan.predicted_latency_ms, 4),
                 "predicted_drop": round(float(self.plan.predicted_drop), 4)}  # fmt: skip
 
 
@@ -163,40 +166,48 @@ def top1_and_kl(logits, teacher_logits, labels) -> tuple[float, float]:
 
 
 def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int | None = None, device="cpu"):
-    """Each plan of ``pool`` assembled, run on ``score_set`` and timed (interleaved); Contenders."""
-    from lana.meters import measure_latency
+    """Each plan of ``pool`` assembled, run on ``score_set`` and timed, interleaved with the teacher
+    and put on the library's scale (the ILP plan's predicted teacher latency); Contenders."""
+    from lana.meters import measure_against_teacher
     from lana.student import student_from_context
     from lana.train import predict_logits
 
     teacher = predict_logits(ctx.teacher, score_set, device=device)
     students = {f"{i}": student_from_context(ctx, plan) for i, (_source, plan) in enumerate(pool)}
-    timing = measure_latency(students, ctx.input_shape, table, rounds=rounds, threads=threads)
+    reference = next((p.config["teacher_ms"][table] for _, p in pool if table in (p.config or {}).get("teacher_ms", {})),
+                     None)  # fmt: skip
+    timing = measure_against_teacher(students, ctx.teacher, ctx.input_shape, table, reference, rounds=rounds,
+                                     threads=threads)  # fmt: skip
     out = []
     for i, (source, plan) in enumerate(pool):
         logits = predict_logits(students[f"{i}"], score_set, device=device)
         top1, kl = top1_and_kl(logits, teacher, score_set.labels)
-        out.append(Contender(source, plan, top1, kl, timing[f"{i}"]["median_ms"]))
+        out.append(Contender(source, plan, top1, kl, timing[f"{i}"]["median_ms"], timing[f"{i}"]["raw_ms"]))
         del students[f"{i}"]  # one student in memory at a time from here
     return out
 
 
-def select_plan(contenders: Sequence[Contender], budget_ms: float, noise: float = 0.0) -> Contender:
-    """The most accurate contender (score-split top-1, then the lower KL) measured within the
-    budget (plus the table's noise); the fastest when none is."""
-    within = [c for c in contenders if c.measured_ms <= budget_ms * (1 + noise)]
+def select_plan(contenders: Sequence[Contender], budget_ms: float, margin: float | None = None) -> Contender:
+    """The most accurate contender (score-split top-1, then the lower KL) measured at least
+    ``margin`` (default :data:`lana.meters.BUDGET_MARGIN`) under the budget; the fastest when none is."""
+    from lana.meters import BUDGET_MARGIN
+
+    margin = BUDGET_MARGIN if margin is None else margin
+    within = [c for c in contenders if c.measured_ms <= budget_ms * (1 - margin)]
     if not within:
         return min(contenders, key=lambda c: c.measured_ms)
     return max(within, key=lambda c: (c.top1, -c.kl))
 
 
 def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, options, *, k: int = 4,
-              min_diff: int = 2, rounds: int = 3, threads: int | None = None, noise: float = 0.0, device="cpu"):  # fmt: skip
+              min_diff: int = 2, rounds: int = 3, threads: int | None = None, margin: float | None = None,
+              device="cpu"):  # fmt: skip
     """The pool at ``target_ms`` (the predicted budget the latency loop settled on), measured,
     and the plan kept for ``budget_ms`` (as measured). Returns ``(plan, record)``."""
     start = time.perf_counter()
     pool = plan_pool(library_path, target_ms, options, k=k, min_diff=min_diff)
     contenders = measure_pool(ctx, pool, score_set, options.table, rounds=rounds, threads=threads, device=device)
-    best = select_plan(contenders, budget_ms, noise)
+    best = select_plan(contenders, budget_ms, margin)
     seconds = time.perf_counter() - start
     log.info("measured selection (%d plans, %.0f s): %s", len(contenders), seconds,
              ", ".join(f"{c.source} {c.top1:.2f}% {c.measured_ms:.3f} ms" for c in contenders))  # fmt: skip

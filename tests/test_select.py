@@ -1,6 +1,7 @@
 """The measured selection (issue 26): the pool of plans at a budget, and the plan kept."""
 
 import numpy as np
+import pytest
 
 from lana.problem import Problem
 from lana.select import Contender, greedy_choice, plan_of, plan_pool, select_plan, uniform_choice
@@ -38,10 +39,32 @@ def _contender(source, top1, kl, ms):
 
 def test_the_most_accurate_plan_within_the_measured_budget_is_kept():
     pool = [_contender("ilp", 80.0, 0.3, 9.0), _contender("greedy", 85.0, 0.2, 10.4),
-            _contender("slim", 83.0, 0.25, 9.9), _contender("uniform-w0.5", 83.0, 0.2, 9.5)]  # fmt: skip
-    assert select_plan(pool, 10.0).source == "uniform-w0.5"  # greedy is over; a tie in top-1 goes to the lower KL
-    assert select_plan(pool, 10.0, noise=0.05).source == "greedy"  # within the table's noise
+            _contender("slim", 84.0, 0.25, 9.9), _contender("uniform-w0.5", 83.0, 0.2, 9.5)]  # fmt: skip
+    assert select_plan(pool, 10.1).source == "slim"  # greedy is over
+    assert select_plan(pool, 10.5, margin=0.0).source == "greedy"
+    assert select_plan(pool, 9.95, margin=0.0).source == "slim"
+    assert select_plan(pool, 9.95).source == "uniform-w0.5"  # slim is within the budget, not 1% under it
     assert select_plan(pool, 5.0).source == "ilp"  # none within: the fastest
+    tie = [_contender("a", 83.0, 0.25, 9.0), _contender("b", 83.0, 0.2, 9.1)]
+    assert select_plan(tie, 10.0).source == "b"  # a tie in top-1 goes to the lower KL
+
+
+def test_plans_are_timed_against_the_teacher_so_that_the_machines_drift_cancels(monkeypatch):
+    """W2: a plan kept at 0.998 x its budget in the selection's pass came out 1.04 x in the final
+    one, the machine having sped up for the teacher in between. Times relative to the teacher of
+    the same pass, put on the library's scale, do not move with the machine."""
+    import lana.meters as meters
+
+    def drifted(models, input_shape, table, rounds=5, threads=None):  # the machine runs 20% slow just now
+        return {name: {"median_ms": 1.2 * model, "spread_ms": 0.0} for name, model in models.items()}
+
+    monkeypatch.setattr(meters, "measure_latency", drifted)
+    timing = meters.measure_against_teacher({"a": 4.0, "b": 6.0}, 10.0, (1, 3, 8, 8), "cpu-b1", reference_ms=10.0)
+    assert timing["a"]["median_ms"] == pytest.approx(4.0) and timing["b"]["median_ms"] == pytest.approx(6.0)
+    assert timing["a"]["raw_ms"] == pytest.approx(4.8) and timing["a"]["teacher_ms"] == pytest.approx(12.0)
+    assert meters.measure_against_teacher({"a": 4.0}, 10.0, (1,), "t", None)["a"]["median_ms"] == pytest.approx(4.8)
+    with pytest.raises(ValueError, match="teacher"):
+        meters.measure_against_teacher({"__teacher__": 1.0}, 10.0, (1,), "t", 10.0)
 
 
 def test_the_pool_holds_the_ilp_first_and_distinct_plans_under_the_budget(tiny_library):
