@@ -161,10 +161,11 @@ def _search(w) -> dict:
     return {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
 
 
-def _after_teacher_epochs(w) -> float:
+def _after_teacher_epochs(w, longer: bool = False) -> float:
     """Epochs of training images every method sees after the teacher (issue 25 item 4): lana's
-    block distillation plus its fine-tuning; the competitors get it all as KD fine-tuning."""
-    return w.build_epochs + w.finetune_epochs
+    block distillation plus its fine-tuning; the competitors get it all as KD fine-tuning. In the
+    longer setting lana fine-tunes ``longer_factor`` x as long, and the competitor with it."""
+    return w.build_epochs + w.finetune_epochs * (w.longer_factor if longer else 1.0)
 
 
 def _rebuild(build):
@@ -256,24 +257,26 @@ def _factor(run, budget: str) -> float:
     return run.factors[budget]
 
 
-def _pretrained_sibling(run, budget: str, seed: int) -> dict:
+def _pretrained_sibling(run, budget: str, seed: int, longer: bool = False) -> dict:
     """The smaller pretrained model whose latency is the budget, fine-tuned as the teacher was (its
-    recipe, for the teacher's epochs plus lana's after-teacher ones) with KD from the teacher."""
+    recipe, for the teacher's epochs plus lana's after-teacher ones) with KD from the teacher;
+    ``longer``: the longer setting's row (``sibling_long``)."""
     from bench.workloads import sibling_budget
     from lana.teacher import TeacherConfig, load_state_file, load_teacher, save_state
 
     w, name = run.w, sibling_budget(budget)
     classes = len(run.test_set.classes)
+    method = "sibling_long" if longer else "sibling"
 
     def make(folder: Path):
         model = load_teacher(name, classes, pretrained=True)
         before = run.evaluate(model, limit=w.corr_images)  # a fresh head: near chance, for the record
         recipe = TeacherConfig(model=name, dataset=w.dataset, img_size=w.img_size, pretrained=True).recipe()
-        epochs = w.teacher_epochs + _after_teacher_epochs(w)
-        train_s = run.finetune(model, epochs, f"sibling {name} seed {seed}", recipe, seed)
+        epochs = w.teacher_epochs + _after_teacher_epochs(w, longer)
+        train_s = run.finetune(model, epochs, f"{method} {name} seed {seed}", recipe, seed)
         save_state(model, folder / "model.safetensors")
         match = {"knob": 1.0, "ratio": 1.0, "matched": True, "tries": [], "seconds": 0.0}
-        return {"method": "sibling", "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
+        return {"method": method, "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
                 "search_s": 0.0, "train_s": train_s, "match": match, "sibling": f"{name} (ImageNet)",
                 "epochs": epochs}, model  # fmt: skip
 
@@ -282,15 +285,18 @@ def _pretrained_sibling(run, budget: str, seed: int) -> dict:
         model.load_state_dict(load_state_file(folder / "model.safetensors"))
         return model
 
-    row, _ = run.cached(budget, "sibling", make, rebuild, seed=seed, apart=True)
+    depends = {"longer_factor": w.longer_factor} if longer else None
+    row, _ = run.cached(budget, method, make, rebuild, seed=seed, apart=True, depends=depends)
     return row
 
 
-def _budget_matched(run, budget: str, method: str, seed: int, model=None) -> dict | None:
+def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = False) -> dict | None:
     """``method`` matched to the *budget* (a factor of the teacher's latency, timed interleaved
     with the teacher, landing in [0.95, 1.0] of it as lana must), KD fine-tuned on as many
     training images after the teacher as lana's student saw; cached apart from lana. Seeds > 0
-    fine-tune again from the seed-0 row's starting point. None when the method cannot run here."""
+    and the longer setting (``longer``: row ``<method>_long``, lana's ``longer_factor`` x
+    fine-tuning) start again from the seed-0 row's starting point. None when the method cannot
+    run here."""
     from bench.baselines import least_squares_blocks, match_latency
     from bench.workloads import budget_table, sibling_budget
     from lana.distill import DistillConfig
@@ -298,13 +304,14 @@ def _budget_matched(run, budget: str, method: str, seed: int, model=None) -> dic
 
     w = run.w
     if method == "sibling" and sibling_budget(budget):
-        return _pretrained_sibling(run, budget, seed)
+        return _pretrained_sibling(run, budget, seed, longer)
     build, low, high, increasing = _competitor_builders(run)[method]
     search = {**_search(w), "goal": run.factors[budget], "band": (0.95, 1.0)}
+    name = f"{method}_long" if longer else method
 
     def make(folder: Path):
         start = time.perf_counter()
-        if seed == 0:
+        if seed == 0 and not longer:
             model, match = match_latency(build, run.teacher, w.input_shape, budget_table(w, budget), low, high,
                                          increasing=increasing, **search)  # fmt: skip
         else:  # the seed-0 row's architecture and start, trained again with another seed
@@ -317,20 +324,21 @@ def _budget_matched(run, budget: str, method: str, seed: int, model=None) -> dic
             extra = {"width": match.knob, "ls_start": {n: [round(a, 5), round(b, 5)] for n, (a, b) in fits.items()}}
         search_s = time.perf_counter() - start
         before = None if method == "sibling" else run.evaluate(model, limit=w.corr_images)
-        epochs, recipe = _after_teacher_epochs(w), None
+        epochs, recipe = _after_teacher_epochs(w, longer), None
         if method == "sibling":  # from random weights: trained as the teacher was (its recipe) + KD, and more
             epochs += w.teacher_epochs
             recipe = TeacherConfig(model=w.sibling, dataset=w.dataset, img_size=w.img_size).recipe()
-        train_s = run.finetune(model, epochs, f"{method} {budget} seed {seed}", recipe, seed)
+        train_s = run.finetune(model, epochs, f"{name} {budget} seed {seed}", recipe, seed)
         save_state(model, folder / "model.safetensors")
-        row = {"method": method, "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
-               "search_s": search_s, "train_s": train_s, "match": match.as_dict(), **extra}  # fmt: skip
+        row = {"method": name, "budget": budget, "top1": run.evaluate(model), "top1_before_ft": before,
+               "search_s": search_s, "train_s": train_s, "match": match.as_dict(), "epochs": epochs, **extra}  # fmt: skip
         if method == "sibling":
             row["sibling"] = f"{w.sibling} x{match.knob:.3f}"
         return row, model
 
     try:
-        row, _ = run.cached(budget, method, make, _rebuild(build), seed=seed, apart=True)
+        depends = {"longer_factor": w.longer_factor} if longer else None
+        row, _ = run.cached(budget, name, make, _rebuild(build), seed=seed, apart=True, depends=depends)
     except Exception as error:  # a competitor that cannot handle this model: a row of its own, quoted
         if method != "fastnas":
             raise
@@ -389,6 +397,36 @@ def _lana_seeds(run, budget: str, lana: dict) -> None:
 
         run.cached(budget, "lana", make, lambda _row, folder: load_student(folder),
                    depends={"budget_ms": round(lana["budget_ms"], 6)}, seed=seed)  # fmt: skip
+
+
+def _longer(run, budget: str, lana: dict) -> None:
+    """Issue 25 item 4, at the workload's ``longer`` budget: lana's plan and the best competitor
+    (the highest seed-0 top-1) fine-tuned again, seed 0, on ``longer_factor`` x lana's
+    fine-tuning images (the competitor on as many images after the teacher as lana then sees):
+    does the gap survive more training? Rows ``lana_long`` and ``<competitor>_long``."""
+    from lana.plan import Plan
+    from lana.student import load_student, save_student, student_from_context
+
+    w = run.w
+    if w.longer != budget or "plan_full" not in lana:
+        return
+    plan = Plan.from_dict(lana["plan_full"])
+
+    def make(folder: Path):
+        model = student_from_context(run.ctx, plan)
+        epochs = w.finetune_epochs * w.longer_factor
+        train_s = run.finetune(model, epochs, f"lana_long {budget}")
+        save_student(model, plan, run.ctx, folder)
+        row = {k: lana[k] for k in ("budget_ms", "predicted_drop", "predicted_ms", "library_budget_ms", "plan",
+                                    "top1_before_ft", "solve_s", "solver", "search_s")}  # fmt: skip
+        return {"method": "lana_long", "budget": budget, **row, "top1": run.evaluate(model), "train_s": train_s,
+                "epochs": epochs}, model  # fmt: skip
+
+    run.cached(budget, "lana_long", make, lambda _row, folder: load_student(folder),
+               depends={"budget_ms": round(lana["budget_ms"], 6), "longer_factor": w.longer_factor})  # fmt: skip
+    firsts = [r for r in run.rows if r["budget"] == budget and r["method"] in w.competitors and not r.get("seed")]
+    if firsts:
+        _budget_matched(run, budget, max(firsts, key=lambda r: r["top1"])["method"], 0, longer=True)
 
 
 def _measure_all(run) -> dict:
@@ -534,6 +572,7 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
             _lana_seeds(run, budget, lana)
             _library_plans(run, budget, lana)
             _competitors(run, budget)
+            _longer(run, budget, lana)
             budgets[budget] = {
                 "factor": factor,
                 "budget_ms": lana["budget_ms"],

@@ -14,7 +14,9 @@ from bench.library_analysis import markdown
 
 __all__ = ["findings", "goals", "plot_fronts", "plot_workload", "write_report"]
 
-_ORDER = ("teacher", "lana", "prune", "fastnas", "sibling", "uniform_slim", "ilp", "greedy", "random")
+_ORDER = ("teacher", "lana", "prune", "fastnas", "sibling", "uniform_slim", "ilp", "greedy", "random", "lana_long",
+          "prune_long", "fastnas_long", "sibling_long")  # fmt: skip
+LONG = "_long"  # the longer setting's rows (issue 25 item 4): lana and the best competitor, trained longer
 _LABEL = {
     "teacher": "teacher",
     "lana": "lana",
@@ -25,6 +27,7 @@ _LABEL = {
     "prune": "Torch-Pruning",
     "fastnas": "FastNAS (Model Optimizer)",
     "sibling": "smaller sibling",
+    **{f"{m}{LONG}": f"{m}, fine-tuned longer" for m in ("lana", "prune", "fastnas", "sibling")},
 }
 # What a user would do instead of lana: "the best baseline" is the better of these. The other
 # methods are ablations of lana itself (plans from its own library, one slim width everywhere).
@@ -72,9 +75,10 @@ def train_images(result: dict, row: dict) -> float | None:
     if not n:
         return None
     # issue 25 item 4: every method sees lana's images after the teacher (distillation + fine-tuning)
-    after = w["build_epochs"] + w["finetune_epochs"]
+    longer = w.get("longer_factor", 1.0) if row["method"].endswith(LONG) else 1.0
+    after = w["build_epochs"] + w["finetune_epochs"] * longer
     epochs = w["teacher_epochs"] if row["method"] == "teacher" else after
-    if row["method"] == "sibling":  # trained as the teacher was, then as long as lana after it
+    if row["method"].removesuffix(LONG) == "sibling":  # trained as the teacher was, then as long as lana after it
         epochs += w["teacher_epochs"]
     return epochs * n
 
@@ -412,6 +416,8 @@ def plot_workload(result: dict, png: Path) -> Path:
             style = (
                 {"marker": "*", "markersize": 14, "linestyle": "none", "color": "black"}
                 if method == "teacher"
+                else {"marker": "x", "linestyle": "none"}
+                if method.endswith(LONG)
                 else {"marker": "o"}
             )
             axes.plot(x, y, label=_LABEL[method], **style)
@@ -493,6 +499,42 @@ def verdict_table(result: dict) -> list[str]:
                 f"{c['seeds'][0]}, {c['seeds'][1]} | {ratio} | {c['verdict']} |"
             )
         lines.append(f"| **{budget}** | {band} | **best competitor** | | | | | **{found['verdict']}** |")
+    return lines
+
+
+def longer_lines(result: dict) -> list[str]:
+    """Issue 25 item 4: at the workload's ``longer`` budget, lana and the best competitor trained
+    longer, against the same two at the standard length (seed 0 of each, so one seed a side)."""
+    w = result["workload"]
+    budget = w.get("longer")
+    rows = result.get("rows_by_seed", result["rows"])
+    first = {r["method"]: r for r in rows if r["budget"] == budget and not r.get("seed")}
+    long = {m.removesuffix(LONG): r for m, r in first.items() if m.endswith(LONG)}
+    if not budget or "lana" not in long or "lana" not in first:
+        return []
+    lines = [
+        f"At {budget}, lana's plan and the best competitor are fine-tuned again on {w['longer_factor']:g}x lana's "
+        "fine-tuning images (the competitor on as many images after the teacher as lana then sees); seed 0 on "
+        "both sides, so a single seed each: read differences under a point as noise.",
+        "",
+        "| method | train images (standard → longer) | top-1 standard | top-1 longer | gain |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for method, row in long.items():
+        base = first.get(method)
+        if base is None:
+            continue
+        lines.append(
+            f"| {method} | {_images(train_images(result, base))} → {_images(train_images(result, row))} | "
+            f"{base['top1']:.2f} | {row['top1']:.2f} | {row['top1'] - base['top1']:+.2f} |"
+        )
+    others = [m for m in long if m != "lana" and m in first]
+    for other in others:
+        before, after = first["lana"]["top1"] - first[other]["top1"], long["lana"]["top1"] - long[other]["top1"]
+        lines += [
+            "",
+            f"lana minus {other} (seed 0): {before:+.2f} at the standard length, {after:+.2f} trained longer.",
+        ]
     return lines
 
 
@@ -690,6 +732,7 @@ def write_report(
             "",
             f"![{w['name']}: top-1 vs measured latency]({png.name})",
             "",
+            *(["### Longer training (issue 25 item 4)", "", *longer, ""] if (longer := longer_lines(result)) else []),
             "### Pipeline stages",
             "",
             *_stages_table(result),

@@ -123,8 +123,8 @@ def budget_verdict(rows: list[dict], budget: str, table: str, factor: float) -> 
     in_band = BUDGET_BAND[0] <= used <= BUDGET_BAND[1]
     comparisons = []
     for row in rows:
-        if row["budget"] != budget or row["method"] in ("lana", "teacher"):
-            continue
+        if row["budget"] != budget or row["method"] in ("lana", "teacher") or row["method"].endswith("_long"):
+            continue  # the longer setting's rows are compared among themselves (report.longer_lines)
         ratio = _ratio(row, lana, table)
         dominated = ratio is not None and ratio >= 1 and lana["top1"] >= row["top1"]  # lana faster and better
         matched = ratio is not None and (abs(ratio - 1) <= MATCH or dominated)

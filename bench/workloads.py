@@ -75,6 +75,10 @@ class Workload:
             (issue 25 item 5); the other methods get one.
         competitors: what a user would run instead (:mod:`bench.competitors`): ``prune``
             (Torch-Pruning, Taylor, global), ``fastnas`` (Model Optimizer), ``sibling``.
+        longer: the budget of the longer setting (issue 25 item 4): there lana's plan and the best
+            competitor are fine-tuned again on ``longer_factor`` x lana's fine-tuning images (rows
+            ``lana_long`` and ``<competitor>_long``, seed 0), to show whether the gap survives
+            more training; None: no longer setting.
     """
 
     name: str = "W1"
@@ -107,6 +111,8 @@ class Workload:
     calibrate: bool = True
     seeds: int = 3
     competitors: tuple[str, ...] = ("prune", "fastnas", "sibling")
+    longer: str | None = None
+    longer_factor: float = 3.0
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -126,6 +132,7 @@ WORKLOADS: dict[str, Workload] = {
         build_epochs=0.5,
         finetune_epochs=0.5,
         budgets=("0.5x", "0.35x", "0.5x@cpu-b1", "0.33x@cpu-b1"),
+        longer="0.5x",
     ),
     # The LANA paper's experiment (issue 25 item 2): ImageNet-pretrained EfficientNet-Lite2 (the
     # offline wheel), fine-tuned 2 epochs at lr 0.01 on Fashion-MNIST at 64 px; on a 2-core CPU every
@@ -145,6 +152,7 @@ WORKLOADS: dict[str, Workload] = {
         sibling=None,
         limit=15000,
         budgets=("=tf_efficientnet_lite1", "=tf_efficientnet_lite0", "0.5x", "0.35x"),
+        longer="=tf_efficientnet_lite0",
     ),
 }
 
@@ -182,6 +190,7 @@ def smoke(workload: Workload) -> Workload:
         # resnet10t's 4 blocks in the tiny space bottom out near 0.37x (stem and head stay); one
         # budget on the batch-1 table when the workload has them
         budgets=("0.7x", "0.5x", *(("0.7x@cpu-b1",) if any("@" in b for b in workload.budgets) else ())),
+        longer="0.7x" if workload.longer else None,
     )
 
 
@@ -441,7 +450,9 @@ class WorkloadRun:
         library, so that a change to lana retrains none of them (issue 25 item 3)."""
         from bench.provenance import code_digest, cpu_model
 
-        lana_only = {"budgets", "space", "score_images", "random_plans", "calibrate", "corr_images"}
+        # (the longer setting's rows key its factor themselves: the others do not depend on it)
+        lana_only = {"budgets", "space", "score_images", "random_plans", "calibrate", "corr_images", "longer",
+                     "longer_factor"}  # fmt: skip
         return {
             "workload": {k: v for k, v in asdict(self.w).items() if k not in lana_only},
             "teacher_sha256": self.key["teacher_sha256"],

@@ -80,6 +80,10 @@ def test_smoke_report_has_a_finite_row_per_method_and_budget(smoke_run):
         methods = list(METHODS)
         if chosen.get(budget, "ilp") != "ilp":
             methods.insert(methods.index("greedy"), "ilp")
+        if budget == workload.longer:  # issue 25 item 4: lana and the best competitor, trained longer
+            firsts = [r for r in _result(out)["rows"] if r["budget"] == budget and r["method"] in workload.competitors
+                      and not r.get("seed")]  # fmt: skip
+            methods += ["lana_long", max(firsts, key=lambda r: r["top1"])["method"] + "_long"]
         expected += [(method, budget) for method in methods]
     assert [(r["method"], r["budget"]) for r in rows] == expected
     numeric = (
@@ -119,6 +123,11 @@ def test_smoke_writes_the_plot_results_and_findings(smoke_run):
     assert result["commit"] and result["cpu"] and set(result["code"]) == {"teacher", "library", "lana", "competitors"}
     assert all(row.get("code") for row in result["rows"] if row["method"] != "teacher")
     assert "### Verdicts" in report and "best competitor" in report and "Code digests per stage" in report
+    # issue 25 item 4: the longer setting, its rows trained on longer_factor x lana's fine-tuning images
+    longer = {r["method"]: r for r in result["rows"] if r["method"].endswith("_long")}
+    assert "lana_long" in longer and len(longer) == 2 and "### Longer training (issue 25 item 4)" in report
+    lana = next(r for r in result["rows"] if r["method"] == "lana" and r["budget"] == "0.7x" and not r.get("seed"))
+    assert longer["lana_long"]["plan"] == lana["plan"] and longer["lana_long"]["epochs"] == pytest.approx(1.5)
     print(f"smoke run: {seconds:.0f} s")  # shown with -s; the target is ~90 s on 2 cores
     assert "### Candidate families (issue 10)" in report
     assert (out / "BENCHMARKS-W1-smoke-families.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
