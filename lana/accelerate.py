@@ -149,7 +149,9 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
                 break  # met at the first try, or after tightening with nothing missed above it
         else:
             high = min(high, target)
-        target = (low + high) / 2 if low > 0 else target * budget_ms / measured
+        # scaled to land the student BUDGET_MARGIN under the budget (a miss within the budget but
+        # not under the margin must tighten the target, never loosen it)
+        target = (low + high) / 2 if low > 0 else target * budget_ms * (1 - BUDGET_MARGIN) / measured
         if high - low <= 0.02 * budget_ms or attempt == _ROUNDS - 1:
             break
         log.info(
