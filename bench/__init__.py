@@ -378,6 +378,11 @@ def _competitors(run, budget: str) -> None:
             _budget_matched(run, budget, method, seed)
 
 
+# what a re-trained copy of lana's student (another seed, the longer setting) shares with its row
+_LANA_PLAN_FIELDS = ("budget_ms", "predicted_drop", "predicted_ms", "library_budget_ms", "plan", "top1_before_ft",
+                     "solve_s", "solver", "search_s")  # fmt: skip
+
+
 def _lana_seeds(run, budget: str, lana: dict) -> None:
     """lana's plan fine-tuned again with seeds 1 .. seeds-1 (seed 0 is ``lana accelerate``'s)."""
     from lana.plan import Plan
@@ -391,8 +396,7 @@ def _lana_seeds(run, budget: str, lana: dict) -> None:
             model = student_from_context(run.ctx, plan)
             train_s = run.finetune(model, w.finetune_epochs, f"lana {budget} seed {seed}", seed=seed)
             save_student(model, plan, run.ctx, folder)
-            row = {k: lana[k] for k in ("budget_ms", "predicted_drop", "predicted_ms", "library_budget_ms", "plan",
-                                        "top1_before_ft", "solve_s", "solver", "search_s")}  # fmt: skip
+            row = {k: lana[k] for k in _LANA_PLAN_FIELDS}
             return {"method": "lana", "budget": budget, **row, "top1": run.evaluate(model), "train_s": train_s}, model
 
         run.cached(budget, "lana", make, lambda _row, folder: load_student(folder),
@@ -417,8 +421,7 @@ def _longer(run, budget: str, lana: dict) -> None:
         epochs = w.finetune_epochs * w.longer_factor
         train_s = run.finetune(model, epochs, f"lana_long {budget}")
         save_student(model, plan, run.ctx, folder)
-        row = {k: lana[k] for k in ("budget_ms", "predicted_drop", "predicted_ms", "library_budget_ms", "plan",
-                                    "top1_before_ft", "solve_s", "solver", "search_s")}  # fmt: skip
+        row = {k: lana[k] for k in _LANA_PLAN_FIELDS}
         return {"method": "lana_long", "budget": budget, **row, "top1": run.evaluate(model), "train_s": train_s,
                 "epochs": epochs}, model  # fmt: skip
 

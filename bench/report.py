@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 from bench.library_analysis import markdown
+from bench.verdict import COMPETITORS, LONG
 
 __all__ = ["findings", "goals", "plot_fronts", "plot_workload", "write_report"]
 
-_ORDER = ("teacher", "lana", "prune", "fastnas", "sibling", "uniform_slim", "ilp", "greedy", "random", "lana_long",
-          "prune_long", "fastnas_long", "sibling_long")  # fmt: skip
-LONG = "_long"  # the longer setting's rows (issue 25 item 4): lana and the best competitor, trained longer
+_ORDER = ("teacher", "lana", *COMPETITORS, "uniform_slim", "ilp", "greedy", "random",
+          *(f"{m}{LONG}" for m in ("lana", *COMPETITORS)))  # fmt: skip
 _LABEL = {
     "teacher": "teacher",
     "lana": "lana",
@@ -27,11 +27,11 @@ _LABEL = {
     "prune": "Torch-Pruning",
     "fastnas": "FastNAS (Model Optimizer)",
     "sibling": "smaller sibling",
-    **{f"{m}{LONG}": f"{m}, fine-tuned longer" for m in ("lana", "prune", "fastnas", "sibling")},
+    **{f"{m}{LONG}": f"{m}, fine-tuned longer" for m in ("lana", *COMPETITORS)},
 }
-# What a user would do instead of lana: "the best baseline" is the better of these. The other
-# methods are ablations of lana itself (plans from its own library, one slim width everywhere).
-COMPETITORS = ("prune", "fastnas", "sibling")
+# What a user would do instead of lana is bench.verdict.COMPETITORS ("the best baseline" is the
+# better of them). The other methods are ablations of lana itself (plans from its own library, one
+# slim width everywhere).
 ABLATIONS = ("uniform_slim", "ilp", "greedy", "random")
 
 

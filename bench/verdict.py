@@ -24,6 +24,7 @@ __all__ = ["Comparison", "aggregate", "budget_verdict", "compare", "interval"]
 COMPETITORS = ("prune", "fastnas", "sibling")
 MATCH = 0.05  # a competitor counts within +-5% of lana's measured latency
 BUDGET_BAND = (0.95, 1.0)  # lana must land in this share of the budget, as measured
+LONG = "_long"  # the longer setting's rows (issue 25 item 4): lana and the best competitor, trained longer
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -123,7 +124,7 @@ def budget_verdict(rows: list[dict], budget: str, table: str, factor: float) -> 
     in_band = BUDGET_BAND[0] <= used <= BUDGET_BAND[1]
     comparisons = []
     for row in rows:
-        if row["budget"] != budget or row["method"] in ("lana", "teacher") or row["method"].endswith("_long"):
+        if row["budget"] != budget or row["method"] in ("lana", "teacher") or row["method"].endswith(LONG):
             continue  # the longer setting's rows are compared among themselves (report.longer_lines)
         ratio = _ratio(row, lana, table)
         dominated = ratio is not None and ratio >= 1 and lana["top1"] >= row["top1"]  # lana faster and better

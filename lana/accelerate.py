@@ -129,8 +129,9 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
     """Assemble, measure, and re-solve until the student meets the budget as measured.
 
     A plan that does not measure ``BUDGET_MARGIN`` under the budget (teacher-relative, on the
-    library's scale) is re-solved at a target scaled down by how far it missed. Once one plan has missed, the target is bisected between the loosest
-    that met the budget and the tightest that did not, so that one mispredicted candidate does
+    library's scale) is re-solved at a target scaled down by how far it missed. Once one plan has
+    missed, the target is bisected between the loosest that met the budget and the tightest that
+    did not, so that one mispredicted candidate does
     not cost the rest of the budget; the plan kept is the one of least predicted drop among
     those that met it (the last, fastest one when none did). At most ``_ROUNDS`` measurements.
     Returns the plan and the rounds' record.
@@ -168,10 +169,11 @@ def _measured_ms(ctx, plan, table: str, b) -> float:
     """The plan's student timed interleaved with the teacher, on the library's scale (the plan's
     predicted teacher latency on ``table``; raw ms when the plan has none)."""
     from lana.meters import measure_against_teacher
+    from lana.select import teacher_reference_ms
     from lana.student import student_from_context
 
     student = student_from_context(ctx, plan)
-    reference = (plan.config or {}).get("teacher_ms", {}).get(table)
+    reference = teacher_reference_ms([plan], table)
     return measure_against_teacher({"student": student}, ctx.teacher, ctx.input_shape, table, reference,
                                    rounds=b.latency_rounds, threads=b.threads)["student"]["median_ms"]  # fmt: skip
 
@@ -262,6 +264,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     from lana.files import write_json
     from lana.head import fitted_teacher
     from lana.plan import solve_library
+    from lana.select import teacher_reference_ms
     from lana.student import save_student
 
     out = Path(out)
@@ -282,7 +285,7 @@ def accelerate(config: AccelerateConfig, out: str | os.PathLike) -> dict:
     plan = solve_library(library.path, config.budget, solve)
     stages["solve"] = time.perf_counter() - start
     start = time.perf_counter()
-    asked_ms, reference_ms = plan.budget_ms, (plan.config or {}).get("teacher_ms", {}).get(solve.table)
+    asked_ms, reference_ms = plan.budget_ms, teacher_reference_ms([plan], solve.table)
     plan, rounds = _meet_budget(config, library, ctx, plan, solve)
     stages["assemble"] = time.perf_counter() - start
     start = time.perf_counter()

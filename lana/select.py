@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Contender", "greedy_choice", "plan_of", "plan_pool", "select_plan", "top1_and_kl", "uniform_choice"]
+__all__ = ["Contender", "greedy_choice", "plan_of", "plan_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
+           "uniform_choice"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,13 @@ def top1_and_kl(logits, teacher_logits, labels) -> tuple[float, float]:
     return top1, float(kl)
 
 
+def teacher_reference_ms(plans, table: str) -> float | None:
+    """The teacher's predicted latency on ``table`` that the budget was set from (the first of
+    ``plans`` that records it: solved plans do, greedy's and uniform ones do not); the scale
+    :func:`lana.meters.measure_against_teacher` puts students on. None: raw ms."""
+    return next((p.config["teacher_ms"][table] for p in plans if table in (p.config or {}).get("teacher_ms", {})), None)
+
+
 def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int | None = None, device="cpu"):
     """Each plan of ``pool`` assembled, run on ``score_set`` and timed, interleaved with the teacher
     and put on the library's scale (the ILP plan's predicted teacher latency); Contenders."""
@@ -174,8 +182,7 @@ def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int
 
     teacher = predict_logits(ctx.teacher, score_set, device=device)
     students = {f"{i}": student_from_context(ctx, plan) for i, (_source, plan) in enumerate(pool)}
-    reference = next((p.config["teacher_ms"][table] for _, p in pool if table in (p.config or {}).get("teacher_ms", {})),
-                     None)  # fmt: skip
+    reference = teacher_reference_ms([plan for _source, plan in pool], table)
     timing = measure_against_teacher(students, ctx.teacher, ctx.input_shape, table, reference, rounds=rounds,
                                      threads=threads)  # fmt: skip
     out = []

@@ -77,3 +77,13 @@ def test_the_pool_holds_the_ilp_first_and_distinct_plans_under_the_budget(tiny_l
     assert len(pool) >= 3  # the next-best ILP plans (and greedy's, when it differs)
     assert len({plan.choices for _, plan in pool}) == len(pool)
     assert all(plan.predicted_latency_ms <= ilp.budget_ms + 1e-9 for _, plan in pool)
+
+
+def test_the_teacher_reference_is_the_first_solved_plans():
+    from lana.plan import Plan
+    from lana.select import teacher_reference_ms
+
+    greedy = Plan("m", (("l", "a"),), 5.0, 1.0)  # made outside the ILP: no config
+    solved = Plan("m", (("l", "b"),), 5.0, 1.0, config={"teacher_ms": {"cpu-b1": 12.5}})
+    assert teacher_reference_ms([greedy, solved], "cpu-b1") == 12.5
+    assert teacher_reference_ms([solved], "cpu-b64") is None and teacher_reference_ms([greedy], "cpu-b1") is None
