@@ -337,7 +337,9 @@ def _load_folder(name, split, img_size, score_size, seed, limit, model, synsets)
     except FolderNotFoundError as error:
         raise DataNotFoundError(f"unknown data set {name!r}: not 'fashion-mnist', and {error}") from None
     data = StreamedSplit(source, split, data_config(model, img_size), limit=limit, outputs=1000 if synsets else None)
-    log.info("%s/%s: %d images at %d px, %d classes (streamed)", name, split, len(data), data.img_size,
+    total = len(source.indices[split])  # a limit (head check, --limit) reads fewer: say of how many
+    shown = f"{len(data)} of {total}" if len(data) < total else str(total)
+    log.info("%s/%s: %s images at %d px, %d classes (streamed)", name, split, shown, data.img_size,
              data.num_classes)  # fmt: skip
     return data
 

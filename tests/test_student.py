@@ -153,6 +153,48 @@ def test_a_student_within_the_budget_but_not_the_margin_tightens_the_target(monk
     assert plan.predicted_latency_ms <= 9.9 and rounds[-1]["measured_ms"] <= 9.9
 
 
+def _ilp_over(plans):
+    """A stand-in for the re-solve: the plan of largest predicted time within the target, as the
+    ILP's optimum would be when the drop falls with time."""
+    return lambda library, target, solve: max(
+        (p for p in plans if p.predicted_latency_ms <= target), key=lambda p: p.predicted_latency_ms, default=None
+    )
+
+
+def test_the_closed_loop_never_measures_one_plan_twice(monkeypatch):
+    """W1 at 0.35x (2cedcb5): a plan 0.7% slower than the budget's margin was re-solved at a target
+    still above its own predicted time, so the ILP returned it, and it was measured again, twice.
+    A missed plan's prediction now bounds the next target; a bisection back onto a plan measured
+    before reuses its time."""
+    from types import SimpleNamespace
+
+    import lana.accelerate as acc
+
+    near, mid, fast = (Plan("m", (("l", name),), ms, 10 / ms, budget_ms=10.0)
+                       for name, ms in (("near", 9.97), ("mid", 9.2), ("fast", 8.0)))  # fmt: skip
+    times = {"near": 9.92, "mid": 9.95, "fast": 8.0}  # near and mid miss 9.9 (1% under 10)
+    calls = []
+
+    def measured(ctx, plan, table, b):
+        calls.append(plan.choices)
+        return times[plan.choices[0][1]]
+
+    monkeypatch.setattr(acc, "_measured_ms", measured)
+    monkeypatch.setattr(acc, "_resolve", _ilp_over([near, mid, fast]))
+    plan, rounds = acc._meet_budget(SimpleNamespace(build=None), None, None, near, SimpleNamespace(table="t"))
+    assert plan is fast and len(calls) == len(set(calls)) == 3  # near, mid, fast: once each
+    assert rounds[1]["budget_ms"] < 9.97  # under near's prediction, although 10 x 9.9 / 9.92 = 9.98
+
+    # a bisection between a met plan and a miss that returns the met plan reuses its time
+    far = Plan("m", (("l", "far"),), 9.95, 0.5, budget_ms=10.0)
+    times["far"] = 10.5
+    calls.clear()
+    monkeypatch.setattr(acc, "_resolve", _ilp_over([far, fast]))
+    plan, rounds = acc._meet_budget(SimpleNamespace(build=None), None, None, far, SimpleNamespace(table="t"))
+    assert plan is fast and len(calls) == 2
+    assert [r.get("reused", False) for r in rounds][:3] == [False, False, True]
+
+
 def test_the_closed_loop_keeps_the_last_plan_when_nothing_faster_exists(monkeypatch):
     from types import SimpleNamespace
 
