@@ -20,7 +20,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -255,9 +255,13 @@ def distill(
     norm = model_norm(teacher)
     channels_last = device.type == "cuda"
     chunks = chunk_plan(layers, specs, config.chunk_params, min_chunks)
+    if len(train_set) < config.batch_size:  # a small data set: one batch of everything, as fit() does
+        log.warning("distillation: %d training images, fewer than a batch of %d: batches of %d", len(train_set),
+                    config.batch_size, len(train_set))  # fmt: skip
+        config = replace(config, batch_size=max(1, len(train_set)))
     batches_per_epoch = len(train_set) // config.batch_size
     if batches_per_epoch == 0:
-        raise ValueError(f"the training split has {len(train_set)} images, fewer than one batch of {config.batch_size}")
+        raise ValueError("the training split is empty: nothing to distil the candidates on")
     total = max(1, math.ceil(config.epochs * batches_per_epoch))
     if config.max_steps is not None:
         total = min(total, config.max_steps)

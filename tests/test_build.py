@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -168,3 +169,14 @@ def test_latency_cli_adds_a_second_table_and_checks_it(tiny_library, tmp_path):
     assert checked.returncode == 0, checked.stderr[-2000:]
     assert "checking the stored table cpu-b2" in checked.stdout
     assert "%" in checked.stdout.strip().splitlines()[-1]  # one-line summary with the errors
+
+
+def test_a_training_split_smaller_than_a_batch_distils_in_one_batch(tmp_path, tiny_build, caplog):
+    """A small folder must build, as fit() trains it: the distillation's batch shrinks to the split
+    (it raised 'fewer than one batch' before)."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="lana.distill")
+    result = build(BuildConfig(**{**tiny_build, "limit": 20, "max_steps": 1, "batch_size": 32}), tmp_path / "lib.h5")
+    assert Path(result.path).exists()
+    assert any("fewer than a batch of 32: batches of 20" in r.getMessage() for r in caplog.records)
