@@ -18,9 +18,10 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     --dataset "$folder" --img-size 224 --space tiny --budget 0.6x --tables cpu-b1 \
     --teacher-epochs "$epochs" --build-epochs "$epochs" --finetune-epochs "$epochs" --out "$out/accelerate"
 python3 - "$out" "$load_before" "$epochs" <<'EOF'
-import json, platform, re, sys
+import json, re, sys
 from pathlib import Path
 
+from bench.provenance import cpu_model
 from lana.library import Library
 
 out, load_before, epochs = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
@@ -28,12 +29,10 @@ report = json.loads((out / "accelerate" / "report.json").read_text())
 time_txt = (out / "time.txt").read_text()
 rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_txt).group(1))
 wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", time_txt).group(1)
-cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")), platform.processor())
 library = Library(report["library"])
 result = {
     "command": "bench/folder_accelerate.sh " + " ".join(sys.argv[1:2]) + f" {epochs:g}",
-    "cpu": cpu,
+    "cpu": cpu_model(),
     "load_before": load_before,
     "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
     "epochs": epochs,
