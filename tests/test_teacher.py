@@ -81,6 +81,22 @@ def test_train_teacher_writes_weights_and_sidecar(tmp_path):
     assert reloaded.fc.out_features == 10
 
 
+def test_train_teacher_is_the_same_on_every_run(tmp_path):
+    """One config trains one teacher: the new classifier and a from-scratch model are seeded (two
+    sessions' W2 teachers differed by 0.5 point and could not share a benchmark result)."""
+    from safetensors.torch import load_file
+
+    from lana.teacher import TeacherConfig, train_teacher
+
+    config = TeacherConfig("resnet10t", img_size=32, epochs=1, max_steps=2, batch_size=16, limit=64, device="cpu")
+    torch.manual_seed(1)  # whatever ran before
+    first = load_file(train_teacher(config, tmp_path / "a").path)
+    torch.manual_seed(2)
+    second = load_file(train_teacher(config, tmp_path / "b").path)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_cli_teacher_smoke(tmp_path):
     from lana.cli import main
 
