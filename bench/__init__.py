@@ -21,6 +21,7 @@ interleaved on every table, so that their latencies come from one pass on one ma
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -90,7 +91,9 @@ def _lana(run, budget: str, budget_ms: float) -> tuple[dict, object]:
 
 
 def _library_plans(run, budget: str, lana: dict) -> None:
-    """Best-of-N random and greedy plans under lana's (final) predicted budget, fine-tuned alike."""
+    """Best-of-N random and greedy plans under lana's (final) predicted budget, fine-tuned alike;
+    greedy's and the ILP's own plan with lana's seeds (issue 26 compares them with lana's student
+    and uniform slim, and a tie counts only when its interval is narrow)."""
     from bench.baselines import greedy_plan, plan_of, random_feasible_plans
     from bench.workloads import budget_table
     from lana.student import load_student, save_student, student_from_context
@@ -98,13 +101,14 @@ def _library_plans(run, budget: str, lana: dict) -> None:
     w, budget_ms = run.w, lana["library_budget_ms"]
     problem = run.problem_on(budget_table(w, budget))
 
-    def train(folder: Path, method: str, choice, seconds: float, extra: dict):
+    def train(folder: Path, method: str, choice, seconds: float, extra: dict, seed: int = 0):
         plan = plan_of(problem, choice, budget_ms, method, seconds)
         model = student_from_context(run.ctx, plan)
         before = run.evaluate(model, limit=w.corr_images)
-        if method == "greedy":  # random plans were all evaluated already
+        if method == "greedy" and not seed:  # random plans were all evaluated already
             run.points.append((plan.predicted_drop, before, method))
-        train_s = run.finetune(model, w.finetune_epochs, f"{method} {budget}")
+        train_s = run.finetune(model, w.finetune_epochs, f"{method} {budget}" + (f" seed {seed}" if seed else ""),
+                               seed=seed)  # fmt: skip
         save_student(model, plan, run.ctx, folder)
         return {
             "method": method,
@@ -131,29 +135,32 @@ def _library_plans(run, budget: str, lana: dict) -> None:
             run.points.append((problem.predicted_drop(choice), run.evaluate(model, limit=w.corr_images), "random"))
         return train(folder, "random", min(choices, key=problem.predicted_drop), seconds, {"plans_drawn": len(choices)})
 
-    def make_greedy(folder: Path):
+    def make_greedy(folder: Path, seed: int = 0):
         start = time.perf_counter()
         choice = greedy_plan(problem, budget_ms)
         if choice is None:
             raise _NoPlan(f"no greedy plan meets {budget_ms:.3f} ms")
-        return train(folder, "greedy", choice, time.perf_counter() - start, {})
+        return train(folder, "greedy", choice, time.perf_counter() - start, {}, seed)
 
-    def make_ilp(folder: Path):  # the ILP's own plan, when the measured selection kept another one
+    def make_ilp(folder: Path, seed: int = 0):  # the ILP's own plan, when the measured selection kept another one
         from lana.plan import Plan
 
         ilp = Plan.from_dict(lana["ilp_plan"])
         choice = tuple(problem.specs[l].index(spec) for l, (_layer, spec) in enumerate(ilp.choices))
-        return train(folder, "ilp", choice, ilp.solve_time_s, {})
+        return train(folder, "ilp", choice, ilp.solve_time_s, {}, seed)
 
-    makers = [("random", make_random), ("greedy", make_greedy)]
+    makers = [("random", make_random, 1), ("greedy", make_greedy, w.seeds)]
     chosen = (lana.get("selection") or {}).get("chosen", "ilp")
     if lana.get("ilp_plan") and chosen != "ilp":
-        makers.insert(0, ("ilp", make_ilp))
-    for method, make in makers:
-        try:
-            run.cached(budget, method, make, lambda _row, folder: load_student(folder), depends={"lana": lana["plan"]})
-        except _NoPlan as error:  # lana met the budget, so this is rare: the row is left out, loudly
-            log.warning("%s %s: %s", budget, method, error)
+        makers.insert(0, ("ilp", make_ilp, w.seeds))
+    for method, make, seeds in makers:
+        for seed in range(seeds):
+            try:
+                run.cached(budget, method, functools.partial(make, seed=seed) if seed else make,
+                           lambda _row, folder: load_student(folder), depends={"lana": lana["plan"]}, seed=seed)  # fmt: skip
+            except _NoPlan as error:  # lana met the budget, so this is rare: the row is left out, loudly
+                log.warning("%s %s: %s", budget, method, error)
+                break
 
 
 def _search(w) -> dict:

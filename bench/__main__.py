@@ -1,4 +1,5 @@
-"""``python3 -m bench [--smoke] [--workloads W1,W2] [--out DIR] [--report FILE] [--budgets 0.7x,0.5x,0.35x]``."""
+"""``python3 -m bench [--smoke] [--workloads W1,W2] [--out DIR] [--report FILE] [--budgets 0.7x,0.5x,0.35x]``;
+``python3 -m bench --merge PART.json PART.json ...`` (see bench/merge.py)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         help="--report-only: render rows made by other code than their run's, marked stale, instead of refusing",
     )
     parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="PART",
+        default=None,
+        help="merge results of one workload run in parts (W*.json of some budgets each, same code and machine) "
+        "into RESULTS/<workload>.json, then render the report from RESULTS",
+    )
+    parser.add_argument(
         "--prepare-only", action="store_true", help="make (or reuse) the teachers and libraries, then stop"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
@@ -62,6 +71,23 @@ def main(argv: list[str] | None = None) -> int:
     names = (args.workloads or ("W1" if args.smoke else "W1,W2")).split(",")
     out = args.out or ("runs/bench-smoke" if args.smoke else "runs/bench")
     results = args.results or (os.path.join(out, "results") if args.smoke else None)
+    if args.merge:
+        from bench.merge import merge
+        from lana.files import read_json, write_json
+
+        parts = [read_json(path) for path in args.merge]
+        unread = [path for path, part in zip(args.merge, parts) if not isinstance(part, dict)]
+        if unread:
+            parser.error(f"--merge: {', '.join(unread)}: missing or not a benchmark result (W*.json)")
+        try:
+            merged = merge(parts)
+        except (ValueError, KeyError) as error:
+            parser.error(f"--merge: {error}")
+        target = os.path.join(results or RESULTS, f"{merged['workload']['name']}.json")
+        write_json(target, merged)
+        print(f"wrote {target} ({', '.join(merged['workload']['budgets'])} from {len(args.merge)} parts)")
+        print(f"wrote {rewrite_report(results or RESULTS, args.report, allow_stale=args.allow_stale)}")
+        return 0
     if args.report_only:
         print(f"wrote {rewrite_report(results or RESULTS, args.report, allow_stale=args.allow_stale)}")
         return 0

@@ -313,13 +313,7 @@ def goals(results: list[dict]) -> list[str]:
             )
             met = "yes" if found["verdict"] == "win" else "no"
             lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {detail} | {met} |")
-        for method in ("ilp", "greedy", "random", "uniform_slim"):
-            pairs = [(budget, _by(result, "lana", budget), _by(result, method, budget)) for budget in w["budgets"]]
-            pairs = [(b, lana, other) for b, lana, other in pairs if lana and other]
-            if pairs:
-                text = ", ".join(f"{b}: {lana['top1'] - other['top1']:+.2f}" for b, lana, other in pairs)
-                met = all(lana["top1"] >= other["top1"] for _, lana, other in pairs)
-                lines.append(f"| lana ≥ {method} at every budget | {w['name']} | {text} | {'yes' if met else 'no'} |")
+        lines += _plan_goals(result)
         cal = result["library"].get("calibration")
         if cal:
             target = 0.8 if w["pretrained"] else 0.9  # issue 15: W2's library (pretrained) 0.8, W1 0.9
@@ -380,6 +374,47 @@ def goals(results: list[dict]) -> list[str]:
                 else "no lana row"
             )
             lines.append(f"| {goal} | {w['name']} | no lana student within 0.5 points ({detail}) | no |")
+    return lines
+
+
+def _ilp_plan(result: dict, budget: str) -> dict | None:
+    """The ILP's own plan at ``budget``: the ``ilp`` row, or lana's when its selection kept the ILP's."""
+    lana = _by(result, "lana", budget)
+    own = _by(result, "ilp", budget)
+    if own is None and lana is not None and (lana.get("selection") or {}).get("chosen", "ilp") == "ilp":
+        return lana
+    return own
+
+
+def _plan_goals(result: dict) -> list[str]:
+    """Issue 26's goals: the ILP's own plan >= uniform slim and greedy after fine-tuning, and lana's
+    student >= those and the ILP's plan before and after, at every budget (ties count only when narrow)."""
+    from bench.verdict import not_losing
+
+    w = result["workload"]
+    lines = []
+    goals = [("lana", other) for other in ("uniform_slim", "greedy", "ilp")]
+    goals += [("ilp", other) for other in ("uniform_slim", "greedy")]
+    for mine, other in goals:
+        after, before = [], []
+        for budget in w["budgets"]:
+            row = _ilp_plan(result, budget) if mine == "ilp" else _by(result, mine, budget)
+            theirs = _by(result, other, budget)
+            if row is None or theirs is None or row is theirs:
+                continue
+            if row.get("plan") and row.get("plan") == theirs.get("plan"):  # one plan, two rules: nothing to rank
+                after.append((budget, True, "the same plan"))
+                continue
+            after.append((budget, *not_losing(row, theirs)))
+            if row.get("top1_before_ft") is not None and theirs.get("top1_before_ft") is not None:
+                gap = row["top1_before_ft"] - theirs["top1_before_ft"]
+                before.append((budget, gap >= 0, f"{gap:+.2f}"))
+        name = "the ILP's own plan" if mine == "ilp" else "lana"
+        for when, found in (("after", after), ("before", before)):
+            if found and not (mine == "ilp" and when == "before"):
+                text = "; ".join(f"{b}: {t}" for b, _, t in found)
+                met = "yes" if all(ok for _, ok, _ in found) else "no"
+                lines.append(f"| {name} ≥ {other} {when} fine-tuning at every budget | {w['name']} | {text} | {met} |")
     return lines
 
 
@@ -469,7 +504,14 @@ def verdicts(result: dict) -> dict[str, dict | None]:
     w, rows = result["workload"], result["rows"]
     if not all("top1_seeds" in r for r in rows):  # a raw result: fold its seeds first
         rows = aggregate(rows)
-    return {b: budget_verdict(rows, b, budget_table(w, b), _factor(result, b)) for b in w["budgets"]}
+
+    def timed_with(budget: str) -> list[dict]:
+        """``rows`` with the teacher as timed in the pass that timed ``budget`` (bench/merge.py:
+        a workload run in parts keeps each part's teacher timing beside its budgets)."""
+        latency = result["budgets"].get(budget, {}).get("teacher_latency")
+        return rows if latency is None else [dict(r, latency=latency) if r["method"] == "teacher" else r for r in rows]
+
+    return {b: budget_verdict(timed_with(b), b, budget_table(w, b), _factor(result, b)) for b in w["budgets"]}
 
 
 def _interval(c: dict) -> str:
@@ -557,12 +599,33 @@ def _provenance_lines(result: dict) -> list[str]:
     """Where a workload's figures came from: commit, machine, load, code digests."""
     if "commit" not in result:
         return ["- Provenance: not recorded (a result from before issue 25)."]
-    load = result["load_average"]
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
+
+    def load(part: dict) -> str:
+        average = part["load_average"]
+        return (
+            f"load average {' / '.join(f'{x:.1f}' for x in average['start'])} at the start, "
+            f"{' / '.join(f'{x:.1f}' for x in average['end'])} at the end (1/5/15 min)"
+        )
+
+    if "parts" in result:  # run in parts, merged by bench/merge.py: same code digests, machine, teacher, library
+        where = [
+            f"- Run in {len(result['parts'])} parts with the same code digests (below), CPU, package versions, teacher "
+            f"and library, merged by `python3 -m bench --merge`; {result['cpu']}, {result['cores']} cores usable; "
+            f"{result['platform']}. Each budget's rows come from one part, timed in its final interleaved pass:",
+            *(
+                f"  - {', '.join(p['budgets'])}: commit {p['commit']}, finished {p['finished']}, "
+                f"{p['wall_s'] / 60:.0f} min, {load(p)}."
+                for p in result["parts"]
+            ),
+        ]
+    else:
+        where = [
+            f"- Commit {result['commit']}, finished {result['finished']}; {result['cpu']}, {result['cores']} cores "
+            f"usable; {result['platform']}; {load(result)}."
+        ]
     return [
-        f"- Commit {result['commit']}, finished {result['finished']}; {result['cpu']}, {result['cores']} cores "
-        f"usable; {result['platform']}; load average {' / '.join(f'{x:.1f}' for x in load['start'])} at the start, "
-        f"{' / '.join(f'{x:.1f}' for x in load['end'])} at the end (1/5/15 min).",
+        *where,
         f"- Versions: Python {result['python']}, {versions}.",
         "- Code digests per stage: " + ", ".join(f"{k} `{v}`" for k, v in result["code"].items()) + ".",
     ]

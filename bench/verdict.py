@@ -19,11 +19,12 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-__all__ = ["Comparison", "aggregate", "budget_verdict", "compare", "interval"]
+__all__ = ["Comparison", "aggregate", "budget_verdict", "compare", "interval", "not_losing"]
 
 COMPETITORS = ("prune", "fastnas", "sibling")
 MATCH = 0.05  # a competitor counts within +-5% of lana's measured latency
 BUDGET_BAND = (0.95, 1.0)  # lana must land in this share of the budget, as measured
+HALF_WIDTH = 0.5  # issue 26: a tie counts as not losing only when the interval is this narrow (points)
 LONG = "_long"  # the longer setting's rows (issue 25 item 4): lana and the best competitor, trained longer
 
 
@@ -145,3 +146,25 @@ def budget_verdict(rows: list[dict], budget: str, table: str, factor: float) -> 
         "verdict": verdict,
         "comparisons": [c.as_dict() for c in comparisons],
     }
+
+
+def not_losing(row: dict, other: dict) -> tuple[bool, str]:
+    """Issue 26's rule for aggregated ``row`` against ``other`` after fine-tuning: ``row`` does not
+    lose when the 95% interval of the difference lies above zero, or straddles it with a
+    half-width of at most 0.5 point; a wider tie, or a side with one seed, is not yet decided
+    (run more seeds) and does not count. Returns (met, the figures behind it)."""
+    found = interval(row["top1_seeds"], other["top1_seeds"])
+    diff = statistics.fmean(row["top1_seeds"]) - statistics.fmean(other["top1_seeds"])
+    if found is None:
+        seeds = f"{len(row['top1_seeds'])} vs {len(other['top1_seeds'])} seeds"
+        return False, f"{diff:+.2f} ({seeds}: no interval, run more seeds)"
+    _, low, high = found
+    half = (high - low) / 2
+    text = f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
+    if low > 0:
+        return True, f"{text} ahead"
+    if high < 0:
+        return False, f"{text} loss"
+    if half <= HALF_WIDTH:
+        return True, f"{text} tie, half-width {half:.2f}"
+    return False, f"{text} tie, half-width {half:.2f} > {HALF_WIDTH}: run more seeds"

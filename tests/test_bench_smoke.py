@@ -321,3 +321,70 @@ def test_timer_overhead_prints_the_cost_of_the_timers(capsys):
     main(["--model", "resnet10t", "--img-size", "32", "--threads", "1", "--rounds", "2"])
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "resnet10t 32px b1 t1: plain" in line and "us a timer" in line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_run, tmp_path):
+    """A workload run in parts (some budgets each, same code and machine) merges into the result
+    the whole run made, row for row, and renders naming each part; parts made by other code, or
+    two parts with one budget, are refused with what differs (issue 25 item 6)."""
+    import copy
+
+    out, _ = smoke_run
+    whole = _result(out)
+    budgets = list(whole["budgets"])
+    assert len(budgets) >= 2
+
+    def part(names: list[str], path: Path, slower: float = 1.0) -> Path:
+        p = copy.deepcopy(whole)
+        p["budgets"] = {b: whole["budgets"][b] for b in names}
+        p["workload"]["budgets"] = names
+        p["rows"] = [r for r in whole["rows"] if r["method"] == "teacher" or r["budget"] in names]
+        p["failures"] = {b: f for b, f in whole.get("failures", {}).items() if b in names}
+        for row in p["rows"]:  # a part timed on a slower minute: every model of its pass alike
+            for timing in row.get("latency", {}).values():
+                timing["median_ms"] *= slower
+        path.write_text(json.dumps(p))
+        return path
+
+    first, second = part(budgets[:1], tmp_path / "a.json"), part(budgets[1:], tmp_path / "b.json", slower=1.3)
+    results = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def merge(*paths: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "bench", "--merge", *map(str, paths), "--results", str(results),
+             "--report", str(tmp_path / "merged.md")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    done = merge(second, first)  # the parts' order does not change the budgets' order
+    assert done.returncode == 0, done.stderr[-4000:]
+    merged = json.loads((results / "W1-smoke.json").read_text())
+    assert list(merged["budgets"]) == budgets == merged["workload"]["budgets"]
+    assert [(r["method"], r["budget"], r.get("seed"), r["top1"]) for r in merged["rows"]] == [
+        (r["method"], r["budget"], r.get("seed"), r["top1"]) for r in whole["rows"]
+    ]
+    # each budget is judged against the teacher timed in its own part's pass, so a slower part
+    # changes no verdict: lana's share of its budget is the same as in the whole run
+    from bench.report import verdicts
+
+    for budget, found in verdicts(whole).items():
+        assert verdicts(merged)[budget]["lana_vs_budget"] == pytest.approx(found["lana_vs_budget"])
+        assert verdicts(merged)[budget]["verdict"] == found["verdict"]
+    for table, errors in whole["additivity"].items():  # relative to each part's own teacher: unchanged
+        assert merged["additivity"][table]["relative_median_abs_pct"] == pytest.approx(
+            errors["relative_median_abs_pct"]
+        )
+    assert [p["budgets"] for p in merged["parts"]] == [budgets[1:], budgets[:1]]
+    report = (tmp_path / "merged.md").read_text()
+    assert "Run in 2 parts" in report and f"  - {budgets[0]}: commit" in report
+
+    stale = json.loads(second.read_text())
+    stale["code"]["library"] = "0" * 16
+    (tmp_path / "c.json").write_text(json.dumps(stale))
+    refused = merge(first, tmp_path / "c.json")
+    assert refused.returncode != 0 and "differs from part 1 in code" in refused.stderr
+    twice = merge(first, first)
+    assert twice.returncode != 0 and f"budget {budgets[0]} is in part 1 and part 2" in twice.stderr
