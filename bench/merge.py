@@ -70,8 +70,9 @@ def _check(parts: list[dict]) -> None:
 
 
 def _additivity(groups: list[list[dict]], tables: list[str]) -> dict:
-    """Predicted vs measured latency of the rows with a library prediction, per table; each
-    group's relative errors are against its own teacher, timed in the same pass."""
+    """Predicted vs measured latency of the rows with a library prediction, per table (what
+    ``bench._additivity`` reports of one run); each group, a budget with the teacher as timed in
+    its pass, has its relative errors against that teacher."""
     from lana.latency_check import errors_vs_teacher
 
     errors = {}
@@ -82,7 +83,7 @@ def _additivity(groups: list[list[dict]], tables: list[str]) -> dict:
                           key=lambda r: r["method"] != "teacher")  # fmt: skip
             predicted = [r["predicted_ms"][t] for r in rows]
             measured = [r["latency"][t]["median_ms"] for r in rows]
-            # the teacher counts once (the first part's, the merged result's teacher row)
+            # the teacher counts once (the first group's: the merged result's teacher row)
             signed += [
                 100 * (p / m - 1) for p, m, r in zip(predicted, measured, rows) if i == 0 or r["method"] != "teacher"
             ]
@@ -113,16 +114,31 @@ def _ordered(name: str, budgets, factor) -> list[str]:
     return sorted(budgets, key=lambda b: (known.index(b) if b in known else len(known), -factor(b)))
 
 
+def _summary(part: dict) -> dict:
+    """What the report says of one part: its budgets, commit, time, load and command."""
+    keys = ("commit", "finished", "load_average", "wall_s", "teacher_ms", "command")
+    return {"budgets": list(part["budgets"]), **{k: part[k] for k in keys}}
+
+
+def _teacher_latency(part: dict, budget: str) -> dict:
+    """The teacher as timed in the pass that timed ``budget`` of ``part``."""
+    return part["budgets"][budget].get("teacher_latency") or next(
+        r["latency"] for r in part["rows"] if r["method"] == "teacher"
+    )
+
+
 def merge(parts: list[dict]) -> dict:
     """The one result of a workload run in ``parts`` (each a ``W*.json`` of some of its budgets).
 
     Args:
-        parts: two or more results of one workload; the first gives the teacher row and the
-            library's analysis, every part gives the rows of its own budgets.
+        parts: two or more results of one workload (a merged one among them); the first gives
+            the teacher row and the library's analysis, every part the rows of its own budgets.
 
     Returns:
-        The merged result: budgets in the workload's order, each with ``part`` (its index
-        in ``parts``) and ``teacher_latency`` (the teacher as timed in that part's pass); ``parts`` with each part's commit, finish time, load average and wall time.
+        The merged result: budgets in the workload's order, each with ``part`` (its index in
+        the result's ``parts``) and ``teacher_latency`` (the teacher as timed in that part's
+        pass); ``parts`` lists each part's budgets, commit, finish time, load average and wall
+        time (a merged part's own parts, in their order).
 
     Raises:
         ValueError: fewer than two parts, parts of different experiments (code, settings, machine,
@@ -134,19 +150,23 @@ def merge(parts: list[dict]) -> dict:
         raise ValueError(f"merge needs two or more parts of one workload, got {len(parts)}")
     _check(parts)
     first = parts[0]
-    owner = {budget: i for i, part in enumerate(parts) for budget in part["budgets"]}
-    order = _ordered(first["workload"]["name"], owner, lambda b: parts[owner[b]]["budgets"][b]["factor"])
+    # a part may itself be merged (W2.json plus a new session's budgets): its own parts are listed
+    listed, owner, index = [], {}, {}
+    for part in parts:
+        for budget in part["budgets"]:
+            owner[budget] = part
+            index[budget] = len(listed) + (part["budgets"][budget].get("part", 0) if "parts" in part else 0)
+        listed += part.get("parts") or [_summary(part)]
+    order = _ordered(first["workload"]["name"], owner, lambda b: owner[b]["budgets"][b]["factor"])
     merged = copy.deepcopy(first)
     merged["workload"]["budgets"] = order
     # each budget's verdict sets lana's latency against the teacher timed in the same pass
-    teacher_latency = [next(r["latency"] for r in p["rows"] if r["method"] == "teacher") for p in parts]
     merged["budgets"] = {
-        b: {**parts[owner[b]]["budgets"][b], "part": owner[b], "teacher_latency": teacher_latency[owner[b]]}
-        for b in order
+        b: {**owner[b]["budgets"][b], "part": index[b], "teacher_latency": _teacher_latency(owner[b], b)} for b in order
     }
-    merged["failures"] = {b: parts[owner[b]]["failures"][b] for b in order if b in parts[owner[b]].get("failures", {})}
+    merged["failures"] = {b: owner[b]["failures"][b] for b in order if b in owner[b].get("failures", {})}
     merged["rows"] = [r for r in first["rows"] if r["method"] == "teacher"] + [
-        r for b in order for r in parts[owner[b]]["rows"] if r["budget"] == b
+        r for b in order for r in owner[b]["rows"] if r["budget"] == b
     ]
     # a stage built cold in some part reports that part's times
     for stage in ("teacher", "library"):
@@ -157,22 +177,16 @@ def merge(parts: list[dict]) -> dict:
     merged["correlation"].update(
         points=points, n=len(points), spearman=spearman(*zip(*before)) if before else float("nan")
     )
-    groups = [[r for r in part["rows"] if r["method"] == "teacher" or r["budget"] in part["budgets"]] for part in parts]
+    teacher = merged["rows"][0]
+    groups = [
+        [dict(teacher, latency=merged["budgets"][b]["teacher_latency"])]
+        + [r for r in merged["rows"] if r["budget"] == b]
+        for b in order
+    ]
     merged["additivity"] = _additivity(groups, first["workload"]["tables"])
     merged["wall_s"] = sum(p["wall_s"] for p in parts)
-    merged["commit"] = ", ".join(dict.fromkeys(p["commit"] for p in parts))
-    merged["finished"] = max(p["finished"] for p in parts)
-    merged["command"] = "; ".join(dict.fromkeys(p["command"] for p in parts))
-    merged["parts"] = [
-        {
-            "budgets": list(p["budgets"]),
-            "commit": p["commit"],
-            "finished": p["finished"],
-            "load_average": p["load_average"],
-            "wall_s": p["wall_s"],
-            "teacher_ms": p["teacher_ms"],
-            "command": p["command"],
-        }
-        for p in parts
-    ]
+    merged["commit"] = ", ".join(dict.fromkeys(p["commit"] for p in listed))
+    merged["finished"] = max(p["finished"] for p in listed)
+    merged["command"] = "; ".join(dict.fromkeys(p["command"] for p in listed))
+    merged["parts"] = listed
     return merged

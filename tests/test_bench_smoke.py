@@ -221,6 +221,30 @@ def test_smoke_rerun_reuses_the_teacher_and_library(smoke_run):
     assert teacher["cached"] and library["cached"] and library["calibration"]["cached"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_rerun_sets_the_same_budgets_and_reuses_every_row(smoke_run, tmp_path):
+    """A rerun (resumed, or another part of a workload) keeps the first run's timing of the
+    teacher, so its budgets, and every row keyed by them, come from the cache."""
+    import shutil
+
+    out, _ = smoke_run
+    again = tmp_path / "bench"
+    shutil.copytree(out, again)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(again), "-q"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=840, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    first, second = _result(out), _result(again)
+    assert {b: v["budget_ms"] for b, v in second["budgets"].items()} == {
+        b: v["budget_ms"] for b, v in first["budgets"].items()
+    }
+    retrained = [
+        f"{r['method']}@{r['budget']}" for r in second["rows"] if r["method"] != "teacher" and not r.get("cached")
+    ]
+    assert not retrained
+
+
 def test_ilp_predicts_no_worse_than_greedy_or_random_plans(tmp_path):
     """The in-library baselines meet the budget, and the exact ILP's predicted drop bounds theirs."""
     from bench.baselines import greedy_plan, random_feasible_plans
@@ -334,13 +358,13 @@ def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_r
     out, _ = smoke_run
     whole = _result(out)
     budgets = list(whole["budgets"])
-    assert len(budgets) >= 2
+    assert len(budgets) >= 3
 
     def part(names: list[str], path: Path, slower: float = 1.0) -> Path:
         p = copy.deepcopy(whole)
         p["budgets"] = {b: whole["budgets"][b] for b in names}
         p["workload"]["budgets"] = names
-        p["rows"] = [r for r in whole["rows"] if r["method"] == "teacher" or r["budget"] in names]
+        p["rows"] = [r for r in p["rows"] if r["method"] == "teacher" or r["budget"] in names]
         p["failures"] = {b: f for b, f in whole.get("failures", {}).items() if b in names}
         for row in p["rows"]:  # a part timed on a slower minute: every model of its pass alike
             for timing in row.get("latency", {}).values():
@@ -348,7 +372,8 @@ def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_r
         path.write_text(json.dumps(p))
         return path
 
-    first, second = part(budgets[:1], tmp_path / "a.json"), part(budgets[1:], tmp_path / "b.json", slower=1.3)
+    first, second = part(budgets[:1], tmp_path / "a.json"), part(budgets[1:2], tmp_path / "b.json", slower=1.3)
+    third = part(budgets[2:], tmp_path / "c.json", slower=0.8)
     results = tmp_path / "results"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -360,6 +385,9 @@ def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_r
         )  # fmt: skip
 
     done = merge(second, first)  # the parts' order does not change the budgets' order
+    assert done.returncode == 0, done.stderr[-4000:]
+    (tmp_path / "ab.json").write_text((results / "W1-smoke.json").read_text())
+    done = merge(tmp_path / "ab.json", third)  # a merged result takes a later session's part
     assert done.returncode == 0, done.stderr[-4000:]
     merged = json.loads((results / "W1-smoke.json").read_text())
     assert list(merged["budgets"]) == budgets == merged["workload"]["budgets"]
@@ -377,14 +405,15 @@ def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_r
         assert merged["additivity"][table]["relative_median_abs_pct"] == pytest.approx(
             errors["relative_median_abs_pct"]
         )
-    assert [p["budgets"] for p in merged["parts"]] == [budgets[1:], budgets[:1]]
+    assert [p["budgets"] for p in merged["parts"]] == [budgets[1:2], budgets[:1], budgets[2:]]
+    assert [merged["budgets"][b]["part"] for b in budgets] == [1, 0, 2]
     report = (tmp_path / "merged.md").read_text()
-    assert "Run in 2 parts" in report and f"  - {budgets[0]}: commit" in report
+    assert "Run in 3 parts" in report and f"  - {budgets[0]}: commit" in report
 
     stale = json.loads(second.read_text())
     stale["code"]["library"] = "0" * 16
-    (tmp_path / "c.json").write_text(json.dumps(stale))
-    refused = merge(first, tmp_path / "c.json")
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    refused = merge(first, tmp_path / "stale.json")
     assert refused.returncode != 0 and "differs from part 1 in code" in refused.stderr
     twice = merge(first, first)
     assert twice.returncode != 0 and f"budget {budgets[0]} is in part 1 and part 2" in twice.stderr
