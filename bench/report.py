@@ -389,9 +389,11 @@ def _ilp_plan(result: dict, budget: str) -> dict | None:
 def _plan_goals(result: dict) -> list[str]:
     """Issue 26's goals: the ILP's own plan >= uniform slim and greedy after fine-tuning, and lana's
     student >= those and the ILP's plan before and after, at every budget (ties count only when narrow)."""
-    from bench.verdict import not_losing
+    from bench.verdict import aggregate, not_losing
 
     w = result["workload"]
+    if not all("top1_seeds" in r for r in result["rows"]):  # a raw result: fold its seeds first
+        result = {**result, "rows": aggregate(result["rows"])}
     lines = []
     goals = [("lana", other) for other in ("uniform_slim", "greedy", "ilp")]
     goals += [("ilp", other) for other in ("uniform_slim", "greedy")]

@@ -76,8 +76,9 @@ def test_smoke_report_has_a_finite_row_per_method_and_budget(smoke_run):
     chosen = {r["budget"]: (r.get("selection") or {}).get("chosen", "ilp") for r in _result(out)["rows"]
               if r["method"] == "lana" and not r.get("seed")}  # fmt: skip
     expected = [("teacher", "-")]
+    failed = _result(out).get("failures", {})  # a competitor that could not reach the budget: quoted in the report
     for budget in feasible:
-        methods = list(METHODS)
+        methods = [m for m in METHODS if m not in failed.get(budget, {})]
         if chosen.get(budget, "ilp") != "ilp":
             methods.insert(methods.index("greedy"), "ilp")
         if budget == workload.longer:  # issue 25 item 4: lana and the best competitor, trained longer
@@ -160,7 +161,8 @@ def test_best_baseline_is_a_competitor_and_uniform_slim_is_an_ablation(smoke_run
     goal_lines = [line for line in text.splitlines() if "a win over the best competitor" in line]
     assert goal_lines and not any("vs greedy" in line or "vs uniform_slim" in line for line in goal_lines)
     assert any(f"vs {m}" in line for line in goal_lines for m in ("prune", "fastnas", "sibling"))
-    assert "| lana ≥ uniform_slim at every budget | W1-smoke |" in text and "what choosing per layer adds" in text
+    assert "| lana ≥ uniform_slim after fine-tuning at every budget | W1-smoke |" in text
+    assert "what choosing per layer adds" in text
 
 
 def _report_only(results: Path, report: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -399,6 +401,9 @@ def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_r
     from bench.report import verdicts
 
     for budget, found in verdicts(whole).items():
+        if found is None:  # a budget below the library's fastest plan (the load of the day): no lana row
+            assert verdicts(merged)[budget] is None
+            continue
         assert verdicts(merged)[budget]["lana_vs_budget"] == pytest.approx(found["lana_vs_budget"])
         assert verdicts(merged)[budget]["verdict"] == found["verdict"]
     for table, errors in whole["additivity"].items():  # relative to each part's own teacher: unchanged
