@@ -464,32 +464,9 @@ def _measure_all(run) -> dict:
 
 def _additivity(run) -> dict:
     """Predicted (library) vs measured latency of the library's plans and the teacher, per table."""
-    import numpy as np
+    from bench.merge import additivity
 
-    from lana.latency_check import errors_vs_teacher
-
-    errors = {}
-    for t in run.w.tables:
-        # the teacher first, for errors_vs_teacher
-        rows = sorted((row for row in run.rows if row.get("predicted_ms") and t in row["predicted_ms"]),
-                      key=lambda row: row["method"] != "teacher")  # fmt: skip
-        predicted = [row["predicted_ms"][t] for row in rows]
-        measured = [row["latency"][t]["median_ms"] for row in rows]
-        signed = [100 * (p / m - 1) for p, m in zip(predicted, measured)]
-        if signed:
-            errors[t] = {
-                "n": len(signed),
-                "median_abs_pct": float(np.median(np.abs(signed))),
-                "max_abs_pct": float(np.max(np.abs(signed))),
-                "mean_signed_pct": float(np.mean(signed)),
-            }
-        # against the teacher timed in the same run: what an `x` budget depends on, free of the
-        # machine's drift between the library's build and now (the same factor for every model)
-        if len(rows) > 1 and rows[0]["method"] == "teacher":
-            relative = errors_vs_teacher(predicted, measured)
-            errors[t]["relative_median_abs_pct"] = float(np.median(np.abs(relative)))
-            errors[t]["relative_max_abs_pct"] = float(np.max(np.abs(relative)))
-    return errors
+    return additivity([run.rows], run.w.tables)
 
 
 def _provenance(start_load) -> dict:

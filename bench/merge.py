@@ -20,7 +20,7 @@ import copy
 
 import numpy as np
 
-__all__ = ["merge"]
+__all__ = ["additivity", "merge"]
 
 # what must be equal for two runs to be parts of one experiment
 _SAME = ("code", "cpu", "cores", "versions", "python", "smoke", "train_images")
@@ -69,10 +69,10 @@ def _check(parts: list[dict]) -> None:
             seen[budget] = i
 
 
-def _additivity(groups: list[list[dict]], tables: list[str]) -> dict:
-    """Predicted vs measured latency of the rows with a library prediction, per table (what
-    ``bench._additivity`` reports of one run); each group, a budget with the teacher as timed in
-    its pass, has its relative errors against that teacher."""
+def additivity(groups: list[list[dict]], tables: list[str]) -> dict:
+    """Predicted vs measured latency of the rows with a library prediction, per table; each group
+    (one run's rows, or one budget's with the teacher as timed in its pass) has its relative errors
+    against its own teacher, and the teacher's own error counts once."""
     from lana.latency_check import errors_vs_teacher
 
     errors = {}
@@ -183,7 +183,7 @@ def merge(parts: list[dict]) -> dict:
         + [r for r in merged["rows"] if r["budget"] == b]
         for b in order
     ]
-    merged["additivity"] = _additivity(groups, first["workload"]["tables"])
+    merged["additivity"] = additivity(groups, first["workload"]["tables"])
     merged["wall_s"] = sum(p["wall_s"] for p in parts)
     merged["commit"] = ", ".join(dict.fromkeys(p["commit"] for p in listed))
     merged["finished"] = max(p["finished"] for p in listed)

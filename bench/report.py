@@ -377,6 +377,13 @@ def goals(results: list[dict]) -> list[str]:
     return lines
 
 
+def _folded(rows: list[dict]) -> list[dict]:
+    """``rows`` with one row per method and budget (seeds folded), as the report renders them."""
+    from bench.verdict import aggregate
+
+    return rows if all("top1_seeds" in r for r in rows) else aggregate(rows)
+
+
 def _ilp_plan(result: dict, budget: str) -> dict | None:
     """The ILP's own plan at ``budget``: the ``ilp`` row, or lana's when its selection kept the ILP's."""
     lana = _by(result, "lana", budget)
@@ -389,11 +396,10 @@ def _ilp_plan(result: dict, budget: str) -> dict | None:
 def _plan_goals(result: dict) -> list[str]:
     """Issue 26's goals: the ILP's own plan >= uniform slim and greedy after fine-tuning, and lana's
     student >= those and the ILP's plan before and after, at every budget (ties count only when narrow)."""
-    from bench.verdict import aggregate, not_losing
+    from bench.verdict import not_losing
 
     w = result["workload"]
-    if not all("top1_seeds" in r for r in result["rows"]):  # a raw result: fold its seeds first
-        result = {**result, "rows": aggregate(result["rows"])}
+    result = {**result, "rows": _folded(result["rows"])}
     lines = []
     goals = [("lana", other) for other in ("uniform_slim", "greedy", "ilp")]
     goals += [("ilp", other) for other in ("uniform_slim", "greedy")]
@@ -500,12 +506,10 @@ def _factor(result: dict, budget: str) -> float:
 
 def verdicts(result: dict) -> dict[str, dict | None]:
     """:func:`bench.verdict.budget_verdict` at every budget of an aggregated ``result``."""
-    from bench.verdict import aggregate, budget_verdict
+    from bench.verdict import budget_verdict
     from bench.workloads import budget_table
 
-    w, rows = result["workload"], result["rows"]
-    if not all("top1_seeds" in r for r in rows):  # a raw result: fold its seeds first
-        rows = aggregate(rows)
+    w, rows = result["workload"], _folded(result["rows"])
 
     def timed_with(budget: str) -> list[dict]:
         """``rows`` with the teacher as timed in the pass that timed ``budget`` (bench/merge.py:
