@@ -305,7 +305,7 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
     fine-tuning) start again from the seed-0 row's starting point. None when the method cannot
     run here."""
     from bench.baselines import least_squares_blocks, match_latency
-    from bench.workloads import budget_table, sibling_budget
+    from bench.workloads import RememberedFailure, budget_table, sibling_budget
     from lana.distill import DistillConfig
     from lana.teacher import TeacherConfig, save_state
 
@@ -345,12 +345,16 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
 
     try:
         depends = {"longer_factor": w.longer_factor} if longer else None
-        row, _ = run.cached(budget, name, make, _rebuild(build), seed=seed, apart=True, depends=depends)
+        # FastNAS's failure (it cannot handle this model, or reach this budget) is cached as a row
+        remember = (Exception,) if method == "fastnas" else ()
+        row, _ = run.cached(budget, name, make, _rebuild(build), seed=seed, apart=True, depends=depends,
+                            remember=remember)  # fmt: skip
     except Exception as error:  # a competitor that cannot handle this model: a row of its own, quoted
         if method != "fastnas":
             raise
         log.warning("%s %s: FastNAS failed: %s", w.name, budget, error)
-        run.failures.setdefault(budget, {})[method] = f"{type(error).__name__}: {error}"
+        quoted = str(error) if isinstance(error, RememberedFailure) else f"{type(error).__name__}: {error}"
+        run.failures.setdefault(budget, {})[method] = quoted
         return None
     return row
 

@@ -360,6 +360,10 @@ def library_stages(path: str | Path) -> dict[str, float]:
     return dict(Library(path).config.get("stages_s", {}))
 
 
+class RememberedFailure(RuntimeError):
+    """A row's ``make`` failed before under the same cache key; the message quotes that error."""
+
+
 class WorkloadRun:
     """One workload being run: teacher, library, data, the models made so far, and their cache.
 
@@ -471,6 +475,7 @@ class WorkloadRun:
         depends: dict | None = None,
         seed: int = 0,
         apart: bool = False,
+        remember: tuple[type[Exception], ...] = (),
     ):
         """The row and model of ``method`` at ``budget``: reused from the cache, or ``make(folder)``.
 
@@ -481,6 +486,12 @@ class WorkloadRun:
             seed: the fine-tuning seed (0: the row whose model is timed).
             apart: a competitor (or an ablation built from the teacher alone): cached under
                 ``OUT/<workload>/competitors/``, keyed by :meth:`competitor_key`, not the library.
+            remember: errors of ``make`` that are cached as a row is (a competitor that cannot
+                reach the budget fails the same way on a rerun of the same key): raised again
+                as :class:`RememberedFailure`, quoting the first, without running ``make``.
+
+        Raises:
+            RememberedFailure: ``make`` raised one of ``remember`` under this key before.
         """
         from bench.provenance import code_digest, cpu_model
 
@@ -489,6 +500,10 @@ class WorkloadRun:
         folder = base / budget / method / (f"seed{seed}" if seed else "")
         own = self.competitor_key() if apart else {**self.key, "code": code_digest("lana"), "cpu": cpu_model()}
         key = {**own, **(depends or {}), "seed": seed}
+        failed = read_json(folder / "failure.json")
+        if remember and failed and failed.get("key") == json.loads(json.dumps(key, default=str)):
+            log.info("%s %s seed %d: failed before under this key (%s)", budget, method, seed, folder)
+            raise RememberedFailure(failed["error"])
         saved = read_json(folder / "row.json")
         if saved and saved.get("key") == json.loads(json.dumps(key, default=str)):
             try:
@@ -502,7 +517,11 @@ class WorkloadRun:
                 self.add(row, model)
                 return row, model
         first = len(self.points)
-        row, model = make(folder)
+        try:
+            row, model = make(folder)
+        except remember as error:
+            write_json(folder / "failure.json", {"key": key, "error": f"{type(error).__name__}: {error}"})
+            raise
         row = {**row, "seed": seed, "stage": stage, "code": key["code"], "cpu": key["cpu"]}
         write_json(folder / "row.json", {"key": key, "row": row, "points": self.points[first:]})
         self.add(row, model)

@@ -93,10 +93,23 @@ class DistContext:
 
 
 def _leave_group() -> None:
+    """At exit: free what still holds the group (a DDP wrapper in a reference cycle), wait for the
+    other ranks when this one ends normally (a rank leaving while another still talks to it
+    aborted CI's 2-rank fit at exit), then destroy the group while the interpreter is whole."""
+    import gc
+    import sys
+
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if getattr(sys, "last_value", None) is None:  # set when an uncaught error ends the script
+        try:
+            dist.barrier()
+        except RuntimeError as error:  # another rank failed: leave anyway
+            log.warning("leaving the process group without the other ranks: %s", error)
+    dist.destroy_process_group()
 
 
 def split_round_robin(items: list, parts: int) -> list[list]:

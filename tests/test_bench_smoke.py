@@ -245,6 +245,43 @@ def test_a_rerun_sets_the_same_budgets_and_reuses_every_row(smoke_run, tmp_path)
         f"{r['method']}@{r['budget']}" for r in second["rows"] if r["method"] != "teacher" and not r.get("cached")
     ]
     assert not retrained
+    assert second.get("failures", {}) == first.get("failures", {})  # a failed competitor fails as it did
+
+
+def test_a_remembered_failure_is_raised_again_without_running(tmp_path):
+    """A competitor whose make raised (FastNAS unable to reach a budget) is not run again under the
+    same key: the rerun raises RememberedFailure quoting the first error; another key runs it."""
+    from bench.workloads import RememberedFailure, WorkloadRun
+
+    class Run:  # the parts of a WorkloadRun that cached() uses
+        out, points, rows, models = tmp_path, [], [], {}
+        code = "a"
+        add = WorkloadRun.add
+
+        def competitor_key(self):
+            return {"code": self.code, "cpu": "cpu"}
+
+    calls = []
+
+    def make(folder):
+        calls.append(folder)
+        raise ValueError("no subnet under the budget")
+
+    run = Run()
+    for _ in range(2):
+        with pytest.raises((ValueError, RememberedFailure), match="no subnet under the budget") as raised:
+            WorkloadRun.cached(run, "0.5x", "fastnas", make, None, apart=True, remember=(ValueError,))
+    assert len(calls) == 1 and raised.type is RememberedFailure
+    assert str(raised.value) == "ValueError: no subnet under the budget"
+    run.code = "b"  # the competitors' code changed: it runs again
+    with pytest.raises(ValueError):
+        WorkloadRun.cached(run, "0.5x", "fastnas", make, None, apart=True, remember=(ValueError,))
+    assert len(calls) == 2
+    with pytest.raises(ValueError):  # not remembered: a row's other errors are raised and run again
+        WorkloadRun.cached(run, "0.5x", "prune", make, None, apart=True)
+    with pytest.raises(ValueError):
+        WorkloadRun.cached(run, "0.5x", "prune", make, None, apart=True)
+    assert len(calls) == 4
 
 
 def test_ilp_predicts_no_worse_than_greedy_or_random_plans(tmp_path):
