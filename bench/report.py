@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.library_analysis import markdown
 from bench.verdict import COMPETITORS, LONG
 
-__all__ = ["findings", "goals", "plot_fronts", "plot_workload", "write_report"]
+__all__ = ["findings", "verdicts", "write_report"]
 
 _ORDER = ("teacher", "lana", *COMPETITORS, "uniform_slim", "ilp", "greedy", "random",
           *(f"{m}{LONG}" for m in ("lana", *COMPETITORS)))  # fmt: skip
@@ -292,209 +292,11 @@ def findings(result: dict) -> list[str]:
     return out
 
 
-def goals(results: list[dict]) -> list[str]:
-    """The goals (issues 8, 14 and 15) as a table: met or not, with the numbers behind each verdict."""
-    lines = ["| goal | workload | result | met |", "|---|---|---|---|"]
-    for result in results:
-        w = result["workload"]
-        for budget, found in verdicts(result).items():  # issue 25: a win at every budget
-            if found is None:
-                why = (
-                    "infeasible for lana's library" if "infeasible" in result["budgets"].get(budget, {}) else "not run"
-                )
-                lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {why} | no |")
-                continue
-            best = next((c for c in found["comparisons"] if c["other"] == found["best"]), None)
-            detail = (
-                f"{found['verdict']}: {best['diff']:+.2f} vs {best['other']} {_interval(best)}, lana at "
-                f"{found['lana_vs_budget']:.3f} of the budget"
-                if best
-                else found["verdict"]
-            )
-            met = "yes" if found["verdict"] == "win" else "no"
-            lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {detail} | {met} |")
-        lines += _plan_goals(result)
-        cal = result["library"].get("calibration")
-        if cal:
-            target = 0.8 if w["pretrained"] else 0.9  # issue 15: W2's library (pretrained) 0.8, W1 0.9
-            rho = cal["spearman_calibrated"]
-            lines.append(
-                f"| held-out Spearman of the calibrated score ≥ {target} | {w['name']} | {_num(rho)} "
-                f"(one-swap {_num(cal['spearman_one_swap'])}, {cal['held_out']} plans"
-                + (
-                    f"; in the fit's range {_num(cal['spearman_calibrated_in_range'])}, one-swap "
-                    f"{_num(cal['spearman_one_swap_in_range'])}"
-                    if cal.get("spearman_calibrated_in_range") is not None
-                    else ""
-                )
-                + f") | {'yes' if rho >= target else 'no'} |"
-            )
-            share = 100 * cal["seconds"] / max(cal["build_seconds"], 1e-9)
-            lines.append(
-                f"| calibration ≤ 15% of the library's build | {w['name']} | {share:.1f}% ({cal['seconds']:.0f} s) "
-                f"| {'yes' if share <= 15 else 'no'} |"
-            )
-        lana = _by(result, "lana", "0.5x")
-        if w["pretrained"] and lana and lana.get("top1_before_ft") is not None:
-            before = lana["top1_before_ft"]
-            lines.append(
-                f"| lana's 0.5x student ≥ 70% before fine-tuning | {w['name']} | {before:.2f}% | "
-                f"{'yes' if before >= 70 else 'no'} |"
-            )
-        teacher = _by(result, "teacher", "-")
-        batch = {t: int(t.rsplit("-b", 1)[1]) for t in w["tables"]}
-        b1 = next((t for t, b in batch.items() if b == 1), None)
-        big = max(batch, key=batch.get)  # batch 64 in W1 and W2 (a smaller one in smoke runs)
-        if b1 is None or big == b1:
-            continue
-        from bench.workloads import budget_table
-
-        on_b1 = [r for r in result["rows"] if r["method"] == "lana" and budget_table(w, r["budget"]) == b1]
-        if on_b1:  # issue 16: budgets set on the batch-1 table itself
-            best = max(on_b1, key=lambda r: (teacher["top1"] - r["top1"] <= 0.5, r["speedup"][b1]))
-            loss = teacher["top1"] - best["top1"]
-            lines.append(
-                f"| budget on {b1}: ≥ 3x at {b1} within 0.5 point | {w['name']} | {best['budget']}: {-loss:+.2f} points, "
-                f"{best['speedup'][b1]:.2f}x {b1} | {'yes' if loss <= 0.5 and best['speedup'][b1] >= 3 else 'no'} |"
-            )
-        goal = f"≤ 0.5 point loss at ≥ 3x ({b1}) and ≥ 2x ({big})"
-        close = [r for r in result["rows"] if r["method"] == "lana" and teacher["top1"] - r["top1"] <= 0.5]
-        if close:
-            fastest = max(close, key=lambda r: r["speedup"][big])
-            met = fastest["speedup"][b1] >= 3 and fastest["speedup"][big] >= 2
-            lines.append(
-                f"| {goal} | {w['name']} | {fastest['budget']}: {fastest['top1'] - teacher['top1']:+.2f} points, "
-                f"{fastest['speedup'][b1]:.2f}x {b1}, {fastest['speedup'][big]:.2f}x {big} | {'yes' if met else 'no'} |"
-            )
-        else:
-            nearest = max((r for r in result["rows"] if r["method"] == "lana"), key=lambda r: r["top1"], default=None)
-            detail = (
-                f"closest {nearest['budget']}: {nearest['top1'] - teacher['top1']:+.2f} points"
-                if nearest
-                else "no lana row"
-            )
-            lines.append(f"| {goal} | {w['name']} | no lana student within 0.5 points ({detail}) | no |")
-    return lines
-
-
 def _folded(rows: list[dict]) -> list[dict]:
     """``rows`` with one row per method and budget (seeds folded), as the report renders them."""
     from bench.verdict import aggregate
 
     return rows if all("top1_seeds" in r for r in rows) else aggregate(rows)
-
-
-def _ilp_plan(result: dict, budget: str) -> dict | None:
-    """The ILP's own plan at ``budget``: the ``ilp`` row, or lana's when its selection kept the ILP's."""
-    lana = _by(result, "lana", budget)
-    own = _by(result, "ilp", budget)
-    if own is None and lana is not None and (lana.get("selection") or {}).get("chosen", "ilp") == "ilp":
-        return lana
-    return own
-
-
-def _plan_goals(result: dict) -> list[str]:
-    """Issue 26's goals: the ILP's own plan >= uniform slim and greedy after fine-tuning, and lana's
-    student >= those and the ILP's plan before and after, at every budget (ties count only when narrow)."""
-    from bench.verdict import not_losing
-
-    w = result["workload"]
-    result = {**result, "rows": _folded(result["rows"])}
-    lines = []
-    goals = [("lana", other) for other in ("uniform_slim", "greedy", "ilp")]
-    goals += [("ilp", other) for other in ("uniform_slim", "greedy")]
-    for mine, other in goals:
-        after, before = [], []
-        for budget in w["budgets"]:
-            row = _ilp_plan(result, budget) if mine == "ilp" else _by(result, mine, budget)
-            theirs = _by(result, other, budget)
-            if row is None or theirs is None or row is theirs:
-                continue
-            if row.get("plan") and row.get("plan") == theirs.get("plan"):  # one plan, two rules: nothing to rank
-                after.append((budget, True, "the same plan"))
-                continue
-            after.append((budget, *not_losing(row, theirs)))
-            if row.get("top1_before_ft") is not None and theirs.get("top1_before_ft") is not None:
-                gap = row["top1_before_ft"] - theirs["top1_before_ft"]
-                before.append((budget, gap >= 0, f"{gap:+.2f}"))
-        name = "the ILP's own plan" if mine == "ilp" else "lana"
-        for when, found in (("after", after), ("before", before)):
-            if found and not (mine == "ilp" and when == "before"):
-                text = "; ".join(f"{b}: {t}" for b, _, t in found)
-                met = "yes" if all(ok for _, ok, _ in found) else "no"
-                lines.append(f"| {name} ≥ {other} {when} fine-tuning at every budget | {w['name']} | {text} | {met} |")
-    return lines
-
-
-def _save(figure, png: Path) -> Path:
-    """Lay out and write the figure as PNG, atomically."""
-    figure.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, png)
-    return png
-
-
-def plot_workload(result: dict, png: Path) -> Path:
-    """Top-1 against measured latency, one panel per table, one line per method across budgets."""
-    from matplotlib.backends.backend_agg import (
-        FigureCanvasAgg,  # no pyplot: no global state
-    )
-    from matplotlib.figure import Figure
-
-    w = result["workload"]
-    figure = Figure(figsize=(5.5 * len(w["tables"]), 4.2), dpi=110)
-    FigureCanvasAgg(figure)
-    for i, table in enumerate(w["tables"]):
-        axes = figure.add_subplot(1, len(w["tables"]), i + 1)
-        for method in _ORDER:
-            rows = sorted(
-                (r for r in result["rows"] if r["method"] == method), key=lambda r: r["latency"][table]["median_ms"]
-            )
-            if not rows:
-                continue
-            x = [r["latency"][table]["median_ms"] for r in rows]
-            y = [r["top1"] for r in rows]
-            style = (
-                {"marker": "*", "markersize": 14, "linestyle": "none", "color": "black"}
-                if method == "teacher"
-                else {"marker": "x", "linestyle": "none"}
-                if method.endswith(LONG)
-                else {"marker": "o"}
-            )
-            axes.plot(x, y, label=_LABEL[method], **style)
-            for r, xi, yi in zip(rows, x, y):
-                if r["budget"] != "-":
-                    axes.annotate(r["budget"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        axes.set_xlabel(f"measured latency on {table} (ms, median)")
-        axes.set_ylabel("test top-1 (%)")
-        axes.set_title(f"{w['name']}: {w['model']} at {w['img_size']} px, {table}")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
-    return _save(figure, png)
-
-
-def plot_fronts(result: dict, png: Path) -> Path:
-    """Predicted drop against budget, with every family and without those of issue 10."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    w, front = result["workload"], result["analysis"]["fronts"]
-    figure = Figure(figsize=(6.5, 4.2), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    for name, drops in front["fronts"].items():
-        points = [(f, d) for f, d in zip(front["factors"], drops) if d is not None]
-        if points:
-            style = {"linewidth": 2.5} if name in ("all", "without new") else {"linestyle": "--", "linewidth": 1}
-            axes.plot(*zip(*points), marker="o", markersize=3, label=name, **style)
-    axes.set_xlabel(f"budget (x the teacher's predicted latency on {result['analysis']['table']})")
-    axes.set_ylabel(f"predicted drop (summed {result['analysis']['score']})")
-    axes.set_title(f"{w['name']}: ILP optimum with and without the families of issue 10")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    return _save(figure, png)
 
 
 def _factor(result: dict, budget: str) -> float:
@@ -651,6 +453,8 @@ def write_report(
     byte from the same results. Rows made by other code than their run's (stale cache entries)
     are refused unless ``allow_stale``, then marked.
     """
+    from bench.goals import goals  # (they import this module's helpers)
+    from bench.plots import plot_fronts, plot_workload
     from bench.provenance import stale_rows
     from bench.verdict import aggregate
 

@@ -147,7 +147,8 @@ def test_smoke_writes_the_plot_results_and_findings(smoke_run):
 @pytest.mark.timeout(900)
 def test_best_baseline_is_a_competitor_and_uniform_slim_is_an_ablation(smoke_run):
     """A greedy or uniform-slim row far above the rest must not become "the best baseline"."""
-    from bench.report import findings, goals
+    from bench.goals import goals
+    from bench.report import findings
 
     out, _ = smoke_run
     result = _result(out)
