@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         "into RESULTS/<workload>.json, then render the report from RESULTS",
     )
     parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="with --merge: parts from other machines, or with another teacher or library (same code and settings), "
+        "kept as sections of the workload (RESULTS/<workload>.json, <workload>.2.json, ...), each rendered whole",
+    )
+    parser.add_argument(
         "--prepare-only", action="store_true", help="make (or reuse) the teachers and libraries, then stop"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
@@ -71,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     names = (args.workloads or ("W1" if args.smoke else "W1,W2")).split(",")
     out = args.out or ("runs/bench-smoke" if args.smoke else "runs/bench")
     results = args.results or (os.path.join(out, "results") if args.smoke else None)
+    if args.apart and not args.merge:
+        parser.error("--apart goes with --merge PART.json PART.json ...")
     if args.merge:
-        from bench.merge import merge
+        from pathlib import Path
+
+        from bench.merge import merge, section_file, sections
         from lana.files import read_json, write_json
 
         parts = [read_json(path) for path in args.merge]
@@ -80,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         if unread:
             parser.error(f"--merge: {', '.join(unread)}: missing or not a benchmark result (W*.json)")
         try:
-            merged = merge(parts)
+            made = sections(parts) if args.apart else [merge(parts)]
         except (ValueError, KeyError) as error:
             parser.error(f"--merge: {error}")
-        target = os.path.join(results or RESULTS, f"{merged['workload']['name']}.json")
-        write_json(target, merged)
-        print(f"wrote {target} ({', '.join(merged['workload']['budgets'])} from {len(args.merge)} parts)")
+        folder = Path(results or RESULTS)
+        name = made[0]["workload"]["name"]
+        for old in folder.glob(f"{name}.*.json"):  # an earlier split of this workload into more sections
+            if old.name not in {section_file(r) for r in made}:
+                old.unlink()
+        for result in made:
+            write_json(folder / section_file(result), result)
+            print(f"wrote {folder / section_file(result)} ({', '.join(result['workload']['budgets'])})")
         print(f"wrote {rewrite_report(results or RESULTS, args.report, allow_stale=args.allow_stale)}")
         return 0
     if args.report_only:

@@ -3,7 +3,7 @@ with the numbers behind the verdict, computed from the run's results (nothing he
 
 from __future__ import annotations
 
-from bench.report import _by, _folded, _interval, _num, verdicts
+from bench.report import _by, _folded, _interval, _label, _num, verdicts
 
 __all__ = ["goals"]
 
@@ -12,13 +12,13 @@ def goals(results: list[dict]) -> list[str]:
     """The goals (issues 8, 14 and 15) as a table: met or not, with the numbers behind each verdict."""
     lines = ["| goal | workload | result | met |", "|---|---|---|---|"]
     for result in results:
-        w = result["workload"]
+        w, name = result["workload"], _label(result)
         for budget, found in verdicts(result).items():  # issue 25: a win at every budget
             if found is None:
                 why = (
                     "infeasible for lana's library" if "infeasible" in result["budgets"].get(budget, {}) else "not run"
                 )
-                lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {why} | no |")
+                lines.append(f"| a win over the best competitor at {budget} | {name} | {why} | no |")
                 continue
             best = next((c for c in found["comparisons"] if c["other"] == found["best"]), None)
             detail = (
@@ -28,14 +28,14 @@ def goals(results: list[dict]) -> list[str]:
                 else found["verdict"]
             )
             met = "yes" if found["verdict"] == "win" else "no"
-            lines.append(f"| a win over the best competitor at {budget} | {w['name']} | {detail} | {met} |")
+            lines.append(f"| a win over the best competitor at {budget} | {name} | {detail} | {met} |")
         lines += _plan_goals(result)
         cal = result["library"].get("calibration")
         if cal:
             target = 0.8 if w["pretrained"] else 0.9  # issue 15: W2's library (pretrained) 0.8, W1 0.9
             rho = cal["spearman_calibrated"]
             lines.append(
-                f"| held-out Spearman of the calibrated score ≥ {target} | {w['name']} | {_num(rho)} "
+                f"| held-out Spearman of the calibrated score ≥ {target} | {name} | {_num(rho)} "
                 f"(one-swap {_num(cal['spearman_one_swap'])}, {cal['held_out']} plans"
                 + (
                     f"; in the fit's range {_num(cal['spearman_calibrated_in_range'])}, one-swap "
@@ -47,14 +47,14 @@ def goals(results: list[dict]) -> list[str]:
             )
             share = 100 * cal["seconds"] / max(cal["build_seconds"], 1e-9)
             lines.append(
-                f"| calibration ≤ 15% of the library's build | {w['name']} | {share:.1f}% ({cal['seconds']:.0f} s) "
+                f"| calibration ≤ 15% of the library's build | {name} | {share:.1f}% ({cal['seconds']:.0f} s) "
                 f"| {'yes' if share <= 15 else 'no'} |"
             )
         lana = _by(result, "lana", "0.5x")
         if w["pretrained"] and lana and lana.get("top1_before_ft") is not None:
             before = lana["top1_before_ft"]
             lines.append(
-                f"| lana's 0.5x student ≥ 70% before fine-tuning | {w['name']} | {before:.2f}% | "
+                f"| lana's 0.5x student ≥ 70% before fine-tuning | {name} | {before:.2f}% | "
                 f"{'yes' if before >= 70 else 'no'} |"
             )
         teacher = _by(result, "teacher", "-")
@@ -70,7 +70,7 @@ def goals(results: list[dict]) -> list[str]:
             best = max(on_b1, key=lambda r: (teacher["top1"] - r["top1"] <= 0.5, r["speedup"][b1]))
             loss = teacher["top1"] - best["top1"]
             lines.append(
-                f"| budget on {b1}: ≥ 3x at {b1} within 0.5 point | {w['name']} | {best['budget']}: {-loss:+.2f} points, "
+                f"| budget on {b1}: ≥ 3x at {b1} within 0.5 point | {name} | {best['budget']}: {-loss:+.2f} points, "
                 f"{best['speedup'][b1]:.2f}x {b1} | {'yes' if loss <= 0.5 and best['speedup'][b1] >= 3 else 'no'} |"
             )
         goal = f"≤ 0.5 point loss at ≥ 3x ({b1}) and ≥ 2x ({big})"
@@ -79,7 +79,7 @@ def goals(results: list[dict]) -> list[str]:
             fastest = max(close, key=lambda r: r["speedup"][big])
             met = fastest["speedup"][b1] >= 3 and fastest["speedup"][big] >= 2
             lines.append(
-                f"| {goal} | {w['name']} | {fastest['budget']}: {fastest['top1'] - teacher['top1']:+.2f} points, "
+                f"| {goal} | {name} | {fastest['budget']}: {fastest['top1'] - teacher['top1']:+.2f} points, "
                 f"{fastest['speedup'][b1]:.2f}x {b1}, {fastest['speedup'][big]:.2f}x {big} | {'yes' if met else 'no'} |"
             )
         else:
@@ -89,7 +89,7 @@ def goals(results: list[dict]) -> list[str]:
                 if nearest
                 else "no lana row"
             )
-            lines.append(f"| {goal} | {w['name']} | no lana student within 0.5 points ({detail}) | no |")
+            lines.append(f"| {goal} | {name} | no lana student within 0.5 points ({detail}) | no |")
     return lines
 
 
@@ -107,7 +107,7 @@ def _plan_goals(result: dict) -> list[str]:
     student >= those and the ILP's plan before and after, at every budget (ties count only when narrow)."""
     from bench.verdict import not_losing
 
-    w = result["workload"]
+    w, name = result["workload"], _label(result)
     result = {**result, "rows": _folded(result["rows"])}
     lines = []
     goals = [("lana", other) for other in ("uniform_slim", "greedy", "ilp")]
@@ -126,10 +126,10 @@ def _plan_goals(result: dict) -> list[str]:
             if row.get("top1_before_ft") is not None and theirs.get("top1_before_ft") is not None:
                 gap = row["top1_before_ft"] - theirs["top1_before_ft"]
                 before.append((budget, gap >= 0, f"{gap:+.2f}"))
-        name = "the ILP's own plan" if mine == "ilp" else "lana"
+        who = "the ILP's own plan" if mine == "ilp" else "lana"
         for when, found in (("after", after), ("before", before)):
             if found and not (mine == "ilp" and when == "before"):
                 text = "; ".join(f"{b}: {t}" for b, _, t in found)
                 met = "yes" if all(ok for _, ok, _ in found) else "no"
-                lines.append(f"| {name} ≥ {other} {when} fine-tuning at every budget | {w['name']} | {text} | {met} |")
+                lines.append(f"| {who} ≥ {other} {when} fine-tuning at every budget | {name} | {text} | {met} |")
     return lines

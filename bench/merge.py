@@ -12,6 +12,13 @@ comparison the report makes is within one budget, so within one pass. The merged
 parts (commit, finish time, load average, wall time, command) so that the report names each.
 
 ``python3 -m bench --merge A.json B.json [--results DIR]`` writes ``DIR/<workload>.json``.
+
+Parts from different machines, or whose teacher came out differently (a training run is only
+reproducible on the same CPU: W2's seeded teacher reached 87.05% on an Intel Xeon and 87.86% on an
+AMD EPYC from the same code), are not one experiment and are never merged. ``--apart`` keeps them
+as *sections* of the workload instead (:func:`sections`), when code, settings and packages agree
+and no budget is in two: each section is a whole result (its own teacher, library, CPU and timing
+pass) and the report renders each under its own heading, so every comparison stays within one run.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import copy
 
 import numpy as np
 
-__all__ = ["additivity", "merge"]
+__all__ = ["additivity", "merge", "section_file", "sections"]
 
-# what must be equal for two runs to be parts of one experiment
-_SAME = ("code", "cpu", "cores", "versions", "python", "smoke", "train_images")
+# what must be equal for two runs to be parts of one experiment (the machine's among them), and
+# for two runs to be sections of one workload (made by the same code, with the same settings)
+_MACHINE = ("cpu", "cores")
+_SAME = ("code", *_MACHINE, "versions", "python", "smoke", "train_images")
+_SAME_CODE = tuple(k for k in _SAME if k not in _MACHINE)
 # the workload's settings, apart from which budgets a part ran
 _BUDGET_ONLY = ("budgets",)
 
@@ -45,21 +55,29 @@ def _teacher_and_library(part: dict) -> dict:
     }
 
 
-def _check(parts: list[dict]) -> None:
-    """Raise ValueError naming the first difference that makes ``parts`` different experiments."""
+def _check(parts: list[dict], apart: bool = False) -> None:
+    """Raise ValueError naming the first difference that makes ``parts`` different experiments
+    (``apart``: that makes them other than sections of one workload: code, settings, packages)."""
     first = parts[0]
     name = first["workload"]["name"]
     for i, part in enumerate(parts[1:], start=2):
         if part["workload"]["name"] != name:
             raise ValueError(f"part {i} is workload {part['workload']['name']}, part 1 is {name}: merge one workload")
-        checks = [(key, first.get(key), part.get(key)) for key in _SAME]
+        checks = [(key, first.get(key), part.get(key)) for key in (_SAME_CODE if apart else _SAME)]
         checks.append(("workload settings", _workload_settings(first), _workload_settings(part)))
-        checks.append(("teacher and library", _teacher_and_library(first), _teacher_and_library(part)))
+        if not apart:
+            checks.append(("teacher and library", _teacher_and_library(first), _teacher_and_library(part)))
         for what, a, b in checks:
             if a != b:
+                hint = (
+                    "Rerun the missing budgets with the code and settings of the other parts."
+                    if apart or what not in (*_MACHINE, "teacher and library")
+                    else "Rerun the missing budgets on the machine of the other parts, or keep each part as its own "
+                    "section of the workload (--apart)."
+                )
                 raise ValueError(
                     f"{name}: part {i} differs from part 1 in {what} ({b!r} vs {a!r}): they are not one experiment. "
-                    "Rerun the missing budgets with the code, machine and settings of the other parts."
+                    + hint
                 )
     seen: dict[str, int] = {}
     for i, part in enumerate(parts, start=1):
@@ -159,6 +177,7 @@ def merge(parts: list[dict]) -> dict:
         listed += part.get("parts") or [_summary(part)]
     order = _ordered(first["workload"]["name"], owner, lambda b: owner[b]["budgets"][b]["factor"])
     merged = copy.deepcopy(first)
+    merged.pop("section", None)  # a section of an earlier split, merged whole now
     merged["workload"]["budgets"] = order
     # each budget's verdict sets lana's latency against the teacher timed in the same pass
     merged["budgets"] = {
@@ -190,3 +209,39 @@ def merge(parts: list[dict]) -> dict:
     merged["command"] = "; ".join(dict.fromkeys(p["command"] for p in listed))
     merged["parts"] = listed
     return merged
+
+
+def _differences(first: dict, part: dict) -> list[str]:
+    """What sets ``part`` apart from ``first``: the machine, the teacher, the library."""
+    found = [f"{key} {part.get(key)!r} vs {first.get(key)!r}" for key in _MACHINE if part.get(key) != first.get(key)]
+    mine, theirs = _teacher_and_library(part), _teacher_and_library(first)
+    found += [f"{key} {mine[key]!r} vs {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+    return found
+
+
+def sections(parts: list[dict]) -> list[dict]:
+    """``parts`` as sections of one workload: each a whole result of some budgets, ordered by the
+    workload's first budget it holds, with ``section`` (``index``, ``of``, and ``apart``: how it
+    differs from section 1).
+
+    Raises:
+        ValueError: fewer than two parts, parts made by other code or settings, or a budget in two.
+    """
+    if len(parts) < 2:
+        raise ValueError(f"--apart needs two or more parts of one workload, got {len(parts)}")
+    _check(parts, apart=True)
+    order = _ordered(parts[0]["workload"]["name"], [b for p in parts for b in p["budgets"]],
+                     lambda b: next(p["budgets"][b]["factor"] for p in parts if b in p["budgets"]))  # fmt: skip
+    parts = sorted(parts, key=lambda p: min(order.index(b) for b in p["budgets"]))
+    out = []
+    for i, part in enumerate(parts, start=1):
+        found = copy.deepcopy(part)
+        found["section"] = {"index": i, "of": len(parts), "apart": _differences(parts[0], part) if i > 1 else []}
+        out.append(found)
+    return out
+
+
+def section_file(result: dict) -> str:
+    """The file name of ``result`` under ``bench/results``: ``W2.json``, a later section ``W2.2.json``."""
+    name, index = result["workload"]["name"], (result.get("section") or {}).get("index", 1)
+    return f"{name}.json" if index == 1 else f"{name}.{index}.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.report import _LABEL, _ORDER
+from bench.report import _LABEL, _ORDER, _label
 from bench.verdict import LONG
 
 __all__ = ["plot_fronts", "plot_workload"]
@@ -55,7 +55,7 @@ def plot_workload(result: dict, png: Path) -> Path:
                     axes.annotate(r["budget"], (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axes.set_xlabel(f"measured latency on {table} (ms, median)")
         axes.set_ylabel("test top-1 (%)")
-        axes.set_title(f"{w['name']}: {w['model']} at {w['img_size']} px, {table}")
+        axes.set_title(f"{_label(result)}: {w['model']} at {w['img_size']} px, {table}")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     return _save(figure, png)
@@ -66,7 +66,7 @@ def plot_fronts(result: dict, png: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    w, front = result["workload"], result["analysis"]["fronts"]
+    front = result["analysis"]["fronts"]
     figure = Figure(figsize=(6.5, 4.2), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
@@ -77,7 +77,7 @@ def plot_fronts(result: dict, png: Path) -> Path:
             axes.plot(*zip(*points), marker="o", markersize=3, label=name, **style)
     axes.set_xlabel(f"budget (x the teacher's predicted latency on {result['analysis']['table']})")
     axes.set_ylabel(f"predicted drop (summed {result['analysis']['score']})")
-    axes.set_title(f"{w['name']}: ILP optimum with and without the families of issue 10")
+    axes.set_title(f"{_label(result)}: ILP optimum with and without the families of issue 10")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     return _save(figure, png)

@@ -58,6 +58,32 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _label(result: dict) -> str:
+    """The workload's name, and which section of it a result is (bench/merge.py ``sections``)."""
+    section = result.get("section")
+    name = result["workload"]["name"]
+    return f"{name} ({section['index']} of {section['of']})" if section else name
+
+
+def _section_lines(result: dict) -> list[str]:
+    """Why a workload is rendered in sections: what sets this one apart from section 1."""
+    section = result.get("section")
+    if not section:
+        return []
+    name = result["workload"]["name"]
+    if section["index"] == 1:
+        return [
+            f"- Section 1 of {section['of']} of {name}'s budgets; the others ran with the same code digests and "
+            "settings on another machine or with another teacher (a training run reproduces only on the same CPU), "
+            "so each section is a whole run of its own budgets: its own teacher, library and final timing pass, "
+            "and every comparison stays within one section."
+        ]
+    return [
+        f"- Section {section['index']} of {section['of']} of {name}'s budgets, a whole run of its own (same code "
+        f"digests and settings as section 1); apart from section 1 in: {'; '.join(section['apart']) or 'nothing'}."
+    ]
+
+
 def _rows(result: dict) -> list[dict]:
     budgets = ["-", *result["workload"]["budgets"]]
     return sorted(result["rows"], key=lambda r: (budgets.index(r["budget"]), _ORDER.index(r["method"])))
@@ -454,19 +480,21 @@ def write_report(
     are refused unless ``allow_stale``, then marked.
     """
     from bench.goals import goals  # (they import this module's helpers)
+    from bench.merge import section_file
     from bench.plots import plot_fronts, plot_workload
     from bench.provenance import stale_rows
     from bench.verdict import aggregate
 
     path = Path(path)
-    stale = {r["workload"]["name"]: stale_rows(r) for r in results}
+    results = sorted(results, key=lambda r: (r["workload"]["name"], (r.get("section") or {}).get("index", 1)))
+    stale = {_label(r): stale_rows(r) for r in results}
     if any(stale.values()) and not allow_stale:
         listed = "; ".join(f"{name}: {', '.join(rows)}" for name, rows in stale.items() if rows)
         raise ValueError(
             f"results mix code versions (rows made by other code than their run's): {listed}. Rerun those "
             "stages, or pass --allow-stale to render them marked as stale."
         )
-    results = [_aggregated(r, stale[r["workload"]["name"]], aggregate) for r in results]
+    results = [_aggregated(r, stale[_label(r)], aggregate) for r in results]
     lines = [
         "# lana benchmarks",
         "",
@@ -560,11 +588,12 @@ def write_report(
     for result in results:
         w = result["workload"]
         teacher = _by(result, "teacher", "-")
-        png = path.with_name(f"{path.stem}-{w['name']}.png")
+        stem = section_file(result).removesuffix(".json")  # W2, a later section W2.2
+        png = path.with_name(f"{path.stem}-{stem}.png")
         plot_workload(result, png)
         lines += [
             (
-                f"## {w['name']}: {w['model']}{' (ImageNet-pretrained)' if w['pretrained'] else ''} on {w['dataset']} "
+                f"## {_label(result)}: {w['model']}{' (ImageNet-pretrained)' if w['pretrained'] else ''} on {w['dataset']} "
                 f"at {w['img_size']} px"
             ),
             "",
@@ -593,6 +622,7 @@ def write_report(
             ),
             "",
             *_provenance_lines(result),
+            *_section_lines(result),
             *_failure_lines(result),
             "",
             "### Verdicts",
@@ -603,7 +633,7 @@ def write_report(
             "",
             *_results_table(result),
             "",
-            f"![{w['name']}: top-1 vs measured latency]({png.name})",
+            f"![{_label(result)}: top-1 vs measured latency]({png.name})",
             "",
             *(["### Longer training (issue 25 item 4)", "", *longer, ""] if (longer := longer_lines(result)) else []),
             "### Pipeline stages",
@@ -616,7 +646,7 @@ def write_report(
             "",
         ]
         if result.get("analysis"):
-            fronts_png = plot_fronts(result, path.with_name(f"{path.stem}-{w['name']}-families.png"))
+            fronts_png = plot_fronts(result, path.with_name(f"{path.stem}-{stem}-families.png"))
             lines += [
                 "### Candidate families (issue 10)",
                 "",
@@ -627,7 +657,7 @@ def write_report(
                 "",
                 *markdown(result["analysis"]),
                 "",
-                f"![{w['name']}: predicted fronts with and without the families of issue 10]({fronts_png.name})",
+                f"![{_label(result)}: predicted fronts with and without the families of issue 10]({fronts_png.name})",
                 "",
             ]
     lines += ["## Goals", "", *goals(results), ""]

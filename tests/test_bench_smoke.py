@@ -305,6 +305,25 @@ def test_ilp_predicts_no_worse_than_greedy_or_random_plans(tmp_path):
             assert problem.predicted_drop(choice) >= best - 1e-6
 
 
+def test_select_after_ft_fine_tunes_every_pool_plan_and_names_the_regret(tiny_library, tmp_path):
+    """bench/select_after_ft.py: each plan of the selection's pool measured before fine-tuning (select
+    half), fine-tuned, and measured after (judge half); the plan kept is the best before, the regret
+    is what the best after adds to it."""
+    from bench.select_after_ft import main
+
+    path, _ = tiny_library
+    out = main([str(path), "--budgets", "0.7x", "--images", "64", "--train-images", "64", "--epochs", "1",
+                "--out", str(tmp_path / "after.json")])  # fmt: skip
+    (found,) = out["results"]
+    rows = found["rows"]
+    assert found["plans"] == len(rows) >= 2 and json.loads((tmp_path / "after.json").read_text())["results"]
+    assert all(r["predicted_ms"] <= found["budget_ms"] + 1e-9 for r in rows)
+    kept = max(rows, key=lambda r: (r["top1_select"], -r["kl_select"]))
+    assert found["chosen"] == kept["source"] and found["chosen_after"] == kept["top1_after"]
+    assert found["regret"] == pytest.approx(max(r["top1_after"] for r in rows) - kept["top1_after"])
+    assert any(r["kl_after"] != r["kl_select"] or r["top1_after"] != r["top1_before"] for r in rows)  # trained
+
+
 def test_library_analysis_fronts_picks_and_pruning(tmp_path):
     """Removing families never improves the optimum; picks cover every layer; presolve keeps the optimum."""
     from bench.library_analysis import family, family_picks, fronts, space_pruning
@@ -460,3 +479,67 @@ def test_merge_joins_parts_of_one_workload_and_refuses_other_experiments(smoke_r
     assert refused.returncode != 0 and "differs from part 1 in code" in refused.stderr
     twice = merge(first, first)
     assert twice.returncode != 0 and f"budget {budgets[0]} is in part 1 and part 2" in twice.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_parts_from_another_machine_are_kept_as_sections_not_merged(smoke_run, tmp_path):
+    """Parts whose CPU or teacher differ are refused by --merge (it says --apart); --apart keeps
+    each as a whole section of the workload (W.json, W.2.json), rendered under its own heading with
+    what sets it apart; parts made by other code are refused either way."""
+    import copy
+
+    out, _ = smoke_run
+    whole = _result(out)
+    budgets = list(whole["budgets"])
+
+    def part(names: list[str], path: Path, **changes) -> Path:
+        p = copy.deepcopy(whole)
+        p["budgets"] = {b: whole["budgets"][b] for b in names}
+        p["workload"]["budgets"] = names
+        p["rows"] = [r for r in p["rows"] if r["method"] == "teacher" or r["budget"] in names]
+        for row in p["rows"]:
+            if row["method"] == "teacher" and "teacher_top1" in changes:
+                row["top1"] = changes["teacher_top1"]
+        p["teacher"]["top1"] = changes.get("teacher_top1", p["teacher"]["top1"])
+        p["cpu"] = changes.get("cpu", p["cpu"])
+        path.write_text(json.dumps(p))
+        return path
+
+    first = part(budgets[:1], tmp_path / "a.json")
+    other = part(budgets[1:], tmp_path / "b.json", cpu="Another CPU", teacher_top1=whole["teacher"]["top1"] - 0.8)
+    results, report = tmp_path / "results", tmp_path / "merged.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def merge(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench", "--merge", *args, "--results", str(results),
+                               "--report", str(report)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)  # fmt: skip
+
+    refused = merge(str(other), str(first))
+    assert refused.returncode != 0 and "differs from part 1 in cpu" in refused.stderr and "--apart" in refused.stderr
+    done = merge(str(other), str(first), "--apart")  # sections in the workload's budget order
+    assert done.returncode == 0, done.stderr[-4000:]
+    name = whole["workload"]["name"]
+    one, two = json.loads((results / f"{name}.json").read_text()), json.loads((results / f"{name}.2.json").read_text())
+    assert list(one["budgets"]) == budgets[:1] and list(two["budgets"]) == budgets[1:]
+    assert two["section"]["of"] == 2 and any("Another CPU" in d for d in two["section"]["apart"])
+    assert any(d.startswith("teacher top-1") for d in two["section"]["apart"])
+    text = report.read_text()
+    assert f"## {name} (1 of 2):" in text and f"## {name} (2 of 2):" in text
+    assert "apart from section 1 in: cpu 'Another CPU'" in text and f"{report.stem}-{name}.2.png" in text
+    rendered = text
+    again = subprocess.run([sys.executable, "-m", "bench", "--report-only", "--results", str(results), "--report",
+                            str(report)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert again.returncode == 0 and report.read_text() == rendered  # the sections re-render byte for byte
+    stale = json.loads(other.read_text())
+    stale["code"]["lana"] = "0" * 16
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    refused = merge(str(first), str(tmp_path / "stale.json"), "--apart")
+    assert refused.returncode != 0 and "differs from part 1 in code" in refused.stderr
+    same = part(budgets[1:], tmp_path / "c.json")  # a later run on the first machine: one merged result again
+    done = merge(str(first), str(same))
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert not (results / f"{name}.2.json").exists() and "section" not in json.loads(
+        (results / f"{name}.json").read_text()
+    )

@@ -1,0 +1,131 @@
+"""Issue 26 screening, after fine-tuning: does the measured selection's criterion (each pool plan's
+top-1 and KL on the score split *before* fine-tuning) pick the plan that is best *after* it?
+
+At each budget (a factor of the teacher's predicted latency), every plan of the selection's pool
+(the ILP's K diverse best, greedy, slim-only, uniform width: ``lana.select.plan_pool``) is
+assembled from the library, measured before fine-tuning on the first half of the score split
+(``select``, what the selection sees), KD fine-tuned with lana's recipe (one seed, the epochs and
+training images given), and measured again on the second half (``judge``), so no figure is read on
+the images that picked it and none on the test split. Reports, per budget, the plan the selection
+keeps, the best plan after fine-tuning and the regret between them, and Spearman between the
+criterion and the top-1 after fine-tuning over the pool::
+
+    python3 bench/select_after_ft.py runs/bench/W2/library.h5 --budgets 0.5x,0.35x --train-images 15000 \\
+        --epochs 0.5 --out bench/results/checks/select_after_ft_W2.json
+
+No latency is measured (predicted only); fine-tuning makes it minutes per plan on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger("select_after_ft")
+
+
+def _measured(model, data, teacher_logits) -> tuple[float, float]:
+    from lana.select import top1_and_kl
+    from lana.train import predict_logits
+
+    return top1_and_kl(predict_logits(model, data), teacher_logits, data.labels)
+
+
+def after_ft(library_path, budget: str, options, k: int, halves, train_set, epochs: float, ctx) -> dict:
+    """The pool at ``budget``, each plan measured before (select half) and after fine-tuning (judge half)."""
+    from dataclasses import replace
+
+    from lana.correlation import spearman
+    from lana.finetune import FINETUNE_RECIPE, finetune
+    from lana.plan import _setup
+    from lana.problem import parse_budget
+    from lana.select import plan_pool
+    from lana.student import student_from_context
+    from lana.train import predict_logits
+
+    problem, settings = _setup(library_path, options)
+    budget_ms = parse_budget(budget, settings["teacher_ms"].get(problem.table))
+    pool = plan_pool(library_path, budget_ms, options, k=k, min_diff=2)
+    select, judge = halves
+    teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
+    rows = []
+    for i, (source, plan) in enumerate(pool):
+        start = time.perf_counter()
+        model = student_from_context(ctx, plan)
+        (top1_select, kl_select), (top1_before, _) = (_measured(model, h, t) for h, t in zip((select, judge), teacher))
+        for p in model.parameters():  # copies of the teacher's blocks come frozen
+            p.requires_grad_(True)
+        finetune(model, ctx.teacher, train_set, epochs=epochs, recipe=replace(FINETUNE_RECIPE, seed=0),
+                 desc=f"{budget} {source} ({i + 1}/{len(pool)})")  # fmt: skip
+        model.eval()
+        ctx.teacher.eval()
+        top1, kl = _measured(model, judge, teacher[1])
+        rows.append({"source": source, "predicted_drop": float(plan.predicted_drop),
+                     "predicted_ms": float(plan.predicted_latency_ms), "top1_select": top1_select,
+                     "kl_select": kl_select, "top1_before": top1_before, "top1_after": top1, "kl_after": kl,
+                     "seconds": time.perf_counter() - start})  # fmt: skip
+        log.info("%s %s: before %.2f%% (select half), after %.2f%% (judge half)", budget, source, top1_select, top1)
+    within = [r for r in rows if r["predicted_ms"] <= budget_ms + 1e-9]
+    chosen = max(within, key=lambda r: (r["top1_select"], -r["kl_select"]))
+    best = max(within, key=lambda r: r["top1_after"])
+    return {
+        "budget": budget, "budget_ms": budget_ms, "table": problem.table, "plans": len(rows),
+        "chosen": chosen["source"], "chosen_after": chosen["top1_after"], "best_after": best["source"],
+        "best_after_top1": best["top1_after"], "regret": best["top1_after"] - chosen["top1_after"],
+        "spearman_select_vs_after": spearman([r["top1_select"] for r in rows], [r["top1_after"] for r in rows]),
+        "spearman_kl_vs_after": spearman([-r["kl_select"] for r in rows], [r["top1_after"] for r in rows]),
+        "spearman_objective_vs_after": spearman([-r["predicted_drop"] for r in rows], [r["top1_after"] for r in rows]),
+        "rows": rows,
+    }  # fmt: skip
+
+
+def main(argv=None) -> dict:
+    from lana.context import context_from_library
+    from lana.data import split_of
+    from lana.library import Library
+    from lana.plan import SolveOptions
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("library")
+    parser.add_argument("--budgets", default="0.5x,0.35x")
+    parser.add_argument("--table", default=None, help="default: the library's first table")
+    parser.add_argument("--k", type=int, default=4, help="the ILP's diverse plans in the pool")
+    parser.add_argument("--images", type=int, default=2000, help="score-split images, halved: select / judge")
+    parser.add_argument("--train-images", type=int, default=None, help="fine-tuning images (default: all)")
+    parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs of each plan")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")  # fmt: skip
+    start = time.perf_counter()
+    library = Library(args.library)
+    data = split_of(library.config, "score", limit=args.images)
+    half = len(data) // 2
+    select = data.subset(half)
+    judge = type(data)(data.name, data.split, data.images[half:], data.labels[half:], data.classes)
+    train_set = split_of(library.config, "train", limit=args.train_images)
+    ctx = context_from_library(library)
+    options = SolveOptions.of(table=args.table)
+    results = []
+    for budget in args.budgets.split(","):
+        found = after_ft(args.library, budget, options, args.k, (select, judge), train_set, args.epochs, ctx)
+        results.append(found)
+        print(f"{budget}: kept {found['chosen']} ({found['chosen_after']:.2f}% after fine-tuning), best after "
+              f"{found['best_after']} ({found['best_after_top1']:.2f}%): regret {found['regret']:.2f}; Spearman over "
+              f"{found['plans']} plans, against top-1 after: before-FT top-1 {found['spearman_select_vs_after']:.3f}, "
+              f"KL {found['spearman_kl_vs_after']:.3f}, the ILP objective {found['spearman_objective_vs_after']:.3f}")  # fmt: skip
+    out = {"library": str(args.library), "results": results, "seconds": time.perf_counter() - start,
+           "images": {"select": len(select), "judge": len(judge), "train": len(train_set)}, "epochs": args.epochs,
+           "load_average": os.getloadavg()}  # fmt: skip
+    if args.out:
+        from lana.files import write_json
+
+        write_json(Path(args.out), out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
