@@ -2,7 +2,8 @@
 top-1 and KL on the score split *before* fine-tuning) pick the plan that is best *after* it?
 
 At each budget (a factor of the teacher's predicted latency), every plan of the selection's pool
-(the ILP's K diverse best, greedy, slim-only, uniform width: ``lana.select.plan_pool``) is
+(the ILP's K diverse best, greedy, slim-only, uniform width: ``lana.select.plan_pool``; with
+``--neighbours N`` also N one-swap neighbours of the ILP's plan, ranked but never kept) is
 assembled from the library, measured before fine-tuning on the first half of the score split
 (``select``, what the selection sees), KD fine-tuned with lana's recipe (one seed, the epochs and
 training images given), and measured again on the second half (``judge``), so no figure is read on
@@ -10,7 +11,7 @@ the images that picked it and none on the test split. Reports, per budget, the p
 keeps, the best plan after fine-tuning and the regret between them, and Spearman between the
 criterion and the top-1 after fine-tuning over the pool::
 
-    python3 bench/select_after_ft.py runs/bench/W2/library.h5 --budgets 0.5x,0.35x --train-images 15000 \\
+    python3 -m bench.select_after_ft runs/bench/W2/library.h5 --budgets 0.5x,0.35x --train-images 15000 \\
         --epochs 0.5 --out bench/results/checks/select_after_ft_W2.json
 
 No latency is measured (predicted only); fine-tuning makes it minutes per plan on a 2-core CPU.
@@ -34,8 +35,11 @@ def _measured(model, data, teacher_logits) -> tuple[float, float]:
     return top1_and_kl(predict_logits(model, data), teacher_logits, data.labels)
 
 
-def after_ft(library_path, budget: str, options, k: int, halves, train_set, epochs: float, ctx) -> dict:
-    """The pool at ``budget``, each plan measured before (select half) and after fine-tuning (judge half)."""
+def after_ft(library_path, budget: str, options, k: int, halves, train_set, epochs: float, ctx,
+             neighbours: int = 0) -> dict:  # fmt: skip
+    """The pool at ``budget`` (and up to ``neighbours`` one-swap neighbours of the ILP's plan within
+    +-10% of the budget, which the selection never keeps but which widen the ranking), each plan
+    measured before (select half) and after fine-tuning (judge half)."""
     from dataclasses import replace
 
     from lana.correlation import spearman
@@ -49,6 +53,17 @@ def after_ft(library_path, budget: str, options, k: int, halves, train_set, epoc
     problem, settings = _setup(library_path, options)
     budget_ms = parse_budget(budget, settings["teacher_ms"].get(problem.table))
     pool = plan_pool(library_path, budget_ms, options, k=k, min_diff=2)
+    if neighbours:
+        from bench.select_screen import _neighbours
+        from lana.select import plan_of
+
+        ilp = tuple(problem.specs[l].index(s) for l, (_, s) in enumerate(pool[0][1].choices))
+        seen = {plan.choices for _, plan in pool}
+        for other in _neighbours(problem, ilp, 0.9 * budget_ms, 1.1 * budget_ms)[:neighbours]:
+            plan = plan_of(problem, other, budget_ms, "neighbour")
+            if plan.choices not in seen:
+                seen.add(plan.choices)
+                pool.append(("neighbour", plan))
     select, judge = halves
     teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
     rows = []
@@ -68,13 +83,14 @@ def after_ft(library_path, budget: str, options, k: int, halves, train_set, epoc
                      "kl_select": kl_select, "top1_before": top1_before, "top1_after": top1, "kl_after": kl,
                      "seconds": time.perf_counter() - start})  # fmt: skip
         log.info("%s %s: before %.2f%% (select half), after %.2f%% (judge half)", budget, source, top1_select, top1)
-    within = [r for r in rows if r["predicted_ms"] <= budget_ms + 1e-9]
+    within = [r for r in rows if r["source"] != "neighbour" and r["predicted_ms"] <= budget_ms + 1e-9]
     chosen = max(within, key=lambda r: (r["top1_select"], -r["kl_select"]))
     best = max(within, key=lambda r: r["top1_after"])
     return {
         "budget": budget, "budget_ms": budget_ms, "table": problem.table, "plans": len(rows),
         "chosen": chosen["source"], "chosen_after": chosen["top1_after"], "best_after": best["source"],
         "best_after_top1": best["top1_after"], "regret": best["top1_after"] - chosen["top1_after"],
+        "pool": len(within),
         "spearman_select_vs_after": spearman([r["top1_select"] for r in rows], [r["top1_after"] for r in rows]),
         "spearman_kl_vs_after": spearman([-r["kl_select"] for r in rows], [r["top1_after"] for r in rows]),
         "spearman_objective_vs_after": spearman([-r["predicted_drop"] for r in rows], [r["top1_after"] for r in rows]),
@@ -96,6 +112,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--images", type=int, default=2000, help="score-split images, halved: select / judge")
     parser.add_argument("--train-images", type=int, default=None, help="fine-tuning images (default: all)")
     parser.add_argument("--epochs", type=float, default=0.5, help="fine-tuning epochs of each plan")
+    parser.add_argument("--neighbours", type=int, default=0,
+                        help="one-swap neighbours of the ILP's plan added to the ranking (never kept)")  # fmt: skip
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -111,7 +129,8 @@ def main(argv=None) -> dict:
     options = SolveOptions.of(table=args.table)
     results = []
     for budget in args.budgets.split(","):
-        found = after_ft(args.library, budget, options, args.k, (select, judge), train_set, args.epochs, ctx)
+        found = after_ft(args.library, budget, options, args.k, (select, judge), train_set, args.epochs, ctx,
+                         args.neighbours)  # fmt: skip
         results.append(found)
         print(f"{budget}: kept {found['chosen']} ({found['chosen_after']:.2f}% after fine-tuning), best after "
               f"{found['best_after']} ({found['best_after_top1']:.2f}%): regret {found['regret']:.2f}; Spearman over "

@@ -313,14 +313,15 @@ def test_select_after_ft_fine_tunes_every_pool_plan_and_names_the_regret(tiny_li
 
     path, _ = tiny_library
     out = main([str(path), "--budgets", "0.7x", "--images", "64", "--train-images", "64", "--epochs", "1",
-                "--out", str(tmp_path / "after.json")])  # fmt: skip
+                "--neighbours", "2", "--out", str(tmp_path / "after.json")])  # fmt: skip
     (found,) = out["results"]
-    rows = found["rows"]
-    assert found["plans"] == len(rows) >= 2 and json.loads((tmp_path / "after.json").read_text())["results"]
-    assert all(r["predicted_ms"] <= found["budget_ms"] + 1e-9 for r in rows)
-    kept = max(rows, key=lambda r: (r["top1_select"], -r["kl_select"]))
+    rows, pool = found["rows"], [r for r in found["rows"] if r["source"] != "neighbour"]
+    assert found["plans"] == len(rows) > found["pool"] == len(pool) >= 2  # neighbours ranked, never kept
+    assert json.loads((tmp_path / "after.json").read_text())["results"]
+    assert all(r["predicted_ms"] <= found["budget_ms"] + 1e-9 for r in pool)
+    kept = max(pool, key=lambda r: (r["top1_select"], -r["kl_select"]))
     assert found["chosen"] == kept["source"] and found["chosen_after"] == kept["top1_after"]
-    assert found["regret"] == pytest.approx(max(r["top1_after"] for r in rows) - kept["top1_after"])
+    assert found["regret"] == pytest.approx(max(r["top1_after"] for r in pool) - kept["top1_after"])
     assert any(r["kl_after"] != r["kl_select"] or r["top1_after"] != r["top1_before"] for r in rows)  # trained
 
 
