@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--merge: {error}")
         folder = Path(results or RESULTS)
         name = made[0]["workload"]["name"]
+        kept = {section_file(r) for r in made}
         for old in folder.glob(f"{name}.*.json"):  # an earlier split of this workload into more sections
-            if old.name not in {section_file(r) for r in made}:
+            if old.name not in kept:
                 old.unlink()
         for result in made:
             write_json(folder / section_file(result), result)

@@ -28,56 +28,36 @@ from pathlib import Path
 log = logging.getLogger("select_after_ft")
 
 
-def _measured(model, data, teacher_logits) -> tuple[float, float]:
-    from lana.select import top1_and_kl
-    from lana.train import predict_logits
-
-    return top1_and_kl(predict_logits(model, data), teacher_logits, data.labels)
-
-
 def after_ft(library_path, budget: str, options, k: int, halves, train_set, epochs: float, ctx,
              neighbours: int = 0) -> dict:  # fmt: skip
     """The pool at ``budget`` (and up to ``neighbours`` one-swap neighbours of the ILP's plan within
     +-10% of the budget, which the selection never keeps but which widen the ranking), each plan
     measured before (select half) and after fine-tuning (judge half)."""
     from dataclasses import replace
+    from itertools import islice
 
+    from bench.select_screen import accuracy, pool_and_neighbours
     from lana.correlation import spearman
     from lana.finetune import FINETUNE_RECIPE, finetune
-    from lana.plan import _setup
-    from lana.problem import parse_budget
-    from lana.select import plan_pool
     from lana.student import student_from_context
     from lana.train import predict_logits
 
-    problem, settings = _setup(library_path, options)
-    budget_ms = parse_budget(budget, settings["teacher_ms"].get(problem.table))
-    pool = plan_pool(library_path, budget_ms, options, k=k, min_diff=2)
-    if neighbours:
-        from bench.select_screen import _neighbours
-        from lana.select import plan_of
-
-        ilp = tuple(problem.specs[l].index(s) for l, (_, s) in enumerate(pool[0][1].choices))
-        seen = {plan.choices for _, plan in pool}
-        for other in _neighbours(problem, ilp, 0.9 * budget_ms, 1.1 * budget_ms)[:neighbours]:
-            plan = plan_of(problem, other, budget_ms, "neighbour")
-            if plan.choices not in seen:
-                seen.add(plan.choices)
-                pool.append(("neighbour", plan))
+    problem, budget_ms, pool, more = pool_and_neighbours(library_path, budget, options, k)
+    pool = [*pool, *islice(more, neighbours)]
     select, judge = halves
     teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
     rows = []
     for i, (source, plan) in enumerate(pool):
         start = time.perf_counter()
         model = student_from_context(ctx, plan)
-        (top1_select, kl_select), (top1_before, _) = (_measured(model, h, t) for h, t in zip((select, judge), teacher))
+        (top1_select, kl_select), (top1_before, _) = (accuracy(model, h, t) for h, t in zip((select, judge), teacher))
         for p in model.parameters():  # copies of the teacher's blocks come frozen
             p.requires_grad_(True)
         finetune(model, ctx.teacher, train_set, epochs=epochs, recipe=replace(FINETUNE_RECIPE, seed=0),
                  desc=f"{budget} {source} ({i + 1}/{len(pool)})")  # fmt: skip
         model.eval()
         ctx.teacher.eval()
-        top1, kl = _measured(model, judge, teacher[1])
+        top1, kl = accuracy(model, judge, teacher[1])
         rows.append({"source": source, "predicted_drop": float(plan.predicted_drop),
                      "predicted_ms": float(plan.predicted_latency_ms), "top1_select": top1_select,
                      "kl_select": kl_select, "top1_before": top1_before, "top1_after": top1, "kl_after": kl,
@@ -99,6 +79,7 @@ def after_ft(library_path, budget: str, options, k: int, halves, train_set, epoc
 
 
 def main(argv=None) -> dict:
+    from bench.select_screen import score_halves
     from lana.context import context_from_library
     from lana.data import split_of
     from lana.library import Library
@@ -120,10 +101,7 @@ def main(argv=None) -> dict:
                         datefmt="%H:%M:%S")  # fmt: skip
     start = time.perf_counter()
     library = Library(args.library)
-    data = split_of(library.config, "score", limit=args.images)
-    half = len(data) // 2
-    select = data.subset(half)
-    judge = type(data)(data.name, data.split, data.images[half:], data.labels[half:], data.classes)
+    select, judge = score_halves(library, args.images)
     train_set = split_of(library.config, "train", limit=args.train_images)
     ctx = context_from_library(library)
     options = SolveOptions.of(table=args.table)

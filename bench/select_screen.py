@@ -37,41 +37,62 @@ def _neighbours(problem, choice, low: float, high: float) -> list[tuple[int, ...
     return out
 
 
-def _accuracy(model, data, teacher_logits):
+def accuracy(model, data, teacher_logits):
     from lana.select import top1_and_kl
     from lana.train import predict_logits
 
     return top1_and_kl(predict_logits(model, data), teacher_logits, data.labels)
 
 
-def screen(library_path, budget: str, table: str | None, plans: int, k: int, data_halves, ctx) -> dict:
-    from lana.correlation import spearman
-    from lana.plan import SolveOptions, _setup
+def pool_and_neighbours(library_path, budget: str, options, k: int):
+    """``(problem, budget_ms, pool, neighbours)`` at ``budget``: the selection's pool
+    (``lana.select.plan_pool``) and a generator of ``("neighbour", plan)``, the one-swap
+    neighbours of the ILP's plan within +-10% of the budget that are not already in the pool."""
+    from lana.plan import _setup
     from lana.problem import parse_budget
     from lana.select import plan_of, plan_pool
-    from lana.student import student_from_context
-    from lana.train import predict_logits
 
-    options = SolveOptions.of(table=table)
     problem, settings = _setup(library_path, options)
     budget_ms = parse_budget(budget, settings["teacher_ms"].get(problem.table))
     pool = plan_pool(library_path, budget_ms, options, k=k, min_diff=2)
     ilp_choice = tuple(problem.specs[l].index(s) for l, (_, s) in enumerate(pool[0][1].choices))
-    entries = [(source, plan) for source, plan in pool]
-    seen = {plan.choices for _, plan in entries}
-    for other in _neighbours(problem, ilp_choice, 0.9 * budget_ms, 1.1 * budget_ms):
-        if len(entries) >= plans:
-            break
-        plan = plan_of(problem, other, budget_ms, "neighbour")
-        if plan.choices not in seen:
-            seen.add(plan.choices)
-            entries.append(("neighbour", plan))
+
+    def neighbours():
+        seen = {plan.choices for _, plan in pool}
+        for other in _neighbours(problem, ilp_choice, 0.9 * budget_ms, 1.1 * budget_ms):
+            plan = plan_of(problem, other, budget_ms, "neighbour")
+            if plan.choices not in seen:
+                seen.add(plan.choices)
+                yield "neighbour", plan
+
+    return problem, budget_ms, pool, neighbours()
+
+
+def score_halves(library, images: int):
+    """The first ``images`` of the library's score split, in two halves: ``(select, judge)``."""
+    from lana.data import split_of
+
+    data = split_of(library.config, "score", limit=images)
+    half = len(data) // 2
+    return data.subset(half), type(data)(data.name, data.split, data.images[half:], data.labels[half:], data.classes)
+
+
+def screen(library_path, budget: str, table: str | None, plans: int, k: int, data_halves, ctx) -> dict:
+    from itertools import islice
+
+    from lana.correlation import spearman
+    from lana.plan import SolveOptions
+    from lana.student import student_from_context
+    from lana.train import predict_logits
+
+    problem, budget_ms, pool, neighbours = pool_and_neighbours(library_path, budget, SolveOptions.of(table=table), k)
+    entries = [*pool, *islice(neighbours, max(0, plans - len(pool)))]
     select, judge = data_halves
     teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
     rows = []
     for source, plan in entries:
         model = student_from_context(ctx, plan)
-        (top1_select, kl_select), (top1, kl) = (_accuracy(model, h, t) for h, t in zip((select, judge), teacher))
+        (top1_select, kl_select), (top1, kl) = (accuracy(model, h, t) for h, t in zip((select, judge), teacher))
         rows.append({"source": source, "predicted_drop": float(plan.predicted_drop), "predicted_ms":
                      float(plan.predicted_latency_ms), "top1_select": top1_select, "kl_select": kl_select,
                      "top1": top1, "kl": kl})  # fmt: skip
@@ -89,7 +110,6 @@ def screen(library_path, budget: str, table: str | None, plans: int, k: int, dat
 
 def main(argv=None) -> dict:
     from lana.context import context_from_library
-    from lana.data import split_of
     from lana.library import Library
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -103,10 +123,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     library = Library(args.library)
-    data = split_of(library.config, "score", limit=args.images)
-    half = len(data) // 2
-    select = data.subset(half)
-    judge = type(data)(data.name, data.split, data.images[half:], data.labels[half:], data.classes)
+    select, judge = score_halves(library, args.images)
     ctx = context_from_library(library)
     results = [screen(args.library, b, args.table, args.plans, args.k, (select, judge), ctx)
                for b in args.budgets.split(",")]  # fmt: skip
