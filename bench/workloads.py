@@ -500,13 +500,12 @@ class WorkloadRun:
         folder = base / budget / method / (f"seed{seed}" if seed else "")
         own = self.competitor_key() if apart else {**self.key, "code": code_digest("lana"), "cpu": cpu_model()}
         key = {**own, **(depends or {}), "seed": seed}
-        stored = json.loads(json.dumps(key, default=str))  # the key as read back from a cache file
         failed = read_json(folder / "failure.json")
-        if remember and failed and failed.get("key") == stored:
+        if remember and failed and failed.get("key") == json.loads(json.dumps(key, default=str)):
             log.info("%s %s seed %d: failed before under this key (%s)", budget, method, seed, folder)
             raise RememberedFailure(failed["error"])
         saved = read_json(folder / "row.json")
-        if saved and saved.get("key") == stored:
+        if saved and saved.get("key") == json.loads(json.dumps(key, default=str)):
             try:
                 model = rebuild(saved["row"], folder).eval()
             except (OSError, RuntimeError, KeyError, ValueError) as error:
