@@ -3,7 +3,8 @@
 ``accelerate`` is what ``lana accelerate`` runs; the budget is met as *measured*: when the
 assembled student, timed interleaved with the teacher and put on the library's scale
 (:func:`lana.meters.measure_against_teacher`), is not at least ``BUDGET_MARGIN`` under the budget,
-the plan is re-solved with the budget tightened by the observed error (at most 5 rounds).
+the plan is re-solved with the budget tightened by the observed error; when it meets the budget
+with more than ``lana.select.BAND`` of it to spare, loosened (at most 5 measurements).
 
 With ``int8`` the library holds int8 twins of every candidate and the plan may run some layers in
 int8 (CPU only). Int8 kernels cannot be trained, so the float student is fine-tuned, then its int8
@@ -129,19 +130,25 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
     """Assemble, measure, and re-solve until the student meets the budget as measured.
 
     A plan that does not measure ``BUDGET_MARGIN`` under the budget (teacher-relative, on the
-    library's scale) is re-solved at a target scaled down by how far it missed. Once one plan has
-    missed, the target is bisected between the loosest that met the budget and the tightest that
-    did not, so that one mispredicted candidate does
-    not cost the rest of the budget; the plan kept is the one of least predicted drop among
-    those that met it (the last, fastest one when none did). At most ``_ROUNDS`` measurements: a
+    library's scale) is re-solved at a target scaled down by how far it missed; one that meets it
+    but measures under the band (``1 - lana.select.BAND`` of the budget) is re-solved at a target
+    scaled *up* to the band's middle: the table can over-predict a plan by a third (W2 at 0.5x,
+    4ceca51: predicted 46.7 ms, measured 29-33 ms), and a student that meets its budget at 0.7 of
+    it wastes latency the user gave. Once one plan has missed, the target is bisected between the
+    loosest that met the budget and the tightest that did not, so that one mispredicted candidate
+    does not cost the rest of the budget; a plan that lands in the band ends the loop. The plan
+    kept is the one of least predicted drop among those that met the budget (the last, fastest
+    one when none did). At most ``_ROUNDS`` measurements: a
     missed plan's predicted time bounds the next target (at any target from it up, the ILP returns
     that plan again: W1 at 0.35x, 2cedcb5, measured one plan three times), and a bisection that
     returns a plan already measured reuses its time (``"reused"`` in its round), so no measurement
     is spent twice on one plan. Returns the plan and the rounds' record.
     """
     from lana.meters import BUDGET_MARGIN
+    from lana.select import BAND
 
     b, budget_ms = config.build, plan.budget_ms
+    band_ms = budget_ms * (1 - BAND)
     rounds, target, low, high, best = [], budget_ms, 0.0, math.inf, None
     seen: dict[tuple, float] = {}  # plan's choices -> its measured time
     for _ in range(3 * _ROUNDS):  # a re-solve may return a measured plan: bounded all the same
@@ -151,24 +158,31 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
         measured = seen[plan.choices]
         rounds.append({"budget_ms": target, "predicted_ms": plan.predicted_latency_ms, "measured_ms": measured,
                        **({"reused": True} if reused else {})})  # fmt: skip
-        if measured <= budget_ms * (1 - BUDGET_MARGIN):
+        met = measured <= budget_ms * (1 - BUDGET_MARGIN)
+        if met:
             best = plan if best is None or plan.predicted_drop < best.predicted_drop else best
             low = max(low, target)
-            if math.isinf(high):
-                break  # met at the first try, or after tightening with nothing missed above it
+            if measured >= band_ms:
+                break  # in the band: the budget is spent and met
         else:  # every target from the plan's predicted time up to this one returns it again
             high = min(high, target, plan.predicted_latency_ms * (1 - 1e-6))
-        # scaled to land the student BUDGET_MARGIN under the budget (a miss within the budget but
-        # not under the margin must tighten the target, never loosen it)
-        target = (low + high) / 2 if low > 0 else min(high, target * budget_ms * (1 - BUDGET_MARGIN) / measured)
+        if met and math.isinf(high):  # under the band, nothing missed yet: loosen to the band's middle
+            if reused:
+                break  # the looser target gave the same plan: nothing the ILP prefers is slower
+            target = target * budget_ms * (1 - (BAND + BUDGET_MARGIN) / 2) / measured
+        elif low > 0:
+            target = (low + high) / 2
+        else:  # scaled to land BUDGET_MARGIN under the budget (a miss within the budget but not under
+            # the margin must tighten the target, never loosen it)
+            target = min(high, target * budget_ms * (1 - BUDGET_MARGIN) / measured)
         if high - low <= 0.02 * budget_ms or len(seen) == _ROUNDS:
             break
         log.info("student measured %.3f ms%s against a budget of %.3f ms: solving at %.3f ms", measured,
                  " (measured before)" if reused else "", budget_ms, target)  # fmt: skip
-        tighter = _resolve(library, target, solve)
-        if tighter is None:  # nothing is predicted that fast: keep what was measured
+        resolved = _resolve(library, target, solve)
+        if resolved is None:  # nothing is predicted that fast: keep what was measured
             break
-        plan = tighter
+        plan = resolved
     return best or plan, rounds
 
 

@@ -199,6 +199,14 @@ def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int
     return out
 
 
+def _within(contenders: Sequence[Contender], budget_ms: float, margin: float | None) -> list[Contender]:
+    """The contenders measured at least ``margin`` (default :data:`lana.meters.BUDGET_MARGIN`) under the budget."""
+    from lana.meters import BUDGET_MARGIN
+
+    margin = BUDGET_MARGIN if margin is None else margin
+    return [c for c in contenders if c.measured_ms <= budget_ms * (1 - margin)]
+
+
 def select_plan(contenders: Sequence[Contender], budget_ms: float, margin: float | None = None,
                 images: int | None = None) -> Contender:  # fmt: skip
     """The most accurate contender (score-split top-1, then the lower KL) measured at least
@@ -213,10 +221,7 @@ def select_plan(contenders: Sequence[Contender], budget_ms: float, margin: float
     plan that spends more of the budget (:func:`fill_target`) win over a faster one that is no
     more accurate.
     """
-    from lana.meters import BUDGET_MARGIN
-
-    margin = BUDGET_MARGIN if margin is None else margin
-    within = [c for c in contenders if c.measured_ms <= budget_ms * (1 - margin)]
+    within = _within(contenders, budget_ms, margin)
     if not within:
         return min(contenders, key=lambda c: c.measured_ms)
     best = max(within, key=lambda c: (c.top1, -c.kl))
@@ -245,7 +250,7 @@ def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: fl
     from lana.meters import BUDGET_MARGIN
 
     margin = BUDGET_MARGIN if margin is None else margin
-    within = [c.measured_ms for c in contenders if c.measured_ms <= budget_ms * (1 - margin)]
+    within = [c.measured_ms for c in _within(contenders, budget_ms, margin)]
     if not within or max(within) >= budget_ms * (1 - BAND):
         return None
     ratio = float(np.median([c.measured_ms / c.plan.predicted_latency_ms for c in contenders]))
@@ -270,8 +275,10 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
         seen = {c.plan.choices for c in contenders}
         more = [(f"{source}@fill", plan) for source, plan in plan_pool(library_path, refill, options, k=k,
                                                                         min_diff=min_diff) if plan.choices not in seen]  # fmt: skip
-        log.info("the pool measured %.3f of the budget at most: %d more plans solved at %.3f ms", max(
-            c.measured_ms for c in contenders if c.measured_ms <= budget_ms) / budget_ms, len(more), refill)  # fmt: skip
+        spent = max(c.measured_ms for c in _within(contenders, budget_ms, margin)) / budget_ms
+        log.info(
+            "the pool measured %.3f of the budget at most: %d more plans solved at %.3f ms", spent, len(more), refill
+        )
         if more:
             contenders += measure_pool(ctx, more, score_set, options.table, rounds=rounds, threads=threads,
                                        device=device)  # fmt: skip

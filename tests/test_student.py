@@ -206,3 +206,45 @@ def test_the_closed_loop_keeps_the_last_plan_when_nothing_faster_exists(monkeypa
     library = SimpleNamespace(table_noise=lambda table: 0.03)
     plan, rounds = acc._meet_budget(SimpleNamespace(build=None), library, None, first, SimpleNamespace(table="t"))
     assert plan is first and len(rounds) == 1
+
+
+def test_a_student_far_under_its_budget_is_re_solved_looser_into_the_band(monkeypatch):
+    """W2 at 0.5x (4ceca51): the table over-predicted the ILP's plan by a third (46.7 ms predicted,
+    33.2 ms measured), the loop stopped at the first plan that met the budget, and lana shipped a
+    student at 0.67 of it. A plan under the band now loosens the target toward the band's middle."""
+    from types import SimpleNamespace
+
+    import lana.accelerate as acc
+    from lana.select import BAND
+
+    def plan_at(target):  # the ILP's plan at a target: predicted just under it, drop falls with time
+        return Plan("m", (("l", f"p{target:.3f}"),), 0.99 * target, 10 / target, budget_ms=target)
+
+    def measured(ctx, plan, table, b):  # the table over-predicts every plan by 30%
+        return 0.7 * plan.predicted_latency_ms
+
+    monkeypatch.setattr(acc, "_measured_ms", measured)
+    monkeypatch.setattr(acc, "_resolve", lambda library, target, solve: plan_at(target))
+    plan, rounds = acc._meet_budget(SimpleNamespace(build=None), None, None, plan_at(10.0), SimpleNamespace(table="t"))
+    assert rounds[0]["measured_ms"] < 10.0 * (1 - BAND) and len(rounds) == 2
+    assert rounds[1]["budget_ms"] > 10.0  # solved looser than the budget
+    assert 10.0 * (1 - BAND) <= rounds[-1]["measured_ms"] <= 10.0 * 0.99
+    assert plan.predicted_latency_ms == rounds[-1]["predicted_ms"]  # the in-band plan is kept
+
+    # a table that is right for small plans and under-predicts large ones: the looser plan misses,
+    # the loop bisects, and what it keeps met the budget
+    def kinked(ctx, plan, table, b):
+        return plan.predicted_latency_ms * (0.7 if plan.predicted_latency_ms < 12 else 1.1)
+
+    monkeypatch.setattr(acc, "_measured_ms", kinked)
+    plan, rounds = acc._meet_budget(SimpleNamespace(build=None), None, None, plan_at(10.0), SimpleNamespace(table="t"))
+    assert any(r["measured_ms"] > 10.0 for r in rounds) and len(rounds) <= 5
+    assert kinked(None, plan, None, None) <= 9.9
+    assert plan.predicted_latency_ms == max(r["predicted_ms"] for r in rounds if r["measured_ms"] <= 9.9)
+    assert plan.predicted_latency_ms > 10.0  # looser than the first plan, which measured 6.9 ms
+
+    # a looser target that returns the same plan ends the loop
+    first = plan_at(10.0)
+    monkeypatch.setattr(acc, "_resolve", lambda library, target, solve: first)
+    plan, rounds = acc._meet_budget(SimpleNamespace(build=None), None, None, first, SimpleNamespace(table="t"))
+    assert plan is first and len(rounds) == 2 and rounds[1].get("reused")
