@@ -56,15 +56,18 @@ STAGES: dict[str, list[str]] = {
         "bench/__init__.py",
         "bench/baselines.py",
     ],  # fmt: skip
-    # what a user would do instead, and the uniform-slim ablation: the teacher, not the library
+    # what a user would do instead, and the uniform-slim ablation: the teacher, not the library.
+    # Not lana/accelerate.py: bench/baselines.py takes only its re-export of
+    # lana.meters.measure_latency (tests/test_bench_smoke.py checks it is that one), and listing it
+    # retrained every competitor at each change of lana's closed loop (5c8b917)
     "competitors": [
         *_DATA,
         "lana/teacher.py",
         "lana/finetune.py",
-        "lana/accelerate.py",
         "lana/meters.py",
         "lana/latency.py",
         "lana/layers.py",
+        "lana/distill.py",  # capture_io: uniform slim's least-squares start (bench.baselines)
         "candidates/slim.py",
         "candidates/lsq.py",
         "bench/competitors.py",
