@@ -67,6 +67,16 @@ def test_top1_differences_below_the_noise_are_ranked_by_the_objective():
     assert select_plan(pool, 11.0, images=2000).source == "ilp"  # clearly more accurate, within the budget
 
 
+def test_among_plans_equal_within_the_noise_one_that_spends_the_budget_is_kept():
+    """W2 at 0.5x (5c8b917): ilp 79.95% at 0.914 of the budget, ilp-4 79.80% at 0.972; the
+    objective alone kept ilp, out of the band. A plan clearly more accurate still wins under it."""
+    pool = [Contender("ilp", _Plan(10.0), 79.95, 0.5, 91.4), Contender("ilp-4", _Plan(12.0), 79.80, 0.5, 97.2),
+            Contender("slim", _Plan(11.0), 78.95, 0.5, 96.0)]  # fmt: skip
+    assert select_plan(pool, 100.0, images=2000).source == "ilp-4"  # +-0.89: slim is not as accurate
+    assert select_plan(pool[:1] + pool[2:], 100.0, images=2000).source == "ilp"  # 1.0 better than slim
+    assert select_plan(pool, 100.0, images=200_000).source == "ilp"  # +-0.09: ilp is more accurate
+
+
 def test_the_pool_is_solved_again_only_when_nothing_lands_in_the_band():
     budget = 100.0
     low = [Contender("ilp", _Plan(1.0, 100.0), 80.0, 0.3, 92.0), Contender("greedy", _Plan(1.0, 96.0), 80.0, 0.3, 90.0),
