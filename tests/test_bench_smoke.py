@@ -563,3 +563,19 @@ def test_parts_from_another_machine_are_kept_as_sections_not_merged(smoke_run, t
     assert not (results / f"{name}.2.json").exists() and "section" not in json.loads(
         (results / f"{name}.json").read_text()
     )
+
+
+def test_the_timing_probe_alternates_student_and_teacher_and_reports_each_pass(tiny_library, capsys):
+    """bench/timing_probe.py: the ILP's plan and the teacher timed forward pass by forward pass."""
+    from bench.timing_probe import _child, main
+    from lana.library import Library
+
+    path, _ = tiny_library
+    table = sorted(Library(path).tables)[0]
+    found = _child(str(path), "0.7x", table, threads=1, pairs=3, passes=2)
+    assert len(found["passes"]) == 2 and found["threads"] == 1
+    assert all(p["student_ms"] > 0 and p["teacher_ms"] > 0 and p["median_ratio"] > 0 for p in found["passes"])
+    assert found["predicted_ms"] <= found["budget_ms"]
+    with pytest.raises(SystemExit):
+        main([str(path) + ".missing"])
+    assert "no such library" in capsys.readouterr().err
