@@ -29,16 +29,17 @@ def _child(library: str, budget: str, table: str, threads: int, pairs: int, pass
     from lana.candidates import inference_form
     from lana.context import context_from_library
     from lana.library import Library
+    from lana.meters import parse_table_name
     from lana.plan import SolveOptions, solve_library
     from lana.student import student_from_context
 
     torch.set_num_threads(threads)
     ctx = context_from_library(Library(library))
     plan = solve_library(library, budget, SolveOptions(table=table))
-    batch = int(table.split("-b")[-1]) if "-b" in table else 1
+    batch = parse_table_name(table)["batch_size"]
     student = inference_form(student_from_context(ctx, plan).eval())
     teacher = inference_form(ctx.teacher.eval())
-    x = torch.randn(batch, *ctx.input_shape[-3:])
+    x = torch.randn(batch, *ctx.input_shape)  # what the table's meter times: (batch, *input_shape)
 
     def once(model) -> float:
         start = time.perf_counter()

@@ -145,7 +145,7 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
     is spent twice on one plan. Returns the plan and the rounds' record.
     """
     from lana.meters import BUDGET_MARGIN
-    from lana.select import BAND
+    from lana.select import BAND, band_aim
 
     b, budget_ms = config.build, plan.budget_ms
     band_ms = budget_ms * (1 - BAND)
@@ -169,7 +169,7 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
         if met and math.isinf(high):  # under the band, nothing missed yet: loosen to the band's middle
             if reused:
                 break  # the looser target gave the same plan: nothing the ILP prefers is slower
-            target = target * budget_ms * (1 - (BAND + BUDGET_MARGIN) / 2) / measured
+            target = target * band_aim(budget_ms) / measured
         elif low > 0:
             target = (low + high) / 2
         else:  # scaled to land BUDGET_MARGIN under the budget (a miss within the budget but not under

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BAND", "Contender", "fill_target", "greedy_choice", "plan_of", "plan_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
+__all__ = ["BAND", "Contender", "band_aim", "fill_target", "greedy_choice", "plan_of", "plan_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
            "uniform_choice"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,15 @@ def select_plan(contenders: Sequence[Contender], budget_ms: float, margin: float
 BAND = 0.05  # issue 25: a student lands within [1 - BAND, 1] x its budget as measured
 
 
+def band_aim(budget_ms: float, margin: float | None = None) -> float:
+    """The measured latency a re-solve aims at: the middle of the band, between ``1 - BAND`` and
+    ``1 - margin`` (default :data:`lana.meters.BUDGET_MARGIN`) of the budget."""
+    from lana.meters import BUDGET_MARGIN
+
+    margin = BUDGET_MARGIN if margin is None else margin
+    return budget_ms * (1 - (BAND + margin) / 2)
+
+
 def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: float,
                 margin: float | None = None) -> float | None:  # fmt: skip
     """The predicted target at which the pool's plans would measure inside the band, or None.
@@ -251,14 +260,11 @@ def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: fl
     predicted ratio to aim at the band's middle (between ``1 - BAND`` and ``1 - margin``). None
     when a contender is in the band already, none met the budget, or the target would not grow.
     """
-    from lana.meters import BUDGET_MARGIN
-
-    margin = BUDGET_MARGIN if margin is None else margin
     within = [c.measured_ms for c in _within(contenders, budget_ms, margin)]
     if not within or max(within) >= budget_ms * (1 - BAND):
         return None
     ratio = float(np.median([c.measured_ms / c.plan.predicted_latency_ms for c in contenders]))
-    target = budget_ms * (1 - (BAND + margin) / 2) / ratio
+    target = band_aim(budget_ms, margin) / ratio
     return target if target > target_ms * 1.005 else None
 
 
