@@ -500,8 +500,13 @@ def _provenance(start_load) -> dict:
     }
 
 
-def run_workload(workload, out: str | os.PathLike) -> dict:
-    """Run one workload end to end; writes and returns ``OUT/<name>/result.json``'s content."""
+def run_workload(workload, out: str | os.PathLike, competitors_only: bool = False) -> dict:
+    """Run one workload end to end; writes and returns ``OUT/<name>/result.json``'s content.
+
+    ``competitors_only``: make (or reuse) the competitors' and uniform slim's rows of every budget
+    and stop (no lana rows, no final timing, no result; returns ``{}``). They are cached apart from
+    lana and never depend on it, so they can be made while lana's code is still changing.
+    """
     import torch
 
     from bench.library_analysis import analyse
@@ -567,6 +572,10 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
             factor = _factor(run, budget)
             budget_ms = factor * teacher_by_table[budget_table(w, budget)]["used"]
             t0 = time.perf_counter()
+            if competitors_only:
+                _competitors(run, budget)
+                log.info("%s %s: competitors done in %.0f s", w.name, budget, time.perf_counter() - t0)
+                continue
             try:
                 lana, student = _lana(run, budget, budget_ms)
             except InfeasibleBudget as error:  # below the library's fastest plan: nothing to match
@@ -584,6 +593,8 @@ def run_workload(workload, out: str | os.PathLike) -> dict:
                 "wall_s": time.perf_counter() - t0,
             }
             log.info("%s %s done in %.0f s", w.name, budget, budgets[budget]["wall_s"])
+        if competitors_only:
+            return {}
         _measure_all(run)
         before = [(drop, teacher_before - top1) for drop, top1, _ in run.points]
         result = {
@@ -632,6 +643,7 @@ def run_bench(
     full: bool = False,
     prepare_only: bool = False,
     results: str | os.PathLike | None = None,
+    competitors_only: bool = False,
 ) -> Path:
     """Run the workloads ``names`` (``W1``, ``W2``) and write the report; returns its path.
 
@@ -642,6 +654,8 @@ def run_bench(
         budgets: override every workload's budgets (e.g. ``("0.7x", "0.5x", "0.35x")``).
         full: the library's design scale (:data:`bench.workloads.FULL`) instead of the 2-core one.
         prepare_only: make (or reuse) the teachers and libraries and stop; returns ``out``.
+        competitors_only: make (or reuse) the competitors' rows at every budget and stop (no
+            lana rows, result or report); returns ``out``.
         results: where each workload's result goes as ``<name>.json`` (default ``bench/results/`` of
             the repository, committed; ``OUT/results/`` for a smoke run); the report is rendered
             from every ``W*.json`` there.
@@ -671,7 +685,9 @@ def run_bench(
         workload = tiny(workload) if smoke else workload
         if budgets:
             workload = replace(workload, budgets=tuple(budgets))
-        results_list.append(run_workload(workload, out))
+        results_list.append(run_workload(workload, out, competitors_only=competitors_only))
+    if competitors_only:
+        return out
     results_dir = Path(results) if results else (out / "results" if smoke else RESULTS)
     for result in results_list:
         result.update(command=argv, smoke=smoke)

@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prepare-only", action="store_true", help="make (or reuse) the teachers and libraries, then stop"
     )
+    parser.add_argument(
+        "--competitors-only",
+        action="store_true",
+        help="make (or reuse) the competitors' cached rows at every budget, then stop (no lana rows, no report)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -119,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         full=args.scale == "full",
         prepare_only=args.prepare_only,
         results=results,
+        competitors_only=args.competitors_only,
     )
-    print(f"wrote {report}")
+    print(f"{'competitors made in' if args.competitors_only else 'wrote'} {report}")
     return 0
 
 

@@ -249,6 +249,33 @@ def test_a_rerun_sets_the_same_budgets_and_reuses_every_row(smoke_run, tmp_path)
     assert second.get("failures", {}) == first.get("failures", {})  # a failed competitor fails as it did
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_competitors_only_fills_the_cache_that_a_full_run_then_reuses(smoke_run, tmp_path):
+    """`--competitors-only` makes the competitors' rows at a new budget and no lana row; the full
+    run at that budget afterwards trains lana's rows and takes every competitor from the cache."""
+    import shutil
+
+    out, _ = smoke_run
+    again = tmp_path / "bench"
+    shutil.copytree(out, again)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "bench", "--smoke", "--out", str(again), "--budgets", "0.6x", "-q"]
+    done = subprocess.run([*base, "--competitors-only"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=840, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    made = {p.parent.name for p in (again / "W1-smoke" / "competitors" / "0.6x").glob("*/row.json")}
+    assert {"prune", "uniform_slim"} <= made
+    assert not (again / "W1-smoke" / "0.6x").exists()  # no lana row
+    assert _result(again) == _result(out)  # no result written
+    done = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [r for r in _result(again)["rows"] if r["budget"] == "0.6x"]
+    competitors = [r for r in rows if r["method"] in ("prune", "fastnas", "sibling", "uniform_slim")]
+    assert competitors and all(r.get("cached") for r in competitors)
+    assert not any(r.get("cached") for r in rows if r["method"] == "lana")
+
+
 def test_a_remembered_failure_is_raised_again_without_running(tmp_path):
     """A competitor whose make raised (FastNAS unable to reach a budget) is not run again under the
     same key: the rerun raises RememberedFailure quoting the first error; another key runs it."""
