@@ -16,8 +16,10 @@ as measured is kept. The pool (:func:`plan_pool`):
 * ``uniform-wX``: every layer cut to one width X (the widest that fits), as uniform slim would.
 
 When no plan of the pool measures within ``BAND`` of the budget (the table mispredicts plans of
-this size), the pool is solved once more at a target scaled to land in the band (``@fill``), so
-the student spends the latency it was given (:func:`fill_target`). Top-1 differences below the
+this size), or the accurate plans measure over the budget and only a far less accurate one within
+it, the pool is solved once more at a target scaled to land in the band (``@fill``), looser or
+tighter, so that the student spends the latency it was given on the plans that rank best
+(:func:`fill_target`). Top-1 differences below the
 score split's noise do not rank plans: the ILP's objective does (:func:`select_plan`).
 
 Re-solving a new budget stays instant (``lana solve``); the selection is a separate step whose
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["BAND", "Contender", "band_aim", "fill_target", "greedy_choice", "plan_of", "plan_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
-           "uniform_choice"]  # fmt: skip
+           "top1_noise", "uniform_choice"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +232,16 @@ def select_plan(contenders: Sequence[Contender], budget_ms: float, margin: float
     best = max(within, key=lambda c: (c.top1, -c.kl))
     if not images:
         return best
-    p = min(max(best.top1 / 100, 0.0), 1.0)
-    noise = 100 * float(np.sqrt(p * (1 - p) / images))
-    close = [c for c in within if c.top1 >= best.top1 - noise]
+    close = [c for c in within if c.top1 >= best.top1 - top1_noise(best.top1, images)]
     spends = [c for c in close if c.measured_ms >= budget_ms * (1 - BAND)]
     return min(spends or close, key=lambda c: (float(c.plan.predicted_drop), -c.top1, c.kl))
+
+
+def top1_noise(top1: float, images: int) -> float:
+    """One standard error (points) of a top-1 of ``top1`` % measured on ``images`` images
+    (binomial: ``sqrt(p (1 - p) / images)``)."""
+    p = min(max(top1 / 100, 0.0), 1.0)
+    return 100 * float(np.sqrt(p * (1 - p) / images))
 
 
 BAND = 0.05  # issue 25: a student lands within [1 - BAND, 1] x its budget as measured
@@ -250,22 +257,37 @@ def band_aim(budget_ms: float, margin: float | None = None) -> float:
 
 
 def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: float,
-                margin: float | None = None) -> float | None:  # fmt: skip
+                margin: float | None = None, images: int | None = None) -> float | None:  # fmt: skip
     """The predicted target at which the pool's plans would measure inside the band, or None.
 
-    The pool is solved at the target the latency loop settled on, and its plans can measure well
-    under the budget (W2 at 0.35x: every plan at 0.91-0.95 of it, the table over-predicting them
-    by 5-8%): latency the user gave and the student does not use. When no contender within the
-    budget reaches ``1 - BAND`` of it, the target is scaled by the pool's median measured /
-    predicted ratio to aim at the band's middle (between ``1 - BAND`` and ``1 - margin``). None
-    when a contender is in the band already, none met the budget, or the target would not grow.
+    The pool is solved at the target the latency loop settled on, and it can miss the band two ways:
+
+    * *under it*: no plan within the budget reaches ``1 - BAND`` of it (W2 at 0.35x: every plan at
+      0.91-0.95, the table over-predicting them by 5-8%): latency the user gave and the student
+      does not use;
+    * *over it*: a plan measured over the budget is more accurate than every plan within it,
+      beyond the score split's noise (``images``; any difference without it), or no plan is within
+      (W2 at 0.5x, a0f25a9: ilp 68.70% at 1.05x and ilp-3 71.30% at 1.08x of the budget, the
+      same ILP plan 0.9997x in the loop's pass a minute before; the only plan within,
+      uniform-w0.25, 64.50%, was kept, and it fine-tuned 1.0 point under the ILP's plan).
+
+    Either way the target is scaled by the pool's median measured / predicted ratio to aim at the
+    band's middle (between ``1 - BAND`` and ``1 - margin``): the accurate plans' neighbours are
+    solved there, instead of a far less accurate plan being kept, or latency being left unused.
+    None when neither holds, or the target would move by less than 0.5%.
     """
-    within = [c.measured_ms for c in _within(contenders, budget_ms, margin)]
-    if not within or max(within) >= budget_ms * (1 - BAND):
-        return None
+    within = _within(contenders, budget_ms, margin)
+    over = [c for c in contenders if all(c is not w for w in within)]
+    if within:
+        best = max(within, key=lambda c: (c.top1, -c.kl))
+        noise = top1_noise(best.top1, images) if images else 0.0
+        under = max(c.measured_ms for c in within) < budget_ms * (1 - BAND)
+        missed = any(c.top1 > best.top1 + noise for c in over)
+        if not (under or missed):
+            return None
     ratio = float(np.median([c.measured_ms / c.plan.predicted_latency_ms for c in contenders]))
     target = band_aim(budget_ms, margin) / ratio
-    return target if target > target_ms * 1.005 else None
+    return target if abs(target / target_ms - 1) > 0.005 else None
 
 
 def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, options, *, k: int = 4,
@@ -280,15 +302,15 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
     start = time.perf_counter()
     pool = plan_pool(library_path, target_ms, options, k=k, min_diff=min_diff)
     contenders = measure_pool(ctx, pool, score_set, options.table, rounds=rounds, threads=threads, device=device)
-    refill = fill_target(contenders, budget_ms, target_ms, margin) if fill else None
+    refill = fill_target(contenders, budget_ms, target_ms, margin, images=len(score_set)) if fill else None
     if refill is not None:
         seen = {c.plan.choices for c in contenders}
         more = [(f"{source}@fill", plan) for source, plan in plan_pool(library_path, refill, options, k=k,
                                                                         min_diff=min_diff) if plan.choices not in seen]  # fmt: skip
-        spent = max(c.measured_ms for c in _within(contenders, budget_ms, margin)) / budget_ms
-        log.info(
-            "the pool measured %.3f of the budget at most: %d more plans solved at %.3f ms", spent, len(more), refill
-        )
+        log.info("the pool measured %.3f-%.3f of the budget, out of the band or less accurate in it: %d more plans "
+                 "solved at %.3f ms (%s)", min(c.measured_ms for c in contenders) / budget_ms,
+                 max(c.measured_ms for c in contenders) / budget_ms, len(more), refill,
+                 "looser" if refill > target_ms else "tighter")  # fmt: skip
         if more:
             contenders += measure_pool(ctx, more, score_set, options.table, rounds=rounds, threads=threads,
                                        device=device)  # fmt: skip
