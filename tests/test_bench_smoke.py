@@ -594,7 +594,7 @@ def test_parts_from_another_machine_are_kept_as_sections_not_merged(smoke_run, t
 
 def test_the_timing_probe_alternates_student_and_teacher_and_reports_each_pass(tiny_library, capsys):
     """bench/timing_probe.py: the ILP's plan and the teacher timed forward pass by forward pass."""
-    from bench.timing_probe import _child, main
+    from bench.timing_probe import _child, main, probe
     from lana.library import Library
 
     path, _ = tiny_library
@@ -603,6 +603,13 @@ def test_the_timing_probe_alternates_student_and_teacher_and_reports_each_pass(t
     assert len(found["passes"]) == 2 and found["threads"] == 1
     assert all(p["student_ms"] > 0 and p["teacher_ms"] > 0 and p["median_ratio"] > 0 for p in found["passes"])
     assert found["predicted_ms"] <= found["budget_ms"]
+    assert all(p["faults_per_pass"] >= 0 and 0 <= p["kernel_share"] <= 1 for p in found["passes"])
+    assert found["keep_memory"] is False  # not asked
+    # --keep-memory in a fresh process (it changes malloc for the rest of the process): glibc takes it
+    result = probe(str(path), "0.7x", table, processes=1, threads=1, pairs=2, passes=1, keep=True)
+    import platform
+
+    assert result["keep_memory"] and result["processes"][0]["keep_memory"] == (platform.libc_ver()[0] == "glibc")
     with pytest.raises(SystemExit):
         main([str(path) + ".missing"])
     assert "no such library" in capsys.readouterr().err
