@@ -12,10 +12,10 @@ per pass, so that drift slower than one forward pass hits both alike. It reports
 and median ratio, and the spread of the ratio within and between processes, with the minor page faults
 per forward pass and the share of the CPU time spent in the kernel.
 
-``--keep-memory``: each child first tells glibc's malloc never to hand large blocks to ``mmap`` and
-never to trim its heap (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``), so that
-a forward pass reuses the memory of the last one instead of faulting fresh pages in: on a VM whose
-host reclaims guest pages (DAMON ``pageout``), a fresh page can cost a trip to the host.
+``--keep-memory``: each child first tells glibc's malloc to keep what it frees
+(:func:`lana.meters.keep_freed_memory`, as lana's own meters do), so that a
+forward pass reuses the memory of the last one instead of faulting fresh pages in. The probe times
+with its own loop, so without the flag it shows the default malloc.
 """
 
 from __future__ import annotations
@@ -29,20 +29,6 @@ import sys
 import time
 
 
-def keep_memory() -> bool:
-    """glibc malloc keeps what it frees (no ``mmap`` blocks, no heap trim); False where not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-
-
 def _child(library: str, budget: str, table: str, threads: int, pairs: int, passes: int,
            keep: bool = False) -> dict:  # fmt: skip
     import resource
@@ -52,11 +38,11 @@ def _child(library: str, budget: str, table: str, threads: int, pairs: int, pass
     from lana.candidates import inference_form
     from lana.context import context_from_library
     from lana.library import Library
-    from lana.meters import parse_table_name
+    from lana.meters import keep_freed_memory, parse_table_name
     from lana.plan import SolveOptions, solve_library
     from lana.student import student_from_context
 
-    kept = keep_memory() if keep else False
+    kept = keep_freed_memory() if keep else False
     torch.set_num_threads(threads)
     ctx = context_from_library(Library(library))
     plan = solve_library(library, budget, SolveOptions(table=table))

@@ -40,6 +40,7 @@ __all__ = [
     "table_name",
     "default_tables",
     "check_int8_target",
+    "keep_freed_memory",
 ]
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -159,6 +160,7 @@ class TorchMeter(LatencyMeter):
         return Timing.of(samples)
 
     def _time_cpu(self, module: nn.Module, x: torch.Tensor) -> list[float]:
+        keep_freed_memory()  # no page faults inside the timed calls
         for _ in range(self.warmup):
             module(x)
         samples = []
@@ -270,8 +272,40 @@ class OpenVinoMeter(_ExportedMeter):
         return _timed_calls(lambda: request.infer(feed), self.warmup, self.repeats)
 
 
+_KEPT: bool | None = None  # keep_freed_memory's answer, once per process
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep the memory it frees (no ``mmap`` blocks, no heap trim), once per
+    process; True when it took (False off glibc).
+
+    Otherwise PyTorch's large CPU tensors come from ``mmap`` and go back on free, so every forward
+    pass faults its activations in again. On a 2-core AMD EPYC VM whose host reclaims guest pages,
+    that was 18,000-24,000 page faults and 21-32% of the CPU time in the kernel per W2 forward
+    pass: the teacher ran 1.4x slower, its timing wandered 45% between passes, and a student's
+    ratio to it moved by 5% (``bench.timing_probe``, bench/results/checks/timing_probe_W2_malloc_*).
+    A serving process reuses its memory (or is linked to jemalloc / tcmalloc), so a latency table
+    is timed that way too. Process-wide: memory freed stays with the process.
+    """
+    global _KEPT
+    if _KEPT is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        except (OSError, AttributeError):
+            _KEPT = False
+        else:
+            m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+            _KEPT = bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return _KEPT
+
+
 def _timed_calls(call, warmup: int, repeats: int) -> Timing:
-    """``warmup`` untimed calls, then ``repeats`` timed ones (wall clock, ms)."""
+    """``warmup`` untimed calls, then ``repeats`` timed ones (wall clock, ms), with freed memory
+    kept (:func:`keep_freed_memory`)."""
+    keep_freed_memory()
     for _ in range(warmup):
         call()
     samples = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -549,3 +550,33 @@ def test_in_network_table_folds_the_whole_student_fit_into_its_numbers(teacher):
     with pytest.raises(ValueError, match="unknown correction 'nope': whole_fit or scale"):
         measure_table(teacher, LAYERS, SPECS, build, TorchMeter(repeats=1), "t", progress=False,
                       input_shape=INPUT_SHAPE, correction="nope")  # fmt: skip
+
+
+_FAULTS = """
+import resource, sys, torch
+from torch import nn
+import lana.meters as m
+if sys.argv[1] == "timed":
+    m.TorchMeter(batch_size=1, threads=1, repeats=1, warmup=0)(nn.Conv2d(3, 4, 1), (3, 8, 8))
+torch.empty(1 << 24).fill_(1.0)  # 64 MiB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(1 << 24).fill_(1.0)  # the same again
+print(m._KEPT, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc's settings are glibc's")
+def test_a_cpu_timing_keeps_freed_memory_so_a_pass_does_not_fault_its_tensors_in_again():
+    """By default a 64 MiB tensor freed and made again faults in 16,384 fresh pages (glibc hands it
+    to mmap); once a CPU meter has timed anything in the process, freed memory is kept and reused."""
+
+    def run(mode):
+        done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+                              timeout=300)  # fmt: skip
+        kept, faults = done.stdout.split()
+        return kept, int(faults)
+
+    kept, faults = run("timed")
+    assert kept == "True" and faults < 64
+    kept, faults = run("untimed")
+    assert kept == "None" and faults > 10_000
