@@ -243,14 +243,14 @@ def _factor(run, budget: str) -> float:
     if name is None:
         run.factors[budget] = budget_factor(budget)
         return run.factors[budget]
-    from bench.provenance import cpu_model
+    from bench.provenance import cpu_model, meter_digest
     from lana.files import read_json, write_json
 
     w = run.w
-    # measured once per teacher, table and CPU, then kept: a rerun's budget (and every row keyed
+    # measured once per teacher, table, CPU and meter, then kept: a rerun's budget (and every row keyed
     # by it) does not move with the machine's noise of the day
     path = run.out / "factors.json"
-    key = f"{budget}|{budget_table(w, budget)}|{run.key['teacher_sha256'][:16]}|{cpu_model()}"
+    key = f"{budget}|{budget_table(w, budget)}|{run.key['teacher_sha256'][:16]}|{cpu_model()}|{meter_digest()}"
     known = read_json(path) or {}
     if key in known:
         run.factors[budget] = known[key]
@@ -510,7 +510,7 @@ def run_workload(workload, out: str | os.PathLike, competitors_only: bool = Fals
     import torch
 
     from bench.library_analysis import analyse
-    from bench.provenance import cpu_model
+    from bench.provenance import cpu_model, meter_digest
     from bench.workloads import WorkloadRun, budget_table
     from lana.accelerate import measure_latency
     from lana.correlation import spearman
@@ -534,14 +534,14 @@ def run_workload(workload, out: str | os.PathLike, competitors_only: bool = Fals
         # Other load only ever adds time, so the quieter of the two timings of the teacher (now, and
         # in the library's table) sets the budgets: a busy minute now cannot double every budget.
         teacher_by_table = {}
-        # the budgets' timing of the teacher is kept, per teacher, table and CPU, as the siblings'
+        # the budgets' timing of the teacher is kept, per teacher, table, CPU and meter, as the siblings'
         # factors are: a rerun (a resumed or a partial run) sets the same budgets, so every row
         # keyed by its budget comes from the cache (a re-timing moved =Lite0's budget from 66.606
         # to 66.923 ms, and the rerun began to retrain all of lana's rows)
         timings_path = folder / "teacher_ms.json"
         known = read_json(timings_path) or {}
         for table in dict.fromkeys([w.budget_table, *(budget_table(w, b) for b in w.budgets)]):
-            key = f"{table}|{run.key['teacher_sha256'][:16]}|{cpu_model()}"
+            key = f"{table}|{run.key['teacher_sha256'][:16]}|{cpu_model()}|{meter_digest()}"
             if key not in known:
                 known[key] = measure_latency(
                     {"teacher": run.teacher}, w.input_shape, table, rounds=w.latency_rounds, threads=w.threads

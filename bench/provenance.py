@@ -15,7 +15,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-__all__ = ["ROOT", "STAGES", "code_digest", "code_digests", "commit", "cpu_model", "stale_rows"]
+__all__ = ["ROOT", "STAGES", "code_digest", "code_digests", "commit", "cpu_model", "meter_digest", "stale_rows"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,6 +98,17 @@ def code_digest(stage: str, root: str | os.PathLike = ROOT) -> str:
     for path in _files(patterns, root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+@cache
+def meter_digest(root: str | os.PathLike = ROOT) -> str:
+    """The first 8 hex digits of the SHA-256 over the CPU meters' source (``lana/meters.py``).
+
+    It keys the timings the benchmark keeps across runs (the teacher's, the siblings' factors):
+    a change to how the CPU is timed (fba1554: freed memory kept, the teacher 1.4x faster on the
+    AMD EPYC VM) times them again, where the CPU alone would have kept the old meter's figures.
+    """
+    return hashlib.sha256((Path(root) / "lana/meters.py").read_bytes()).hexdigest()[:8]
 
 
 def code_digests(root: str | os.PathLike = ROOT) -> dict[str, str]:

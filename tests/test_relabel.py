@@ -79,3 +79,19 @@ def test_rows_made_by_other_files_are_never_relabelled(tmp_path, monkeypatch):
         rl.relabel(tmp_path, "abc1234")
     with pytest.raises(ValueError, match="unknown stage"):
         rl.relabel(tmp_path, "abc1234", stage="nope")
+
+
+def test_the_kept_timings_are_keyed_by_the_meter_that_made_them(tmp_path):
+    """The teacher's timing and the siblings' factors are kept across runs; a change to the CPU
+    meter (lana/meters.py) must time them again, a change elsewhere must not."""
+    from bench.provenance import meter_digest
+
+    (tmp_path / "lana").mkdir()
+    (tmp_path / "lana/meters.py").write_text("def measure(): pass\n")
+    (tmp_path / "lana/other.py").write_text("x = 1\n")
+    before = meter_digest.__wrapped__(tmp_path)
+    (tmp_path / "lana/other.py").write_text("x = 2\n")
+    assert meter_digest.__wrapped__(tmp_path) == before
+    (tmp_path / "lana/meters.py").write_text("def measure(): return 1\n")
+    assert meter_digest.__wrapped__(tmp_path) != before
+    assert len(meter_digest()) == 8
