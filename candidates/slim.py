@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SLIM_WIDTHS", "build_slim", "cut_block", "slim_channels", "slim_specs"]
 
-SLIM_WIDTHS = (0.75, 0.5, 0.375, 0.25)
+SLIM_WIDTHS = (0.875, 0.75, 0.5, 0.375, 0.25)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,10 +116,10 @@ KINDS: dict[str, KindInfo] = {
     "rep": KindInfo("RepVGG block, fused into one conv for inference", {"k": (3,)}, act=True),
     "repdw": KindInfo("MobileOne-style depthwise-separable rep block, fused for inference", {"k": (3,)}, act=True),
     # the teacher's block cut to a width (once-for-all's elastic width) and/or its k5/k7
-    # depthwise kernel cropped to 3 (elastic kernel): 4 widths x (k kept, k3) + k3 alone = 9
+    # depthwise kernel cropped to 3 (elastic kernel): 5 widths x (k kept, k3) + k3 alone = 11
     "slim": KindInfo(
         "the teacher's block with its hidden channels cut (weights sliced from the teacher)",
-        {"w": (0.75, 0.5, 0.375, 0.25), "k": (3,)},
+        {"w": (0.875, 0.75, 0.5, 0.375, 0.25), "k": (3,)},
         optional=True,
         unlisted={"w": (1.0,)},
         teacher_derived=True,

@@ -277,6 +277,8 @@ def test_the_slim_family_is_listed_by_name_and_joins_compact_and_default_with_a_
         "slim_w0.5_k3",
         "slim_w0.75",
         "slim_w0.75_k3",
+        "slim_w0.875",
+        "slim_w0.875_k3",
     ]
     assert not any(spec.startswith("slim") for spec in list_candidates())
     layer, block = _blocks("resnet18")[0]

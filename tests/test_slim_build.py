@@ -37,7 +37,13 @@ def test_every_layer_gets_the_slim_widths_and_they_distil(slim_library):
     library = Library(slim_library)
     for record in library.layers():
         slim = [i for i, spec in enumerate(record.specs) if spec.startswith("slim")]
-        assert [record.specs[i] for i in slim] == ["slim_w0.75", "slim_w0.5", "slim_w0.375", "slim_w0.25"]
+        assert [record.specs[i] for i in slim] == [
+            "slim_w0.875",
+            "slim_w0.75",
+            "slim_w0.5",
+            "slim_w0.375",
+            "slim_w0.25",
+        ]
         assert np.all(np.isfinite(record.distill_loss[slim]))
         assert np.all(record.cand_params[slim] < record.params)  # counted on the cut module
 
