@@ -77,7 +77,8 @@ def score_halves(library, images: int):
     return data.subset(half), type(data)(data.name, data.split, data.images[half:], data.labels[half:], data.classes)
 
 
-def screen(library_path, budget: str, table: str | None, plans: int, k: int, data_halves, ctx) -> dict:
+def screen(library_path, budget: str, table: str | None, plans: int, k: int, data_halves, ctx,
+           exclude: tuple[str, ...] = ()) -> dict:  # fmt: skip
     from itertools import islice
 
     from lana.correlation import spearman
@@ -85,7 +86,8 @@ def screen(library_path, budget: str, table: str | None, plans: int, k: int, dat
     from lana.student import student_from_context
     from lana.train import predict_logits
 
-    problem, budget_ms, pool, neighbours = pool_and_neighbours(library_path, budget, SolveOptions.of(table=table), k)
+    problem, budget_ms, pool, neighbours = pool_and_neighbours(library_path, budget, SolveOptions.of(table=table, exclude=exclude),
+                                                           k)  # fmt: skip
     entries = [*pool, *islice(neighbours, max(0, plans - len(pool)))]
     select, judge = data_halves
     teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
@@ -103,6 +105,7 @@ def screen(library_path, budget: str, table: str | None, plans: int, k: int, dat
         "budget": budget, "budget_ms": budget_ms, "table": problem.table, "score": problem.score,
         "spearman_near_budget": spearman([-r["predicted_drop"] for r in near], [r["top1"] for r in near]),
         "spearman_kl_select": spearman([-r["kl_select"] for r in near], [r["top1"] for r in near]),
+        "exclude": list(exclude), "teacher_top1": accuracy(ctx.teacher, judge, teacher[1])[0],
         "near_plans": len(near), "chosen": chosen["source"], "chosen_top1": chosen["top1"],
         "by_source": {r["source"]: r["top1"] for r in rows if r["source"] != "neighbour"}, "rows": rows,
     }  # fmt: skip
@@ -119,16 +122,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--plans", type=int, default=40, help="near-budget plans at least (one-swap neighbours fill)")
     parser.add_argument("--k", type=int, default=4, help="the ILP's diverse plans in the pool")
     parser.add_argument("--images", type=int, default=2000, help="score-split images, halved: select / judge")
+    parser.add_argument(
+        "--exclude",
+        default="",
+        help="candidate specs the solves leave out, comma-separated "
+        "(a library built with a family screened without it)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     library = Library(args.library)
     select, judge = score_halves(library, args.images)
     ctx = context_from_library(library)
-    results = [screen(args.library, b, args.table, args.plans, args.k, (select, judge), ctx)
+    exclude = tuple(s for s in args.exclude.split(",") if s)
+    results = [screen(args.library, b, args.table, args.plans, args.k, (select, judge), ctx, exclude)
                for b in args.budgets.split(",")]  # fmt: skip
     for r in results:
-        print(f"{r['budget']}: Spearman near budget {r['spearman_near_budget']:.3f} over {r['near_plans']} plans "
+        print(f"{r['budget']} (teacher {r['teacher_top1']:.2f}%): Spearman near budget {r['spearman_near_budget']:.3f} over {r['near_plans']} plans "
               f"(KL on the select half: {r['spearman_kl_select']:.3f}); chosen {r['chosen']} {r['chosen_top1']:.2f}%; "
               + ", ".join(f"{s} {v:.2f}" for s, v in r["by_source"].items()))  # fmt: skip
     out = {"library": str(args.library), "results": results, "seconds": time.perf_counter() - start,
