@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BAND", "Contender", "band_aim", "fill_target", "greedy_choice", "plan_of", "plan_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
+__all__ = ["BAND", "Contender", "band_aim", "fill_target", "greedy_choice", "plan_of", "plan_pool", "refill_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
            "top1_noise", "uniform_choice"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,21 @@ def plan_pool(path, budget_ms: float, options=None, k: int = 4, min_diff: int = 
             seen.add(plan.choices)
             out.append((source, plan))
     return out
+
+
+def refill_pool(path, target_ms: float, options, seen, k: int = 4, min_diff: int = 2) -> list[tuple[str, object]]:
+    """The pool at ``target_ms`` less the plans in ``seen`` (choices), sources marked ``@fill``;
+    empty when no plan is predicted that fast: a tighter refill aimed below the library's fastest
+    plan (the machine ran slow while the pool was timed) keeps the pool measured, as the latency
+    loop does, instead of failing a budget that the pool's plans may meet."""
+    from lana.solver import InfeasibleBudget
+
+    try:
+        pool = plan_pool(path, target_ms, options, k=k, min_diff=min_diff)
+    except InfeasibleBudget as error:
+        log.warning("cannot solve the pool again at %.3f ms (%s); keeping the plans measured so far", target_ms, error)
+        return []
+    return [(f"{source}@fill", plan) for source, plan in pool if plan.choices not in seen]
 
 
 @dataclass(frozen=True)
@@ -304,9 +319,7 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
     contenders = measure_pool(ctx, pool, score_set, options.table, rounds=rounds, threads=threads, device=device)
     refill = fill_target(contenders, budget_ms, target_ms, margin, images=len(score_set)) if fill else None
     if refill is not None:
-        seen = {c.plan.choices for c in contenders}
-        more = [(f"{source}@fill", plan) for source, plan in plan_pool(library_path, refill, options, k=k,
-                                                                        min_diff=min_diff) if plan.choices not in seen]  # fmt: skip
+        more = refill_pool(library_path, refill, options, {c.plan.choices for c in contenders}, k, min_diff)
         log.info("the pool measured %.3f-%.3f of the budget, out of the band or less accurate in it: %d more plans "
                  "solved at %.3f ms (%s)", min(c.measured_ms for c in contenders) / budget_ms,
                  max(c.measured_ms for c in contenders) / budget_ms, len(more), refill,

@@ -138,6 +138,35 @@ def test_a_selection_under_the_band_measures_a_second_pool_and_keeps_a_plan_in_i
     assert "fill_target_ms" not in record and len(solved) == 4  # 90 of 94 is in the band already
 
 
+def test_a_tighter_refill_below_the_fastest_plan_keeps_the_measured_pool(monkeypatch):
+    """The machine ran slow while the pool was timed (every plan 1.3x its prediction): the tighter
+    refill's target is below the library's fastest plan. The selection keeps a plan it measured,
+    as the latency loop does, instead of failing the budget (a bench smoke run lost its 0.5x
+    budget so on a loaded CI machine)."""
+    import lana.select as select
+    from lana.solver import InfeasibleBudget
+
+    solved = []
+
+    def pool(path, target_ms, options=None, k=4, min_diff=2):
+        solved.append(target_ms)
+        if target_ms < 90.0:
+            raise InfeasibleBudget(f"latency budget {target_ms:.4f} ms is infeasible", table="t", budget_ms=target_ms,
+                                   min_latency_ms=90.0, binding=("latency_t",))  # fmt: skip
+        return [(name, _Plan(100.0 / (target_ms * f), target_ms * f)) for name, f in (("ilp", 1.0), ("greedy", 0.97))]
+
+    def measure(ctx, pool, score_set, table, rounds=3, threads=None, device="cpu"):
+        return [Contender(source, plan, 80.0, 0.3, 1.3 * plan.predicted_latency_ms) for source, plan in pool]
+
+    monkeypatch.setattr(select, "plan_pool", pool)
+    monkeypatch.setattr(select, "measure_pool", measure)
+    plan, record = select.selection(None, "lib", 100.0, 100.0, list(range(2000)), SimpleNamespace(table="t"))
+    assert len(solved) == 2 and solved[1] < 90.0  # the refill was tried, tighter, and was infeasible
+    assert record["fill_target_ms"] == pytest.approx(solved[1]) and record["chosen"] in ("ilp", "greedy")
+    assert [r["source"] for r in record["plans"]] == ["ilp", "greedy"]
+    assert select.refill_pool("lib", 50.0, None, set()) == []
+
+
 def test_plans_are_timed_against_the_teacher_so_that_the_machines_drift_cancels(monkeypatch):
     """W2: a plan kept at 0.998 x its budget in the selection's pass came out 1.04 x in the final
     one, the machine having sped up for the teacher in between. Times relative to the teacher of
