@@ -86,8 +86,8 @@ def screen(library_path, budget: str, table: str | None, plans: int, k: int, dat
     from lana.student import student_from_context
     from lana.train import predict_logits
 
-    problem, budget_ms, pool, neighbours = pool_and_neighbours(library_path, budget, SolveOptions.of(table=table, exclude=exclude),
-                                                           k)  # fmt: skip
+    options = SolveOptions.of(table=table, exclude=exclude)
+    problem, budget_ms, pool, neighbours = pool_and_neighbours(library_path, budget, options, k)
     entries = [*pool, *islice(neighbours, max(0, plans - len(pool)))]
     select, judge = data_halves
     teacher = [predict_logits(ctx.teacher, half) for half in (select, judge)]
