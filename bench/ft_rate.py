@@ -21,7 +21,6 @@ import json
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 
 def main(argv=None) -> list[dict]:
@@ -77,8 +76,9 @@ def main(argv=None) -> list[dict]:
     if args.out:
         out = {"library": args.library, "images": len(held), "epochs": args.epochs, "rows": rows,
                "threads": torch.get_num_threads(), "load_average": os.getloadavg()}  # fmt: skip
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
+        from lana.files import write_json
+
+        write_json(args.out, out)
     return rows
 
 

@@ -17,10 +17,8 @@ No latency is measured (predicted only), so it may run beside other work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -144,8 +142,9 @@ def main(argv=None) -> dict:
     out = {"library": str(args.library), "results": results, "seconds": time.perf_counter() - start,
            "images": {"select": len(select), "judge": len(judge)}, "load_average": os.getloadavg()}  # fmt: skip
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
+        from lana.files import write_json
+
+        write_json(args.out, out)
     return out
 
 

@@ -13,7 +13,6 @@ put a uniform plan of its width at about 1.21x.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 
@@ -72,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['measured_over_predicted']:.3f}")  # fmt: skip
     print(f"cpu {result['cpu']}, load average {result['load_average']}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        from lana.files import write_json
+
+        write_json(args.out, result)
     return 0
 
 
