@@ -51,6 +51,7 @@ STAGES: dict[str, list[str]] = {
         "lana/plan.py",
         "lana/problem.py",
         "lana/select.py",
+        "lana/paired.py",
         "lana/head.py",
         "solver/*.py",
         "bench/__init__.py",

@@ -244,7 +244,9 @@ def findings(result: dict) -> list[str]:
                     f"lana's student stood at {lana['top1_before_ft']:.2f}% before fine-tuning "
                     f"(predicted drop {lana['predicted_drop']:.3f} {result['correlation']['score']})"
                 )
-            used = lana["latency"][table]["median_ms"] / lana["budget_ms"]
+            used = (verdicts(result).get(budget) or {}).get("lana_vs_budget") or (
+                lana["latency"][table]["median_ms"] / lana["budget_ms"]
+            )
             if used < 0.9:
                 why.append(f"it used only {100 * used:.0f}% of its {_ms(lana['budget_ms'])} ms budget as measured")
             text += " Bearing on why: " + "; ".join(why) + "." if why else ""
@@ -568,10 +570,12 @@ def write_report(
         (
             "Competitors (prune, fastnas, sibling) are matched to the *budget* (a factor of the teacher's latency, "
             "timed interleaved with the teacher, landing in [0.95, 1.0] of it) and cached apart from lana. A "
-            "comparison counts when the other model is within ±5% of lana's latency in the final interleaved pass "
-            "(or lana is both faster and more accurate), and lana itself within [0.95, 1.0] of the budget; else it "
-            "is *undetermined*. lana, the best competitor and uniform slim get several fine-tuning seeds (mean ± "
-            "std); a **win** is a mean difference ≥ 1 point whose 95% interval (Welch) excludes zero; an interval "
+            "comparison counts when the other model is within ±5% of lana's latency in the final pass (or lana is "
+            "both faster and more accurate), and lana itself within [0.95, 1.0] of the budget; else it is "
+            "*undetermined*. These two ratios are timed paired where a result has them (each model alternating "
+            "with lana's student, and lana's student with the teacher, in short blocks until the median ratio's "
+            "95% interval is within ±1%: `lana.paired`); older results divide the interleaved pass's medians. "
+            "lana, the best competitor and uniform slim get several fine-tuning seeds (mean ± std); a **win** is a mean difference ≥ 1 point whose 95% interval (Welch) excludes zero; an interval "
             "across zero is a **tie**, one below zero a **loss**."
         ),
     ]

@@ -101,7 +101,18 @@ def compare(lana: dict, other: dict, latency_ratio: float | None, matched: bool 
     return Comparison(other["method"], diff, low, high, (len(a), len(b)), latency_ratio, verdict)
 
 
+def _paired(row: dict, key: str, table: str) -> float | None:
+    """The ratio the final pass timed paired on ``table`` (:mod:`bench.final_pass`), if any."""
+    paired = row.get("paired") or {}
+    return paired[key]["ratio"] if paired.get("table") == table and key in paired else None
+
+
 def _ratio(row: dict, lana: dict, table: str) -> float | None:
+    """``row``'s latency over lana's on ``table``: paired where the final pass timed it so, else
+    the ratio of the two medians (results made before paired timing)."""
+    paired = _paired(row, "vs_lana", table)
+    if paired is not None:
+        return paired
     try:
         return row["latency"][table]["median_ms"] / lana["latency"][table]["median_ms"]
     except (KeyError, TypeError, ZeroDivisionError):
@@ -115,13 +126,16 @@ def budget_verdict(rows: list[dict], budget: str, table: str, factor: float) -> 
     Returns:
         ``{"lana_vs_budget": measured / budget, "lana_in_band": bool, "best": method or None,
         "verdict": str, "comparisons": [Comparison dicts]}``; the budget is ``factor`` x the
-        teacher as timed in the same final pass.
+        teacher as timed in the same final pass (paired with lana's student where it was).
     """
     lana = next((r for r in rows if r["method"] == "lana" and r["budget"] == budget), None)
     teacher = next((r for r in rows if r["method"] == "teacher"), None)
     if lana is None or teacher is None or "latency" not in lana:
         return None
-    used = lana["latency"][table]["median_ms"] / (factor * teacher["latency"][table]["median_ms"])
+    to_teacher = _paired(lana, "vs_teacher", table)
+    if to_teacher is None:  # results made before paired timing: the two medians of the pass
+        to_teacher = lana["latency"][table]["median_ms"] / teacher["latency"][table]["median_ms"]
+    used = to_teacher / factor
     in_band = BUDGET_BAND[0] <= used <= BUDGET_BAND[1]
     comparisons = []
     for row in rows:

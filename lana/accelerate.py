@@ -1,8 +1,8 @@
 """The whole path: build (or reuse) the library, solve, assemble, fine-tune, measure, export.
 
 ``accelerate`` is what ``lana accelerate`` runs; the budget is met as *measured*: when the
-assembled student, timed interleaved with the teacher and put on the library's scale
-(:func:`lana.meters.measure_against_teacher`), is not at least ``BUDGET_MARGIN`` under the budget,
+assembled student, timed paired with the teacher and put on the library's scale
+(:func:`lana.paired.time_relative`), is not at least ``BUDGET_MARGIN`` under the budget,
 the plan is re-solved with the budget tightened by the observed error; when it meets the budget
 with more than ``lana.select.BAND`` of it to spare, loosened (at most 5 measurements).
 
@@ -120,7 +120,7 @@ def _select(config: AccelerateConfig, library: Library, ctx, plan, asked_ms: flo
     b = config.build
     score_set = split_of(asdict(b), "score", limit=b.score_images)
     return selection(ctx, library.path, asked_ms, plan.budget_ms, score_set, solve, k=config.diverse,
-                     min_diff=config.min_diff, rounds=b.latency_rounds, threads=b.threads, device=device)  # fmt: skip
+                     min_diff=config.min_diff, threads=b.threads, device=device)  # fmt: skip
 
 
 _ROUNDS = 5  # measurements of the closed loop, at most
@@ -188,16 +188,17 @@ def _meet_budget(config: AccelerateConfig, library: Library, ctx, plan, solve: S
 
 
 def _measured_ms(ctx, plan, table: str, b) -> float:
-    """The plan's student timed interleaved with the teacher, on the library's scale (the plan's
-    predicted teacher latency on ``table``; raw ms when the plan has none)."""
-    from lana.meters import measure_against_teacher
+    """The plan's student timed paired with the teacher (:func:`lana.paired.time_relative`), on
+    the library's scale (its ratio times the plan's predicted teacher latency on ``table``; raw ms
+    when the plan has none)."""
+    from lana.paired import time_relative
     from lana.select import teacher_reference_ms
     from lana.student import student_from_context
 
     student = student_from_context(ctx, plan)
     reference = teacher_reference_ms([plan], table)
-    return measure_against_teacher({"student": student}, ctx.teacher, ctx.input_shape, table, reference,
-                                   rounds=b.latency_rounds, threads=b.threads)["student"]["median_ms"]  # fmt: skip
+    timed = time_relative({"student": student}, ctx.teacher, ctx.input_shape, table, threads=b.threads)["student"]
+    return timed.ratio * reference if reference else timed.model_ms
 
 
 def _resolve(library: Library, target: float, solve: SolveOptions):

@@ -4,7 +4,7 @@ at the budget, measured, instead of the ILP's prediction alone.
 The ILP is exact for its objective, the sum of one-layer scores, and that sum ranks whole
 students poorly on deep networks (errors compound). So, at the budget, a pool of plans is
 assembled from the library, each is run on the held-out *score* split (top-1 and KL to the
-teacher, before any fine-tuning) and timed (interleaved with the teacher, on the budget's table,
+teacher, before any fine-tuning) and timed (paired with the teacher, on the budget's table,
 put on the library's scale), and the most accurate one at least ``BUDGET_MARGIN`` under the budget
 as measured is kept. The pool (:func:`plan_pool`):
 
@@ -169,7 +169,7 @@ class Contender:
     plan: object
     top1: float
     kl: float
-    measured_ms: float  # on the library's scale (:func:`lana.meters.measure_against_teacher`)
+    measured_ms: float  # on the library's scale (the ratio to the teacher, :func:`lana.paired.time_relative`)
     raw_ms: float | None = None  # as timed in this pass
 
     def row(self) -> dict:
@@ -191,22 +191,24 @@ def top1_and_kl(logits, teacher_logits, labels) -> tuple[float, float]:
 def teacher_reference_ms(plans, table: str) -> float | None:
     """The teacher's predicted latency on ``table`` that the budget was set from (the first of
     ``plans`` that records it: solved plans do, greedy's and uniform ones do not); the scale
-    :func:`lana.meters.measure_against_teacher` puts students on. None: raw ms."""
+    :func:`measure_pool` puts students on. None: raw ms."""
     return next((p.config["teacher_ms"][table] for p in plans if table in (p.config or {}).get("teacher_ms", {})), None)
 
 
-def measure_pool(ctx, pool, score_set, table: str, rounds: int = 3, threads: int | None = None, device="cpu"):
-    """Each plan of ``pool`` assembled, run on ``score_set`` and timed, interleaved with the teacher
-    and put on the library's scale (the ILP plan's predicted teacher latency); Contenders."""
-    from lana.meters import measure_against_teacher
+def measure_pool(ctx, pool, score_set, table: str, threads: int | None = None, device="cpu"):
+    """Each plan of ``pool`` assembled, run on ``score_set`` and timed paired with the teacher
+    (:func:`lana.paired.time_relative`), put on the library's scale (the ILP plan's predicted
+    teacher latency); Contenders."""
+    from lana.paired import time_relative
     from lana.student import student_from_context
     from lana.train import predict_logits
 
     teacher = predict_logits(ctx.teacher, score_set, device=device)
     students = {f"{i}": student_from_context(ctx, plan) for i, (_source, plan) in enumerate(pool)}
     reference = teacher_reference_ms([plan for _source, plan in pool], table)
-    timing = measure_against_teacher(students, ctx.teacher, ctx.input_shape, table, reference, rounds=rounds,
-                                     threads=threads)  # fmt: skip
+    relative = time_relative(students, ctx.teacher, ctx.input_shape, table, threads=threads)
+    timing = {name: {"median_ms": r.ratio * reference if reference else r.model_ms, "raw_ms": r.model_ms}
+              for name, r in relative.items()}  # fmt: skip
     out = []
     for i, (source, plan) in enumerate(pool):
         logits = predict_logits(students[f"{i}"], score_set, device=device)
@@ -306,7 +308,7 @@ def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: fl
 
 
 def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, options, *, k: int = 4,
-              min_diff: int = 2, rounds: int = 3, threads: int | None = None, margin: float | None = None,
+              min_diff: int = 2, threads: int | None = None, margin: float | None = None,
               fill: bool = True, device="cpu"):  # fmt: skip
     """The pool at ``target_ms`` (the predicted budget the latency loop settled on), measured,
     and the plan kept for ``budget_ms`` (as measured). Returns ``(plan, record)``.
@@ -316,7 +318,7 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
     plan is kept from both (:func:`select_plan`)."""
     start = time.perf_counter()
     pool = plan_pool(library_path, target_ms, options, k=k, min_diff=min_diff)
-    contenders = measure_pool(ctx, pool, score_set, options.table, rounds=rounds, threads=threads, device=device)
+    contenders = measure_pool(ctx, pool, score_set, options.table, threads=threads, device=device)
     refill = fill_target(contenders, budget_ms, target_ms, margin, images=len(score_set)) if fill else None
     if refill is not None:
         more = refill_pool(library_path, refill, options, {c.plan.choices for c in contenders}, k, min_diff)
@@ -325,8 +327,7 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
                  max(c.measured_ms for c in contenders) / budget_ms, len(more), refill,
                  "looser" if refill > target_ms else "tighter")  # fmt: skip
         if more:
-            contenders += measure_pool(ctx, more, score_set, options.table, rounds=rounds, threads=threads,
-                                       device=device)  # fmt: skip
+            contenders += measure_pool(ctx, more, score_set, options.table, threads=threads, device=device)
     best = select_plan(contenders, budget_ms, margin, images=len(score_set))
     seconds = time.perf_counter() - start
     log.info("measured selection (%d plans, %.0f s): %s", len(contenders), seconds,

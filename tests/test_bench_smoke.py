@@ -101,6 +101,28 @@ def test_smoke_report_has_a_finite_row_per_method_and_budget(smoke_run):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_lana_gets_the_budgets_factor_and_the_verdicts_ratios_are_timed_paired(smoke_run):
+    """lana is given the budget as a factor of the library's teacher (its own scale), not as the
+    bench's milliseconds (W2 at 1f71e5e: 0.5x read as 0.45x); the final pass times lana against the
+    teacher, and every other kept model against lana, paired on the budget's table."""
+    from bench.workloads import budget_table
+
+    result = _result(out := smoke_run[0])
+    teacher = next(r for r in result["rows"] if r["method"] == "teacher")
+    lanas = [r for r in result["rows"] if r["method"] == "lana" and not r.get("seed")]
+    assert lanas, out
+    for lana in lanas:
+        budget, table = lana["budget"], budget_table(result["workload"], lana["budget"])
+        factor = result["budgets"][budget]["factor"]
+        assert lana["lana_budget_ms"] == pytest.approx(factor * teacher["predicted_ms"][table], rel=1e-5)
+        timed = lana["paired"]["vs_teacher"]
+        assert lana["paired"]["table"] == table and timed["low"] <= timed["ratio"] <= timed["high"]
+        others = [r for r in result["rows"] if r["budget"] == budget and r["method"] != "lana" and not r.get("seed")]
+        assert others and all(r["latency_vs_lana"] == r["paired"]["vs_lana"]["ratio"] > 0 for r in others)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_smoke_writes_the_plot_results_and_findings(smoke_run):
     out, seconds = smoke_run
     png = out / "BENCHMARKS-W1-smoke.png"

@@ -61,3 +61,22 @@ def test_lana_off_its_budget_is_undetermined():
     over = _rows([92.0, 92.1, 92.2], [90.0, 90.1, 90.2], lana_ms=10.5, other_ms=10.5)
     found = budget_verdict(over, "0.5x", "t", 0.5)
     assert not found["lana_in_band"] and found["verdict"] == "undetermined"
+
+
+def test_paired_ratios_of_the_final_pass_decide_over_its_medians():
+    """The interleaved pass's medians put lana at 0.82 of its budget and the competitor at 1.3x
+    lana (a burst of load, W2 at 1f71e5e); the paired ratios of the same pass say lana is at 0.98
+    and the competitor at 1.02x: the verdict follows the paired ones, on the budget's table only."""
+    rows = _rows([92.0, 92.1, 92.2], [93.0, 93.1, 93.2], other_ms=10.66, lana_ms=8.2)
+    assert budget_verdict(rows, "0.5x", "t", 0.5)["verdict"] == "undetermined"
+    for row in rows:
+        if row["method"] == "lana":
+            row["paired"] = {"table": "t", "vs_teacher": {"ratio": 0.49}}
+        elif row["method"] == "prune":
+            row["paired"] = {"table": "t", "vs_lana": {"ratio": 1.02}}
+    found = budget_verdict(rows, "0.5x", "t", 0.5)
+    assert found["lana_vs_budget"] == pytest.approx(0.98) and found["lana_in_band"]
+    assert found["verdict"] == "loss" and found["comparisons"][0]["latency_ratio"] == pytest.approx(1.02)
+    for row in rows:  # timed paired on another table: the medians of this one stand
+        row.get("paired", {})["table"] = "other"
+    assert budget_verdict(rows, "0.5x", "t", 0.5)["verdict"] == "undetermined"
