@@ -215,6 +215,7 @@ def findings(result: dict) -> list[str]:
 
     w, out = result["workload"], []
     tolerance = w["match_tolerance"]
+    judged = verdicts(result)
     for budget in w["budgets"]:
         table = budget_table(w, budget)
         lana = _by(result, "lana", budget)
@@ -244,9 +245,7 @@ def findings(result: dict) -> list[str]:
                     f"lana's student stood at {lana['top1_before_ft']:.2f}% before fine-tuning "
                     f"(predicted drop {lana['predicted_drop']:.3f} {result['correlation']['score']})"
                 )
-            used = (verdicts(result).get(budget) or {}).get("lana_vs_budget") or (
-                lana["latency"][table]["median_ms"] / lana["budget_ms"]
-            )
+            used = judged[budget]["lana_vs_budget"]  # as the verdict measures it: lana has a row here
             if used < 0.9:
                 why.append(f"it used only {100 * used:.0f}% of its {_ms(lana['budget_ms'])} ms budget as measured")
             text += " Bearing on why: " + "; ".join(why) + "." if why else ""

@@ -198,7 +198,7 @@ def _measured_ms(ctx, plan, table: str, b) -> float:
     student = student_from_context(ctx, plan)
     reference = teacher_reference_ms([plan], table)
     timed = time_relative({"student": student}, ctx.teacher, ctx.input_shape, table, threads=b.threads)["student"]
-    return timed.ratio * reference if reference else timed.model_ms
+    return timed.on_scale(reference)
 
 
 def _resolve(library: Library, target: float, solve: SolveOptions):

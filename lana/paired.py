@@ -47,10 +47,21 @@ class Relative:
     model_ms: float
     reference_ms: float
 
+    @classmethod
+    def of(cls, ratios: list[float], model_ms: list[float], reference_ms: list[float]) -> Relative:
+        """Summarise the blocks' ratios and each side's block medians."""
+        ratio, low, high = median_interval(ratios)
+        return cls(ratio, low, high, len(ratios), statistics.median(model_ms), statistics.median(reference_ms))
+
     @property
     def half_width(self) -> float:
         """Half the interval's width, as a share of the ratio."""
         return (self.high - self.low) / 2 / self.ratio
+
+    def on_scale(self, reference_ms: float | None) -> float:
+        """The model's latency on a scale where the reference takes ``reference_ms`` (the library's
+        scale, with the teacher's predicted latency); the raw median when ``reference_ms`` is None."""
+        return self.ratio * reference_ms if reference_ms else self.model_ms
 
     def as_dict(self) -> dict:
         return {"ratio": self.ratio, "low": self.low, "high": self.high, "blocks": self.blocks,
@@ -132,14 +143,6 @@ def time_pairs(pairs: dict, input_shape, table: str, threads: int | None = None,
                 ratios.append(m / r)
                 mine.append(m)
                 theirs.append(r)
-        still = []
-        for name in open_pairs:
-            ratio, low, high = median_interval(timed[name][0])
-            if (high - low) / 2 > precision * ratio and len(timed[name][0]) < max_blocks:
-                still.append(name)
-        open_pairs = still
-    out = {}
-    for name, (ratios, mine, theirs) in timed.items():
-        ratio, low, high = median_interval(ratios)
-        out[name] = Relative(ratio, low, high, len(ratios), statistics.median(mine), statistics.median(theirs))
-    return out
+        found = {name: Relative.of(*timed[name]) for name in open_pairs}
+        open_pairs = [n for n in open_pairs if found[n].half_width > precision and found[n].blocks < max_blocks]
+    return {name: Relative.of(*sides) for name, sides in timed.items()}

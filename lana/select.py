@@ -206,14 +206,12 @@ def measure_pool(ctx, pool, score_set, table: str, threads: int | None = None, d
     teacher = predict_logits(ctx.teacher, score_set, device=device)
     students = {f"{i}": student_from_context(ctx, plan) for i, (_source, plan) in enumerate(pool)}
     reference = teacher_reference_ms([plan for _source, plan in pool], table)
-    relative = time_relative(students, ctx.teacher, ctx.input_shape, table, threads=threads)
-    timing = {name: {"median_ms": r.ratio * reference if reference else r.model_ms, "raw_ms": r.model_ms}
-              for name, r in relative.items()}  # fmt: skip
+    timed = time_relative(students, ctx.teacher, ctx.input_shape, table, threads=threads)
     out = []
     for i, (source, plan) in enumerate(pool):
         logits = predict_logits(students[f"{i}"], score_set, device=device)
         top1, kl = top1_and_kl(logits, teacher, score_set.labels)
-        out.append(Contender(source, plan, top1, kl, timing[f"{i}"]["median_ms"], timing[f"{i}"]["raw_ms"]))
+        out.append(Contender(source, plan, top1, kl, timed[f"{i}"].on_scale(reference), timed[f"{i}"].model_ms))
         del students[f"{i}"]  # one student in memory at a time from here
     return out
 
