@@ -17,10 +17,11 @@ as measured is kept. The pool (:func:`plan_pool`):
 
 When no plan of the pool measures within ``BAND`` of the budget (the table mispredicts plans of
 this size), or the accurate plans measure over the budget and only a far less accurate one within
-it, the pool is solved once more at a target scaled to land in the band (``@fill``), looser or
-tighter, so that the student spends the latency it was given on the plans that rank best
-(:func:`fill_target`). Top-1 differences below the
-score split's noise do not rank plans: the ILP's objective does (:func:`select_plan`).
+it, the pool is solved again at a target aimed at the band (``@fill``, then ``@fill2``: the
+second between the first two targets when they land either side), looser or tighter, so that the
+student spends the latency it was given on the plans that rank best (:func:`fill_target`). Top-1
+differences below the score split's noise do not rank plans: the ILP's objective does
+(:func:`select_plan`).
 
 Re-solving a new budget stays instant (``lana solve``); the selection is a separate step whose
 cost (a few forward passes over the score split per plan) is reported.
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BAND", "Contender", "band_aim", "fill_target", "greedy_choice", "plan_of", "plan_pool", "refill_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
+__all__ = ["BAND", "FILL_ROUNDS", "Contender", "aimed_target", "band_aim", "fill_target", "greedy_choice", "plan_of", "plan_pool", "refill_pool", "select_plan", "teacher_reference_ms", "top1_and_kl",
            "top1_noise", "uniform_choice"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,9 @@ def plan_pool(path, budget_ms: float, options=None, k: int = 4, min_diff: int = 
     return out
 
 
-def refill_pool(path, target_ms: float, options, seen, k: int = 4, min_diff: int = 2) -> list[tuple[str, object]]:
-    """The pool at ``target_ms`` less the plans in ``seen`` (choices), sources marked ``@fill``;
+def refill_pool(path, target_ms: float, options, seen, k: int = 4, min_diff: int = 2,
+                mark: str = "@fill") -> list[tuple[str, object]]:  # fmt: skip
+    """The pool at ``target_ms`` less the plans in ``seen`` (choices), sources marked ``mark``;
     empty when no plan is predicted that fast: a tighter refill aimed below the library's fastest
     plan (the machine ran slow while the pool was timed) keeps the pool measured, as the latency
     loop does, instead of failing a budget that the pool's plans may meet."""
@@ -157,7 +159,7 @@ def refill_pool(path, target_ms: float, options, seen, k: int = 4, min_diff: int
     except InfeasibleBudget as error:
         log.warning("cannot solve the pool again at %.3f ms (%s); keeping the plans measured so far", target_ms, error)
         return []
-    return [(f"{source}@fill", plan) for source, plan in pool if plan.choices not in seen]
+    return [(f"{source}{mark}", plan) for source, plan in pool if plan.choices not in seen]
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,7 @@ def band_aim(budget_ms: float, margin: float | None = None) -> float:
 
 
 def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: float,
-                margin: float | None = None, images: int | None = None) -> float | None:  # fmt: skip
+                margin: float | None = None, images: int | None = None, pools=()) -> float | None:  # fmt: skip
     """The predicted target at which the pool's plans would measure inside the band, or None.
 
     The pool is solved at the target the latency loop settled on, and it can miss the band two ways:
@@ -286,10 +288,13 @@ def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: fl
       same ILP plan 0.9997x in the loop's pass a minute before; the only plan within,
       uniform-w0.25, 64.50%, was kept, and it fine-tuned 1.0 point under the ILP's plan).
 
-    Either way the target is scaled by the pool's median measured / predicted ratio to aim at the
-    band's middle (between ``1 - BAND`` and ``1 - margin``): the accurate plans' neighbours are
-    solved there, instead of a far less accurate plan being kept, or latency being left unused.
-    None when neither holds, or the target would move by less than 0.5%.
+    Either way the target is moved to aim at the band's middle (between ``1 - BAND`` and
+    ``1 - margin``, :func:`band_aim`): the accurate plans' neighbours are solved there, instead of a
+    far less accurate plan being kept, or latency being left unused (:func:`aimed_target`).
+
+    ``pools``: ``[(target_ms, contenders)]``, every pool measured so far (default: ``contenders``,
+    solved at ``target_ms``). None when neither miss holds, or the target is within 0.5% of one
+    already solved.
     """
     within = _within(contenders, budget_ms, margin)
     over = [c for c in contenders if all(c is not w for w in within)]
@@ -300,9 +305,32 @@ def fill_target(contenders: Sequence[Contender], budget_ms: float, target_ms: fl
         missed = any(c.top1 > best.top1 + noise for c in over)
         if not (under or missed):
             return None
-    ratio = float(np.median([c.measured_ms / c.plan.predicted_latency_ms for c in contenders]))
-    target = band_aim(budget_ms, margin) / ratio
-    return target if abs(target / target_ms - 1) > 0.005 else None
+    pools = list(pools) or [(target_ms, contenders)]
+    target = aimed_target(pools, band_aim(budget_ms, margin))
+    return target if all(abs(target / solved - 1) > 0.005 for solved, _ in pools) else None
+
+
+def aimed_target(pools, aim_ms: float) -> float:
+    """The predicted target whose plans should measure ``aim_ms``, from the pools measured so far
+    (``[(target_ms, contenders)]``). A pool solved at ``t`` whose plans measure ``r`` times their
+    prediction (median) puts a plan predicted at ``t`` at ``t * r`` measured. When two pools land
+    either side of the aim, the target is interpolated between theirs (the nearest either side):
+    W2 at 0.35x (3e36802), the pool measured 0.991-1.013 of the budget and the one re-solved by
+    its ratio 0.930-0.947, the table mispredicting the two sizes differently, so a ratio alone
+    jumps across the band. Otherwise the latest pool's ratio scales its target to the aim."""
+    points = []
+    for target, contenders in pools:
+        ratio = float(np.median([c.measured_ms / c.plan.predicted_latency_ms for c in contenders]))
+        points.append((target, target * ratio, ratio))
+    below = [p for p in points if p[1] < aim_ms]
+    above = [p for p in points if p[1] >= aim_ms]
+    if below and above:
+        (t0, m0, _), (t1, m1, _) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        return t0 + (aim_ms - m0) / (m1 - m0) * (t1 - t0)
+    return aim_ms / points[-1][2]
+
+
+FILL_ROUNDS = 2  # pools solved again at most, after the first (:func:`fill_target`)
 
 
 def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, options, *, k: int = 4,
@@ -311,21 +339,30 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
     """The pool at ``target_ms`` (the predicted budget the latency loop settled on), measured,
     and the plan kept for ``budget_ms`` (as measured). Returns ``(plan, record)``.
 
-    ``fill``: when no plan of the pool lands in the band (:func:`fill_target`), a second pool,
-    solved at the target that should, is measured too (its sources marked ``@fill``), and the
-    plan is kept from both (:func:`select_plan`)."""
+    ``fill``: while no plan of the pool lands in the band (:func:`fill_target`), up to
+    :data:`FILL_ROUNDS` more pools, solved at the target that should, are measured too (their
+    sources marked ``@fill``, ``@fill2``), and the plan is kept from all of them
+    (:func:`select_plan`)."""
     start = time.perf_counter()
     pool = plan_pool(library_path, target_ms, options, k=k, min_diff=min_diff)
     contenders = measure_pool(ctx, pool, score_set, options.table, threads=threads, device=device)
-    refill = fill_target(contenders, budget_ms, target_ms, margin, images=len(score_set)) if fill else None
-    if refill is not None:
-        more = refill_pool(library_path, refill, options, {c.plan.choices for c in contenders}, k, min_diff)
+    pools, refills = [(target_ms, contenders)], []
+    for round_ in range(FILL_ROUNDS if fill else 0):
+        refill = fill_target(contenders, budget_ms, target_ms, margin, images=len(score_set), pools=pools)
+        if refill is None:
+            break
+        refills.append(refill)
+        mark = "@fill" if round_ == 0 else f"@fill{round_ + 1}"
+        more = refill_pool(library_path, refill, options, {c.plan.choices for c in contenders}, k, min_diff, mark)
         log.info("the pool measured %.3f-%.3f of the budget, out of the band or less accurate in it: %d more plans "
-                 "solved at %.3f ms (%s)", min(c.measured_ms for c in contenders) / budget_ms,
-                 max(c.measured_ms for c in contenders) / budget_ms, len(more), refill,
-                 "looser" if refill > target_ms else "tighter")  # fmt: skip
-        if more:
-            contenders += measure_pool(ctx, more, score_set, options.table, threads=threads, device=device)
+                 "solved at %.3f ms (%s)", min(c.measured_ms for c in pools[-1][1]) / budget_ms,
+                 max(c.measured_ms for c in pools[-1][1]) / budget_ms, len(more), refill,
+                 "looser" if refill > pools[-1][0] else "tighter")  # fmt: skip
+        if not more:
+            break
+        measured = measure_pool(ctx, more, score_set, options.table, threads=threads, device=device)
+        contenders += measured
+        pools.append((refill, measured))
     best = select_plan(contenders, budget_ms, margin, images=len(score_set))
     seconds = time.perf_counter() - start
     log.info("measured selection (%d plans, %.0f s): %s", len(contenders), seconds,
@@ -333,6 +370,6 @@ def selection(ctx, library_path, budget_ms: float, target_ms: float, score_set, 
     log.info("kept %s (score-split top-1 %.2f%%, %.3f ms against %.3f ms)", best.source, best.top1, best.measured_ms,
              budget_ms)  # fmt: skip
     record = {"chosen": best.source, "seconds": seconds, "score_images": len(score_set), "target_ms": target_ms,
-              **({"fill_target_ms": refill} if refill is not None else {}),
+              **({"fill_target_ms": refills[0], "fill_targets_ms": refills} if refills else {}),
               "plans": [c.row() for c in contenders]}  # fmt: skip
     return best.plan, record

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from lana.problem import Problem
-from lana.select import BAND, Contender, fill_target, greedy_choice, plan_of, plan_pool, select_plan, uniform_choice
+from lana.select import (
+    BAND,
+    Contender,
+    aimed_target,
+    fill_target,
+    greedy_choice,
+    plan_of,
+    plan_pool,
+    select_plan,
+    uniform_choice,
+)
 
 
 def _problem():
@@ -136,6 +146,60 @@ def test_a_selection_under_the_band_measures_a_second_pool_and_keeps_a_plan_in_i
     assert record["chosen"] == "ilp" and "fill_target_ms" not in record and len(solved) == 3
     plan, record = select.selection(None, "lib", 94.0, 100.0, list(range(2000)), SimpleNamespace(table="t"))
     assert "fill_target_ms" not in record and len(solved) == 4  # 90 of 94 is in the band already
+
+
+def test_two_pools_either_side_of_the_band_put_the_next_target_between_them():
+    """W2 at 0.35x (3e36802): the pool measured about 1.0 of the budget, the pool re-solved by its
+    ratio 0.93-0.947 (smaller plans measure less over their prediction); the next target is
+    interpolated between the two instead of jumping by a ratio again."""
+    budget = 100.0
+    first = [
+        Contender("ilp", _Plan(1.0, 50.0), 80.0, 0.3, 100.0),
+        Contender("greedy", _Plan(1.1, 49.5), 80.0, 0.3, 99.1),
+    ]
+    second = [
+        Contender("ilp@fill", _Plan(1.2, 48.5), 80.0, 0.3, 94.1),
+        Contender("slim@fill", _Plan(1.3, 48.0), 80.0, 0.3, 93.0),
+    ]
+    aim = budget * (1 - (BAND + 0.01) / 2)
+    assert aimed_target([(50.0, first)], aim) == pytest.approx(aim / float(np.median([2.0, 99.1 / 49.5])))
+    m0, m1 = 48.5 * float(np.median([94.1 / 48.5, 93.0 / 48.0])), 50.0 * float(np.median([2.0, 99.1 / 49.5]))
+    between = 48.5 + (aim - m0) / (m1 - m0) * 1.5
+    assert aimed_target([(50.0, first), (48.5, second)], aim) == pytest.approx(between) and 48.5 < between < 50.0
+    target = fill_target(first + second, budget, 50.0, margin=0.01, images=2000, pools=[(50.0, first), (48.5, second)])
+    assert target == pytest.approx(between)  # every plan within is under the band: solved again, between
+    # two pools on the same side: the latest one's ratio
+    low = [Contender("ilp@fill", _Plan(1.2, 48.5), 80.0, 0.3, 91.0)]
+    assert aimed_target([(50.0, second), (48.5, low)], aim) == pytest.approx(aim / (91.0 / 48.5))
+
+
+def test_a_selection_that_jumps_across_the_band_solves_a_third_pool_between(monkeypatch):
+    """Plans measure more over their prediction the larger they are (2.0x at 50 ms, 1.94x at 48.5):
+    the first refill, scaled by the pool's ratio, lands under the band; the second lands in it."""
+    import lana.select as select
+
+    solved = []
+
+    def pool(path, target_ms, options=None, k=4, min_diff=2):
+        solved.append(target_ms)
+        return [("ilp", _Plan(100.0 / target_ms, target_ms))]
+
+    def measure(ctx, pool, score_set, table, rounds=3, threads=None, device="cpu"):
+        return [Contender(s, p, 80.0, 0.3, p.predicted_latency_ms * (2.0 + 0.04 * (p.predicted_latency_ms - 50.0)))
+                for s, p in pool]  # fmt: skip
+
+    monkeypatch.setattr(select, "plan_pool", pool)
+    monkeypatch.setattr(select, "measure_pool", measure)
+    plan, record = select.selection(None, "lib", 100.0, 50.0, list(range(2000)), SimpleNamespace(table="t"))
+    aim = 100.0 * (1 - (BAND + 0.01) / 2)
+    assert solved[1] == pytest.approx(aim / 2.0) and 48.5 < solved[2] < 50.0 and len(solved) == 3
+    assert [r["source"] for r in record["plans"]] == ["ilp", "ilp@fill", "ilp@fill2"]
+    assert record["chosen"] == "ilp@fill2" and record["fill_targets_ms"] == pytest.approx(solved[1:])
+    kept = next(r for r in record["plans"] if r["source"] == "ilp@fill2")["measured_ms"]
+    assert 100.0 * (1 - BAND) <= kept <= 99.0  # in the band
+    monkeypatch.setattr(select, "FILL_ROUNDS", 1)  # one refill, as before: kept under the band
+    plan, record = select.selection(None, "lib", 100.0, 50.0, list(range(2000)), SimpleNamespace(table="t"))
+    assert record["chosen"] == "ilp@fill" and record["plans"][1]["measured_ms"] < 100.0 * (1 - BAND)
 
 
 def test_a_tighter_refill_below_the_fastest_plan_keeps_the_measured_pool(monkeypatch):
