@@ -7,7 +7,9 @@ within +-10% of the budget's predicted latency, until at least ``--plans`` plans
 from the library (no fine-tuning) and run on the score split, split in two halves: the selection
 picks on the first half (``select``), every figure below is read on the second (``judge``), so
 the pick is not judged on the images that picked it. Reports Spearman(-predicted drop, top-1)
-over the near-budget plans and, per pool member, its judged top-1::
+over the near-budget plans, the same against the judged KL to the teacher, the split-half Spearman of
+top-1 itself (the ceiling any score can reach against a top-1 measured on that many images) and, per
+pool member, its judged top-1::
 
     python3 bench/select_screen.py runs/bench/W2/library.h5 --budgets 0.5x,0.35x --out bench/results/checks/select_screen_W2.json
 
@@ -103,6 +105,10 @@ def screen(library_path, budget: str, table: str | None, plans: int, k: int, dat
         "budget": budget, "budget_ms": budget_ms, "table": problem.table, "score": problem.score,
         "spearman_near_budget": spearman([-r["predicted_drop"] for r in near], [r["top1"] for r in near]),
         "spearman_kl_select": spearman([-r["kl_select"] for r in near], [r["top1"] for r in near]),
+        # the ceiling: top-1 on one half against top-1 on the other (the noise of 1,000 images)
+        "spearman_split_half": spearman([r["top1_select"] for r in near], [r["top1"] for r in near]),
+        # the objective against a continuous measure of the same students: KL to the teacher, judged
+        "spearman_objective_kl": spearman([-r["predicted_drop"] for r in near], [-r["kl"] for r in near]),
         "exclude": list(exclude), "teacher_top1": accuracy(ctx.teacher, judge, teacher[1])[0],
         "near_plans": len(near), "chosen": chosen["source"], "chosen_top1": chosen["top1"],
         "by_source": {r["source"]: r["top1"] for r in rows if r["source"] != "neighbour"}, "rows": rows,
@@ -137,7 +143,8 @@ def main(argv=None) -> dict:
                for b in args.budgets.split(",")]  # fmt: skip
     for r in results:
         print(f"{r['budget']} (teacher {r['teacher_top1']:.2f}%): Spearman near budget {r['spearman_near_budget']:.3f} over {r['near_plans']} plans "
-              f"(KL on the select half: {r['spearman_kl_select']:.3f}); chosen {r['chosen']} {r['chosen_top1']:.2f}%; "
+              f"(KL on the select half: {r['spearman_kl_select']:.3f}; top-1 on the select half, the noise ceiling: "
+              f"{r['spearman_split_half']:.3f}; the objective against the judged KL: {r['spearman_objective_kl']:.3f}); chosen {r['chosen']} {r['chosen_top1']:.2f}%; "
               + ", ".join(f"{s} {v:.2f}" for s, v in r["by_source"].items()))  # fmt: skip
     out = {"library": str(args.library), "results": results, "seconds": time.perf_counter() - start,
            "images": {"select": len(select), "judge": len(judge)}, "load_average": os.getloadavg()}  # fmt: skip
