@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> dict:
@@ -32,7 +33,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    before = json.loads(open(args.report).read())
+    before = json.loads(Path(args.report).read_text())
     library = Library(args.library)
     ctx = context_from_library(library)
     score_set = split_of(library.config, "score", limit=library.config.get("score_images"))
