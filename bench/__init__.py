@@ -179,7 +179,7 @@ def _library_plans(run, budget: str, lana: dict) -> None:
 
 def _search(w) -> dict:
     """The latency bisection's settings of workload ``w`` (:func:`bench.baselines.match_latency`)."""
-    return {"tolerance": w.match_tolerance, "iters": w.search_iters, "rounds": w.search_rounds, "threads": w.threads}
+    return {"tolerance": w.match_tolerance, "iters": w.search_iters, "blocks": w.search_blocks, "threads": w.threads}
 
 
 def _after_teacher_epochs(w, longer: bool = False) -> float:

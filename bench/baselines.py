@@ -16,7 +16,11 @@
   best (by predicted score) of N random feasible plans, and a greedy per-layer choice.
 
 Latency is matched by :func:`match_latency`: bisection on one knob (width, pruning ratio), each
-step timed interleaved with lana's student, so that a drifting machine load hits both alike.
+step timed paired with the reference (:func:`lana.paired.time_relative`: short blocks alternating
+the two models, the median of the blocks' ratios), as lana's own selection and the bench's final
+pass are. Until 2026-12 it divided two medians of interleaved rounds taken seconds apart, and W1's
+FastNAS, "within [0.95, 1.0] of the budget" by that measure, came out at 1.075x lana's student
+(0.982 of the budget) in the final paired pass: unmatched (``bench/results/W1.json`` at c2eb1e1).
 """
 
 from __future__ import annotations
@@ -59,10 +63,12 @@ class LatencyMatch:
 
     Attributes:
         knob: the width multiplier or pruning ratio of the model returned.
-        ratio: its median latency over the target's, timed interleaved on the budget's table.
-        matched: ``|ratio - 1| <= tolerance``.
+        ratio: its latency over the target's, timed paired on the budget's table
+            (:func:`lana.paired.time_relative`), over ``goal``.
+        matched: ``|ratio - 1| <= tolerance``, or inside ``band``.
         tries: every ``(knob, ratio)`` tried, in order.
         seconds: wall time of the search (building and timing).
+        interval: the 95% interval of ``ratio`` (the paired blocks' order statistics, over ``goal``).
     """
 
     knob: float
@@ -70,6 +76,7 @@ class LatencyMatch:
     matched: bool
     tries: tuple[tuple[float, float], ...]
     seconds: float
+    interval: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +92,7 @@ def match_latency(
     increasing: bool = True,
     tolerance: float = 0.05,
     iters: int = 8,
-    rounds: int = 3,
+    blocks: int = 20,
     threads: int | None = None,
     goal: float = 1.0,
     band: tuple[float, float] | None = None,
@@ -101,8 +108,10 @@ def match_latency(
         goal: the latency wanted, as a factor of ``target``'s (a budget ``0.5x`` of the teacher).
         band: accept ``[band[0], band[1]] x goal`` (``(0.95, 1.0)``: at or under the budget, as lana
             must be), aiming at its middle; ``ratio`` and ``matched`` are then relative to ``goal``.
+        blocks: paired blocks per step at first (:func:`lana.paired.time_pairs`; up to 3x as many
+            while the ratio's interval is wider than 1% either side).
     """
-    from lana.accelerate import measure_latency
+    from lana.paired import time_relative
 
     lo, hi = band if band else (1 - tolerance / 2, 1 + tolerance / 2)
     aim = (lo + hi) / 2
@@ -111,24 +120,24 @@ def match_latency(
     for _ in range(iters):
         knob = (low + high) / 2
         model = make(knob).eval()
-        timing = measure_latency(
-            {"candidate": model, "target": target}, input_shape, table, rounds=rounds, threads=threads
-        )
-        ratio = timing["candidate"]["median_ms"] / timing["target"]["median_ms"] / goal
+        timed = time_relative({"candidate": model}, target, input_shape, table, threads=threads, blocks=blocks,
+                              max_blocks=3 * blocks)["candidate"]  # fmt: skip
+        ratio = timed.ratio / goal
         tries.append((knob, ratio))
-        log.info("latency match: knob %.4f -> %.3f x the goal", knob, ratio)
+        log.info("latency match: knob %.4f -> %.3f x the goal [%.3f, %.3f], %d blocks", knob, ratio,
+                 timed.low / goal, timed.high / goal, timed.blocks)  # fmt: skip
         inside = lo <= ratio <= hi
         if best is None or (inside, -abs(ratio - aim)) > (lo <= best[1] <= hi, -abs(best[1] - aim)):
-            best = (knob, ratio, model)
+            best = (knob, ratio, model, (timed.low / goal, timed.high / goal))
         if inside:
             break
         if (ratio > aim) == increasing:
             high = knob
         else:
             low = knob
-    knob, ratio, model = best
+    knob, ratio, model, interval = best
     matched = lo <= ratio <= hi if band else abs(ratio - 1) <= tolerance
-    return model, LatencyMatch(knob, ratio, matched, tuple(tries), time.perf_counter() - start)
+    return model, LatencyMatch(knob, ratio, matched, tuple(tries), time.perf_counter() - start, interval)
 
 
 def _round8(value: float) -> int:

@@ -58,9 +58,9 @@ STAGES: dict[str, list[str]] = {
         "bench/baselines.py",
     ],  # fmt: skip
     # what a user would do instead, and the uniform-slim ablation: the teacher, not the library.
-    # Not lana/accelerate.py: bench/baselines.py takes only its re-export of
-    # lana.meters.measure_latency (tests/test_bench_smoke.py checks it is that one), and listing it
-    # retrained every competitor at each change of lana's closed loop (5c8b917)
+    # Not lana/accelerate.py: listing it retrained every competitor at each change of lana's closed
+    # loop (5c8b917). The latency match times paired (lana/paired.py), in shipped form
+    # (candidates/fuse.py, rep.py and the blocks rep fuses), on lana/table_names.py's tables
     "competitors": [
         *_DATA,
         "lana/teacher.py",
@@ -69,6 +69,11 @@ STAGES: dict[str, list[str]] = {
         "lana/latency.py",
         "lana/layers.py",
         "lana/distill.py",  # capture_io: uniform slim's least-squares start (bench.baselines)
+        "lana/paired.py",
+        "lana/table_names.py",
+        "candidates/fuse.py",
+        "candidates/rep.py",
+        "candidates/blocks.py",
         "candidates/slim.py",
         "candidates/lsq.py",
         "bench/competitors.py",

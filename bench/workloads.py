@@ -66,7 +66,8 @@ class Workload:
         random_plans: random feasible plans drawn per budget (the best by predicted score is kept).
         match_tolerance: relative latency gap allowed between a baseline and lana's student.
         search_iters: bisection steps when matching a baseline's latency.
-        search_rounds: interleaved rounds per latency measurement of the search.
+        search_blocks: paired blocks per latency measurement of the search, at first
+            (:func:`lana.paired.time_pairs`; up to 3x as many while its interval is wider than 1%).
         latency_rounds: interleaved rounds of the library tables and of the final measurement.
         threads: CPU threads for training and timing (None: torch's default / every core).
         calibrate: fit the calibrated score (``lana calibrate``, issue 15) on whole students of the
@@ -103,7 +104,7 @@ class Workload:
     random_plans: int = 20
     match_tolerance: float = 0.05
     search_iters: int = 8
-    search_rounds: int = 3
+    search_blocks: int = 20
     latency_rounds: int = 5
     threads: int | None = None
     device: str = "auto"
@@ -183,7 +184,7 @@ def smoke(workload: Workload) -> Workload:
         corr_images=64,
         random_plans=20,
         search_iters=3,
-        search_rounds=1,
+        search_blocks=2,
         latency_rounds=1,
         threads=1,
         # batch 8, not 64: a 1-thread resnet10t takes ~140 ms a batch of 64 on a loaded 2-core CPU

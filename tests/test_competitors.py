@@ -50,3 +50,27 @@ def test_fastnas_finds_a_search_space_in_the_rewritten_model(tmp_path):
                                   "checkpoint": str(tmp_path / "fastnas.pth"), "verbose": False})  # fmt: skip
     assert sum(p.numel() for p in pruned.parameters()) < params
     assert pruned(x).shape == (4, 10)
+
+
+def test_the_latency_match_bisects_on_the_paired_ratio_to_the_reference(monkeypatch):
+    """bench.baselines.match_latency times each step paired with the reference (lana.paired), not
+    as two medians, and keeps the step inside the band with its interval."""
+    import lana.paired
+    from bench.baselines import match_latency
+    from lana.paired import Relative
+
+    target, seen = torch.nn.Identity(), []
+
+    def paired(models, reference, input_shape, table, threads=None, **options):
+        ((name, model),) = models.items()
+        seen.append((reference, options))
+        ratio = model.weight.shape[0] / 100  # a "latency" that grows with the knob: width / 100
+        return {name: Relative(ratio, ratio * 0.99, ratio * 1.01, options["blocks"], ratio, 1.0)}
+
+    monkeypatch.setattr(lana.paired, "time_relative", paired)
+    model, match = match_latency(lambda knob: torch.nn.Conv2d(3, round(knob), 1), target, (3, 8, 8), "cpu-b1",
+                                 1.0, 100.0, goal=0.3, band=(0.95, 1.0), iters=8, blocks=7)  # fmt: skip
+    assert all(reference is target and options == {"blocks": 7, "max_blocks": 21} for reference, options in seen)
+    assert match.matched and 0.95 <= match.ratio <= 1.0 and model.weight.shape[0] == round(match.knob)
+    assert match.interval == pytest.approx((match.ratio * 0.99, match.ratio * 1.01))
+    assert [round(k, 3) for k, _ in match.tries[:3]] == [50.5, 25.75, 38.125]  # halves the range each step
