@@ -568,7 +568,8 @@ def write_report(
         "",
         (
             "Competitors (prune, fastnas, sibling) are matched to the *budget* (a factor of the teacher's latency, "
-            "timed interleaved with the teacher, landing in [0.95, 1.0] of it) and cached apart from lana. A "
+            "landing in [0.95, 1.0] of it; each bisection step timed paired with the teacher by `lana.paired`, "
+            "where results before 23c59c7 divided two medians of interleaved rounds) and cached apart from lana. A "
             "comparison counts when the other model is within ±5% of lana's latency in the final pass (or lana is "
             "both faster and more accurate), and lana itself within [0.95, 1.0] of the budget; else it is "
             "*undetermined*. These two ratios are timed paired where a result has them (each model alternating "
