@@ -68,6 +68,8 @@ class Workload:
         search_iters: bisection steps when matching a baseline's latency.
         search_blocks: paired blocks per latency measurement of the search, at first
             (:func:`lana.paired.time_pairs`; up to 3x as many while its interval is wider than 1%).
+        rematch: a competitor that measures out of [0.95, 1.0] of its budget once trained is
+            matched again with the factor training moved its latency by, and trained again.
         latency_rounds: interleaved rounds of the library tables and of the final measurement.
         threads: CPU threads for training and timing (None: torch's default / every core).
         calibrate: fit the calibrated score (``lana calibrate``, issue 15) on whole students of the
@@ -105,6 +107,7 @@ class Workload:
     match_tolerance: float = 0.05
     search_iters: int = 8
     search_blocks: int = 20
+    rematch: bool = True
     latency_rounds: int = 5
     threads: int | None = None
     device: str = "auto"
