@@ -74,3 +74,40 @@ def test_the_latency_match_bisects_on_the_paired_ratio_to_the_reference(monkeypa
     assert match.matched and 0.95 <= match.ratio <= 1.0 and model.weight.shape[0] == round(match.knob)
     assert match.interval == pytest.approx((match.ratio * 0.99, match.ratio * 1.01))
     assert [round(k, 3) for k, _ in match.tries[:3]] == [50.5, 25.75, 38.125]  # halves the range each step
+
+
+def test_a_competitor_that_training_moved_out_of_the_band_is_matched_again(monkeypatch, tmp_path):
+    """bench._budget_matched checks the budget again on the trained model: training here makes
+    every model 20% faster, so the first match lands at ~0.78 of the budget once trained; the
+    knob is matched again at the goal over that factor, trained again, and that model is kept."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import bench
+    import lana.paired
+    from bench.workloads import WORKLOADS, smoke
+    from lana.paired import Relative
+
+    def paired(models, reference, input_shape, table, threads=None, **options):
+        ((name, model),) = models.items()
+        ratio = model.weight.shape[0] / 100 * (0.8 if getattr(model, "trained", False) else 1.0)
+        return {name: Relative(ratio, ratio * 0.99, ratio * 1.01, 20, ratio, 1.0)}
+
+    trainings = []
+
+    def finetune(model, epochs, desc, recipe=None, seed=0):
+        model.trained = True
+        trainings.append(model.weight.shape[0])
+        return 1.0
+
+    monkeypatch.setattr(lana.paired, "time_relative", paired)
+    build = lambda knob: torch.nn.Conv2d(3, round(knob), 1)  # noqa: E731
+    monkeypatch.setattr(bench, "_competitor_builders", lambda run: {"prune": (build, 1.0, 100.0, True)})
+    run = SimpleNamespace(w=replace(smoke(WORKLOADS["W1"]), search_iters=8), factors={"0.5x": 0.5}, teacher=torch.nn.Identity(),
+                          evaluate=lambda model, limit=None: 50.0, finetune=finetune, failures={},
+                          cached=lambda budget, name, make, rebuild, **kw: make(tmp_path))  # fmt: skip
+    row = bench._budget_matched(run, "0.5x", "prune", 0)
+    assert len(trainings) == 2 and trainings[1] > trainings[0]  # matched again, wider, trained again
+    assert row["first_try"]["match_trained"]["ratio"] < 0.95  # the first model, trained, fell under the band
+    assert 0.95 <= row["match_trained"]["ratio"] <= 1.0 and row["match"]["goal_scale"] == pytest.approx(0.8, abs=0.02)
+    assert row["train_s"] == 2.0 and (tmp_path / "model.safetensors").is_file()
