@@ -331,6 +331,11 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
     name = f"{method}_long" if longer else method
 
     table = budget_table(w, budget)
+    lo, hi = search["band"]
+
+    def nearer_the_band(ratio: float) -> tuple[bool, float]:
+        """Rank a trained model's ratio as the bisection ranks its steps: in the band, then near its middle."""
+        return lo <= ratio <= hi, -abs(ratio - (lo + hi) / 2)
 
     def trained(scale: float | None):
         """Matched at ``goal / scale`` (``None``: the seed-0 row's knob), least-squares start for
@@ -382,7 +387,7 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
             # moved it by, trained again, and the model nearer the band's middle is kept.
             row, model = trained(1.0)
             ratio = after_training(row, model)
-            if w.rematch and not 0.95 <= ratio <= 1.0:
+            if w.rematch and not lo <= ratio <= hi:
                 moved = ratio / row["match"]["ratio"]
                 log.info("%s %s: trained, it measures %.3f of the budget (%.3f before training): matching again "
                          "with that factor", budget, name, ratio, row["match"]["ratio"])  # fmt: skip
@@ -390,7 +395,7 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
                 ratio_again = after_training(again, model_again)
                 log.info("%s %s: matched again, trained: %.3f of the budget", budget, name, ratio_again)
                 first_try = {k: row[k] for k in ("top1", "match", "match_trained", "train_s", "search_s")}
-                if (0.95 <= ratio_again <= 1.0, -abs(ratio_again - 0.975)) > (False, -abs(ratio - 0.975)):
+                if nearer_the_band(ratio_again) > nearer_the_band(ratio):
                     row, model = again, model_again
                     row["first_try"] = first_try
                 else:
