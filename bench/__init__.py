@@ -84,7 +84,8 @@ def _lana(run, budget: str, budget_ms: float, factor: float) -> tuple[dict, obje
             "library_budget_ms": plan.budget_ms,
             "solve_s": plan.solve_time_s,
             "solver": plan.solver,
-            "search_s": stages["solve"] + stages["assemble"] + stages.get("select", 0.0),
+            # with the check after fine-tuning: both tries' selections and fine-tunings
+            "search_s": stages["solve"] + stages["assemble"] + stages.get("select", 0.0) + stages.get("recheck", 0.0),
             "select_s": stages.get("select", 0.0),
             "train_s": stages["finetune"],
             "resolve_rounds": report["resolve_rounds"],
@@ -92,6 +93,7 @@ def _lana(run, budget: str, budget_ms: float, factor: float) -> tuple[dict, obje
             "plan_full": plan.to_dict(),
             "selection": report.get("selection"),  # issue 26: the pool measured, and where the plan came from
             "ilp_plan": report.get("ilp_plan"),
+            "after_finetune": report.get("after_finetune"),  # the fine-tuned student against the budget
         }
         return row, load_student(folder)
 

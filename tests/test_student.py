@@ -249,3 +249,69 @@ def test_a_student_far_under_its_budget_is_re_solved_looser_into_the_band(monkey
     monkeypatch.setattr(acc, "_resolve", lambda library, target, solve: first)
     plan, rounds = acc._meet_budget(SimpleNamespace(build=None), None, None, first, SimpleNamespace(table="t"))
     assert plan is first and len(rounds) == 2 and rounds[1].get("reused")
+
+
+def _fake_tries(monkeypatch, after: dict, moved: float):
+    """``lana.accelerate`` with its closed loop, selection and fine-tuning stubbed: the ILP's plan
+    at a target is named by it, the selection keeps it, fine-tuning records the plan, and the
+    fine-tuned student measures ``after[plan name]`` of the budget, ``moved`` x its assembled self."""
+    import lana.accelerate as acc
+
+    tuned = []
+
+    def plan_at(target):
+        return Plan("m", (("l", "fast" if target < 9.8 else "slow"),), 0.98 * target, 10 / target, budget_ms=target)
+
+    def finetuned(config, ctx, plan, device):
+        tuned.append(plan.choices[0][1])
+        return f"student {plan.choices[0][1]}", None
+
+    def timed_after(config, ctx, attempt, asked_ms, reference_ms, table):
+        of_budget = after[attempt["plan"].choices[0][1]]
+        return {"of_budget": of_budget, "interval": [of_budget, of_budget], "blocks": 20,
+                "assembled_of_budget": of_budget / moved, "moved": moved}  # fmt: skip
+
+    monkeypatch.setattr(acc, "_resolve", lambda library, target, solve: plan_at(target))
+    monkeypatch.setattr(acc, "_meet_budget", lambda config, library, ctx, plan, solve: (plan, []))
+    monkeypatch.setattr(acc, "_select", lambda config, library, ctx, plan, asked, solve, device: (plan, None))
+    monkeypatch.setattr(acc, "_finetuned_student", finetuned)
+    monkeypatch.setattr(acc, "_timed_after", timed_after)
+    return acc, plan_at, tuned
+
+
+def test_a_student_that_fine_tuning_moved_over_the_budget_is_chosen_again_and_the_nearer_one_kept(monkeypatch):
+    """W1 at 0.35x (0190c2a): lana's student, selected at 0.953 of its budget, measured 1.012 once
+    fine-tuned. The check after fine-tuning chooses again at the budget over that factor, fine-tunes
+    the new plan and ships whichever student is nearer the band's middle."""
+    from types import SimpleNamespace
+
+    acc, plan_at, tuned = _fake_tries(monkeypatch, {"slow": 1.06, "fast": 0.97}, moved=1.06)
+    stages = {}
+    first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", stages), "cpu",
+                            stages)  # fmt: skip
+    kept, record = acc._after_finetune(None, None, None, first, 10.0, None, SimpleNamespace(table="t"), "cpu", stages)
+    assert tuned == ["slow", "fast"] and kept["student"] == "student fast"
+    assert record["kept"] == "second" and record["target_ms"] == pytest.approx(10.0 / 1.06)
+    assert record["first"]["of_budget"] == 1.06 and record["second"]["of_budget"] == 0.97
+    assert record["first_plan"]["choices"] == {"l": "slow"}
+    assert {"assemble", "select", "finetune", "recheck"} <= stages.keys()
+
+
+def test_the_check_after_fine_tuning_keeps_a_student_in_the_band_and_never_trains_one_plan_twice(monkeypatch):
+    from types import SimpleNamespace
+
+    # in the band: nothing chosen again
+    acc, plan_at, tuned = _fake_tries(monkeypatch, {"slow": 0.97}, moved=1.0)
+    first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", {}), "cpu", {})
+    kept, record = acc._after_finetune(None, None, None, first, 10.0, None, SimpleNamespace(table="t"), "cpu", {})
+    assert kept is first and tuned == ["slow"] and "second" not in record
+    # over the band, but the machine read everything slow (moved 1.0): the same plan comes back, not retrained
+    acc, plan_at, tuned = _fake_tries(monkeypatch, {"slow": 1.02}, moved=1.0)
+    first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", {}), "cpu", {})
+    kept, record = acc._after_finetune(None, None, None, first, 10.0, None, SimpleNamespace(table="t"), "cpu", {})
+    assert kept is first and tuned == ["slow"] and record["second"] == "the same plan"
+    # chosen again, but the second student lands farther from the band: the first is kept
+    acc, plan_at, tuned = _fake_tries(monkeypatch, {"slow": 1.01, "fast": 0.90}, moved=1.03)
+    first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", {}), "cpu", {})
+    kept, record = acc._after_finetune(None, None, None, first, 10.0, None, SimpleNamespace(table="t"), "cpu", {})
+    assert kept is first and tuned == ["slow", "fast"] and record["kept"] == "first" and "second_plan" in record

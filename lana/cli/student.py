@@ -67,6 +67,7 @@ def _cmd_accelerate(args) -> int:
         min_diff=args.min_diff,
         eval_limit=args.eval_limit,
         export=not args.no_export,
+        recheck=args.recheck,
     )
     report = accelerate(config, args.out)
     print(format_report(report))
@@ -94,6 +95,11 @@ def _add_accelerate(sub) -> None:
         "--no-select", dest="select", action="store_false",
         help="ship the ILP's plan as it is, without the measured selection (K diverse ILP plans, greedy, "
         "slim-only and uniform-width plans run on the score split and timed; the most accurate within budget)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-recheck", dest="recheck", action="store_false",
+        help="ship the first fine-tuned student as it is; by default it is timed against the budget again and, "
+        "outside [0.95, 1.0] of it, a plan is chosen again for the latency fine-tuning moved it to and fine-tuned",
     )  # fmt: skip
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the final top-1 (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX and TorchScript exports")
