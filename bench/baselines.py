@@ -39,6 +39,7 @@ from lana.select import _costs, plan_of
 from lana.select import greedy_choice as greedy_plan
 
 __all__ = [
+    "KnobOutOfRange",
     "LatencyMatch",
     "greedy_plan",
     "match_latency",
@@ -82,6 +83,17 @@ class LatencyMatch:
         return asdict(self)
 
 
+class KnobOutOfRange(ValueError):
+    """A competitor's builder cannot make a model at this knob; ``side``: ``"low"`` when the knob
+    is under what it can build (the bisection moves up), ``"high"`` when over it."""
+
+    def __init__(self, message: str, side: str):
+        if side not in ("low", "high"):
+            raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+        super().__init__(message)
+        self.side = side
+
+
 def match_latency(
     make: Callable[[float], nn.Module],
     target: nn.Module,
@@ -110,16 +122,35 @@ def match_latency(
             must be), aiming at its middle; ``ratio`` and ``matched`` are then relative to ``goal``.
         blocks: paired blocks per step at first (:func:`lana.paired.time_pairs`; up to 3x as many
             while the ratio's interval is wider than 1% either side).
+
+    A knob ``make`` cannot build (it raises :class:`KnobOutOfRange`) is a step toward the side it
+    names, untimed (``None`` in ``tries``): W2 at 0.35x (bf511ec) bisected FastNAS's FLOPs share
+    from 15.1% (1.058x the budget) to 9.1%, under its smallest subnet's 10.6%, and Model Optimizer's
+    "NOT all constraints can be satisfied" ended the row as a failure of FastNAS.
+
+    Raises:
+        KnobOutOfRange: no knob tried could be built.
     """
     from lana.paired import time_relative
 
     lo, hi = band if band else (1 - tolerance / 2, 1 + tolerance / 2)
     aim = (lo + hi) / 2
     start = time.perf_counter()
-    tries, best = [], None
+    tries, best, last_error = [], None, None
     for _ in range(iters):
         knob = (low + high) / 2
-        model = make(knob).eval()
+        try:
+            model = make(knob).eval()
+        except KnobOutOfRange as error:  # e.g. FastNAS's smallest subnet: move the knob back into the range
+            tries.append((knob, None))
+            log.info("latency match: knob %.4f is out of the method's range (%s): trying %s", knob, error.side,
+                     "higher" if error.side == "low" else "lower")  # fmt: skip
+            if error.side == "low":
+                low = knob
+            else:
+                high = knob
+            last_error = error
+            continue
         timed = time_relative({"candidate": model}, target, input_shape, table, threads=threads, blocks=blocks,
                               max_blocks=3 * blocks)["candidate"]  # fmt: skip
         ratio = timed.ratio / goal
@@ -135,6 +166,8 @@ def match_latency(
             high = knob
         else:
             low = knob
+    if best is None:  # every knob tried was out of the method's range
+        raise last_error
     knob, ratio, model, interval = best
     matched = lo <= ratio <= hi if band else abs(ratio - 1) <= tolerance
     return model, LatencyMatch(knob, ratio, matched, tuple(tries), time.perf_counter() - start, interval)

@@ -176,6 +176,8 @@ def fastnas_model(
 
     Raises:
         ImportError: ``nvidia-modelopt`` (and ``torchprofile``) are not installed.
+        bench.baselines.KnobOutOfRange: ``flops_pct`` is under the smallest subnet of FastNAS's
+            search space (Model Optimizer: "NOT all constraints can be satisfied").
     """
     import modelopt.torch.prune as mtp
 
@@ -189,11 +191,18 @@ def fastnas_model(
         hits = sum(int((candidate(x).argmax(1) == y).sum()) for x, y in score)
         return hits / sum(len(y) for _, y in score)
 
-    pruned, _ = mtp.prune(
-        model,
-        mode="fastnas",
-        constraints={"flops": f"{flops_pct:.4g}%"},
-        dummy_input=torch.randn(1, *input_shape),
-        config={"data_loader": loader, "score_func": score_func, "checkpoint": checkpoint, "verbose": False},
-    )
+    try:
+        pruned, _ = mtp.prune(
+            model,
+            mode="fastnas",
+            constraints={"flops": f"{flops_pct:.4g}%"},
+            dummy_input=torch.randn(1, *input_shape),
+            config={"data_loader": loader, "score_func": score_func, "checkpoint": checkpoint, "verbose": False},
+        )
+    except ValueError as error:  # under the search space's smallest subnet: not a failure of FastNAS
+        if "constraints can be satisfied" not in str(error):
+            raise
+        from bench.baselines import KnobOutOfRange
+
+        raise KnobOutOfRange(f"no FastNAS subnet is under {flops_pct:.4g}% of the teacher's FLOPs", "low") from error
     return reestimate_bn(pruned.eval(), calib)

@@ -111,3 +111,32 @@ def test_a_competitor_that_training_moved_out_of_the_band_is_matched_again(monke
     assert row["first_try"]["match_trained"]["ratio"] < 0.95  # the first model, trained, fell under the band
     assert 0.95 <= row["match_trained"]["ratio"] <= 1.0 and row["match"]["goal_scale"] == pytest.approx(0.8, abs=0.02)
     assert row["train_s"] == 2.0 and (tmp_path / "model.safetensors").is_file()
+
+
+def test_a_knob_the_competitor_cannot_build_moves_the_bisection_instead_of_failing_the_row(monkeypatch):
+    """W2 at 0.35x (bf511ec): FastNAS's FLOPs share was bisected under its smallest subnet, Model
+    Optimizer refused, and the row became "FastNAS failed". A knob out of the builder's range is a
+    step toward the side it names; the match then lands in the band above it."""
+    import lana.paired
+    from bench.baselines import KnobOutOfRange, match_latency
+    from lana.paired import Relative
+
+    def paired(models, reference, input_shape, table, threads=None, **options):
+        ((name, model),) = models.items()
+        ratio = model.weight.shape[0] / 100
+        return {name: Relative(ratio, ratio * 0.99, ratio * 1.01, 20, ratio, 1.0)}
+
+    def make(knob):  # nothing under 30 channels can be built
+        if knob < 30:
+            raise KnobOutOfRange(f"nothing under {knob}", "low")
+        return torch.nn.Conv2d(3, round(knob), 1)
+
+    monkeypatch.setattr(lana.paired, "time_relative", paired)
+    model, match = match_latency(make, torch.nn.Identity(), (3, 8, 8), "cpu-b1", 1.0, 100.0, goal=0.33,
+                                 band=(0.95, 1.0), iters=8)  # fmt: skip
+    assert (25.75, None) in [(round(k, 2), r) for k, r in match.tries]  # tried, refused, moved up
+    assert match.matched and 0.95 <= match.ratio <= 1.0 and round(match.knob) >= 30
+    # a goal under the smallest model: every knob refused, the error is raised, not a model returned
+    with pytest.raises(KnobOutOfRange):
+        match_latency(lambda knob: make(knob / 10), torch.nn.Identity(), (3, 8, 8), "cpu-b1", 1.0, 100.0,
+                      goal=0.01, band=(0.95, 1.0), iters=4)  # fmt: skip
