@@ -305,6 +305,13 @@ def test_the_check_after_fine_tuning_keeps_a_student_in_the_band_and_never_train
     first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", {}), "cpu", {})
     kept, record = acc._after_finetune(None, None, None, first, 10.0, None, SimpleNamespace(table="t"), "cpu", {})
     assert kept is first and tuned == ["slow"] and "second" not in record
+    # just under the band, its interval reaching into it (W2 at 0.5x, bf511ec: 0.9499 [0.936, 0.955]): kept
+    acc, plan_at, tuned = _fake_tries(monkeypatch, {"slow": 0.9499}, moved=1.0016)
+    timed = acc._timed_after
+    monkeypatch.setattr(acc, "_timed_after", lambda *a: {**timed(*a), "interval": [0.936, 0.955]})
+    first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", {}), "cpu", {})
+    kept, record = acc._after_finetune(None, None, None, first, 10.0, None, SimpleNamespace(table="t"), "cpu", {})
+    assert kept is first and tuned == ["slow"] and "second" not in record
     # over the band, but the machine read everything slow (moved 1.0): the same plan comes back, not retrained
     acc, plan_at, tuned = _fake_tries(monkeypatch, {"slow": 1.02}, moved=1.0)
     first = acc._fine_tuned(None, None, acc._chosen(None, None, None, plan_at(10.0), None, "cpu", {}), "cpu", {})
