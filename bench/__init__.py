@@ -323,6 +323,7 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
     from bench.baselines import least_squares_blocks, match_latency
     from bench.workloads import RememberedFailure, budget_table, sibling_budget
     from lana.distill import DistillConfig
+    from lana.paired import band_rank
     from lana.teacher import TeacherConfig, save_state
 
     w = run.w
@@ -334,10 +335,6 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
 
     table = budget_table(w, budget)
     lo, hi = search["band"]
-
-    def nearer_the_band(ratio: float) -> tuple[bool, float]:
-        """Rank a trained model's ratio as the bisection ranks its steps: in the band, then near its middle."""
-        return lo <= ratio <= hi, -abs(ratio - (lo + hi) / 2)
 
     def trained(scale: float | None):
         """Matched at ``goal / scale`` (``None``: the seed-0 row's knob), least-squares start for
@@ -397,7 +394,7 @@ def _budget_matched(run, budget: str, method: str, seed: int, longer: bool = Fal
                 ratio_again = after_training(again, model_again)
                 log.info("%s %s: matched again, trained: %.3f of the budget", budget, name, ratio_again)
                 first_try = {k: row[k] for k in ("top1", "match", "match_trained", "train_s", "search_s")}
-                if nearer_the_band(ratio_again) > nearer_the_band(ratio):
+                if band_rank(ratio_again, (lo, hi)) > band_rank(ratio, (lo, hi)):  # as the bisection ranks steps
                     row, model = again, model_again
                     row["first_try"] = first_try
                 else:

@@ -131,7 +131,7 @@ def match_latency(
     Raises:
         KnobOutOfRange: no knob tried could be built.
     """
-    from lana.paired import time_relative
+    from lana.paired import band_rank, time_relative
 
     lo, hi = band if band else (1 - tolerance / 2, 1 + tolerance / 2)
     aim = (lo + hi) / 2
@@ -158,7 +158,7 @@ def match_latency(
         log.info("latency match: knob %.4f -> %.3f x the goal [%.3f, %.3f], %d blocks", knob, ratio,
                  timed.low / goal, timed.high / goal, timed.blocks)  # fmt: skip
         inside = lo <= ratio <= hi
-        if best is None or (inside, -abs(ratio - aim)) > (lo <= best[1] <= hi, -abs(best[1] - aim)):
+        if best is None or band_rank(ratio, (lo, hi)) > band_rank(best[1], (lo, hi)):
             best = (knob, ratio, model, (timed.low / goal, timed.high / goal))
         if inside:
             break

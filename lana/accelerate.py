@@ -182,12 +182,10 @@ def _after_finetune(config: AccelerateConfig, library: Library, ctx, first: dict
     again at ``asked_ms`` over the factor fine-tuning moved the first student by, fine-tune that
     plan (unless it is the same plan), and keep the student nearer the band's middle, as the
     benchmark's competitors are checked after training. Returns ``(attempt kept, record)``."""
+    from lana.paired import band_rank
     from lana.select import BAND
 
     low, high = 1 - BAND, 1.0
-
-    def rank(check: dict) -> tuple[bool, float]:  # in the band first, then nearer its middle
-        return low <= check["of_budget"] <= high, -abs(check["of_budget"] - (low + high) / 2)
 
     table = solve.table
     record = {"band": [low, high], "first": _timed(stages, "recheck", _timed_after, config, ctx, first, asked_ms,
@@ -213,7 +211,7 @@ def _after_finetune(config: AccelerateConfig, library: Library, ctx, first: dict
     second = _fine_tuned(config, ctx, second, device, stages)
     record["second"] = _timed(stages, "recheck", _timed_after, config, ctx, second, asked_ms, reference_ms, table)
     log.info("chosen again and fine-tuned, the student measures %.3f of the budget", record["second"]["of_budget"])
-    if rank(record["second"]) > rank(check):
+    if band_rank(record["second"]["of_budget"], (low, high)) > band_rank(check["of_budget"], (low, high)):
         record["kept"] = "second"
         record["first_plan"] = first["plan"].to_dict()
         return second, record

@@ -25,7 +25,7 @@ import math
 import statistics
 from dataclasses import dataclass, replace
 
-__all__ = ["Relative", "median_interval", "time_pairs", "time_relative"]
+__all__ = ["Relative", "band_rank", "median_interval", "time_pairs", "time_relative"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,14 @@ class Relative:
     def as_dict(self) -> dict:
         return {"ratio": self.ratio, "low": self.low, "high": self.high, "blocks": self.blocks,
                 "model_ms": self.model_ms, "reference_ms": self.reference_ms}  # fmt: skip
+
+
+def band_rank(ratio: float, band: tuple[float, float]) -> tuple[bool, float]:
+    """How well ``ratio`` (a latency over its budget) lands in ``band`` (``(low, high)``), as a
+    sortable key: inside first, then nearer the band's middle. The competitors' latency match
+    ranks its steps and its tries after training by it, lana's check after fine-tuning its students."""
+    low, high = band
+    return low <= ratio <= high, -abs(ratio - (low + high) / 2)
 
 
 def median_interval(values: list[float], z: float = 1.96) -> tuple[float, float, float]:

@@ -74,3 +74,11 @@ def test_pairs_take_their_blocks_in_turn():
     # them, lana.candidates.inference_form may run each module once)
     assert "".join(calls[-16:]) == "aarr" + "bbrr" + "rraa" + "rrbb"
     assert found["a"].blocks == found["b"].blocks == 2
+
+
+def test_band_rank_puts_ratios_in_the_band_first_then_nearer_its_middle():
+    from lana.paired import band_rank
+
+    band = (0.95, 1.0)
+    ranked = sorted([1.06, 0.90, 0.99, 0.975, 0.951, 1.001], key=lambda r: band_rank(r, band), reverse=True)
+    assert ranked == [0.975, 0.99, 0.951, 1.001, 0.90, 1.06]

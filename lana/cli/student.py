@@ -99,7 +99,8 @@ def _add_accelerate(sub) -> None:
     p.add_argument(
         "--no-recheck", dest="recheck", action="store_false",
         help="ship the first fine-tuned student as it is; by default it is timed against the budget again and, "
-        "outside [0.95, 1.0] of it, a plan is chosen again for the latency fine-tuning moved it to and fine-tuned",
+        "outside [0.95, 1.0] of it (its timing's 95% interval too), a plan is chosen again for the latency "
+        "fine-tuning moved it to and fine-tuned",
     )  # fmt: skip
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the final top-1 (default: all)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX and TorchScript exports")
